@@ -1,0 +1,3 @@
+"""LATUP-Net brain-tumour segmentation on plain CPUs."""
+
+__version__ = "0.1.0"

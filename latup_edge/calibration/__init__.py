@@ -1,0 +1,1 @@
+"""Calibration sets: BraTS slices to calibrate INT8 quantization on."""

@@ -1,0 +1,178 @@
+"""Commands about the network: its size and cost, training, and evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import TextColumn
+
+from latup_edge.cli.app import (
+    JsonOption,
+    command,
+    console,
+    err_console,
+    print_json,
+    print_table,
+    progress_bar,
+)
+
+
+@command("model-info")
+def model_info(
+    size: Annotated[tuple[int, int, int], typer.Option(help="Input size D H W (each divisible by 8).")] = (
+        128,
+        128,
+        128,
+    ),
+    base_filters: Annotated[int, typer.Option(help="Width of the network (paper: 32).")] = 32,
+    as_json: JsonOption = False,
+) -> None:
+    """Parameters, multiply-accumulates and activation memory of LATUP-Net, beside the paper's figures."""
+    from latup_edge.models import LATUPNet, LATUPNetConfig, check_input_shape
+    from latup_edge.models.cost import PAPER_GFLOPS, PAPER_PARAMETERS, model_cost
+
+    config = LATUPNetConfig(base_filters=base_filters)
+    check_input_shape((1, config.in_channels, *size), config.in_channels)
+    cost = model_cost(LATUPNet(config), (config.in_channels, *size)).to_dict()
+    cost["paper"] = {"parameters": PAPER_PARAMETERS, "gflops_reported": PAPER_GFLOPS}
+    if as_json:
+        print_json(cost)
+        return
+    rows = [
+        ("parameters", f"{cost['parameters']:,}", f"{PAPER_PARAMETERS:,}"),
+        ("GMAC per forward pass", f"{cost['gmac']:.1f}", "-"),
+        ("TFLOP per forward pass", f"{cost['tflop']:.3f}", f"{PAPER_GFLOPS / 1000:.5f} (*)"),
+        ("peak activations, fp32 (MB)", f"{cost['peak_activation_mb']:,.0f}", "-"),
+        ("weights, fp32 (MB)", f"{cost['weights_mb']:.1f}", "-"),
+    ]
+    print_table(f"LATUP-Net at {'x'.join(map(str, size))}", ("", "counted", "paper"), rows)
+    stages = ", ".join(f"{k} {v:.0f}" for k, v in cost["gmac_by_stage"].items())
+    console.print(f"GMAC by stage: {stages}")
+    console.print(
+        "(*) the paper's 15.79 GFLOPs comes from a TensorFlow profiler that does not count 3-D "
+        "convolutions; the counted figure walks every convolution of the real graph."
+    )
+
+
+@command("train")
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="A BraTS-format folder (real or phantom) with seg files.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Run folder for checkpoints, e.g. models/NAME.")
+    ],
+    patch: Annotated[int, typer.Option(help="Patch size (cubic, multiple of 8); the paper uses 128.")] = 128,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 100,
+    batch: Annotated[int, typer.Option(min=1)] = 1,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (paper: 1e-4).")] = 1e-4,
+    l2: Annotated[float, typer.Option(help="L2 penalty on the paper's kernels (paper: 0.02).")] = 0.02,
+    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm (0: off).")] = 0.0,
+    tumour_fraction: Annotated[float, typer.Option(help="Share of patches centred on tumour.")] = 0.7,
+    val_cases: Annotated[int, typer.Option(help="Cases held out for per-epoch validation.")] = 4,
+    seed: Annotated[int, typer.Option()] = 0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA and AMX CPUs), bf16 or fp32.")] = "auto",
+    threads: Annotated[int, typer.Option(help="CPU threads (0: torch's default).")] = 0,
+    base_filters: Annotated[int, typer.Option(help="Network width (paper: 32).")] = 32,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last epoch.")] = False,
+) -> None:
+    """Train LATUP-Net with the paper's loss; keeps the last and the best checkpoint by validation Dice."""
+    from latup_edge.models.latup_net import SIZE_MULTIPLE
+    from latup_edge.train.loop import TrainingSettings
+    from latup_edge.train.loop import train as run_training
+
+    if patch % SIZE_MULTIPLE:
+        raise typer.BadParameter(f"must be a multiple of {SIZE_MULTIPLE}, got {patch}", param_hint="--patch")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise typer.BadParameter("must be auto, bf16 or fp32", param_hint="--precision")
+    settings = TrainingSettings(
+        patch=patch,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch=batch,
+        lr=lr,
+        l2=l2,
+        grad_clip=grad_clip or None,
+        tumour_fraction=tumour_fraction,
+        val_cases=val_cases,
+        seed=seed,
+        precision=precision,
+        threads=threads or None,
+        base_filters=base_filters,
+    )
+    with progress_bar(TextColumn("{task.fields[status]}")) as bar:
+        task = bar.add_task("training", total=epochs * steps_per_epoch, status="loading cases")
+
+        def report(event: dict) -> None:
+            if event["event"] == "loaded":
+                err_console.print(
+                    f"{event['train']} training / {event['val']} validation cases on {event['device']}"
+                    f"{' with bf16 autocast' if event['bf16'] else ''}"
+                )
+            elif event["event"] == "step":
+                bar.update(task, completed=event["step"], status=f"loss {event['loss']:.3f}")
+            else:
+                dice = " ".join(f"{k} {v:.3f}" for k, v in event["val_dice"].items())
+                err_console.print(
+                    f"epoch {event['epoch']}/{event['epochs']}: loss {event['loss']:.3f}, val Dice {dice}"
+                    f"{'  (best)' if event['best'] else ''}"
+                )
+
+        state = run_training(data_dir, output, settings, resume=resume, report=report)
+    console.print(
+        f"Done: {state.step} steps in {state.seconds / 60:.1f} min; best epoch {state.best_epoch} "
+        f"-> {output / 'best.safetensors'}"
+    )
+
+
+@command("evaluate")
+def evaluate(
+    data_dir: Annotated[Path, typer.Argument(help="A BraTS-format folder with seg files.")],
+    weights: Annotated[
+        Path | None, typer.Option(help="Checkpoint (default: the shipped demo weights).")
+    ] = None,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast) PyTorch inference.")] = "fp32",
+    as_json: JsonOption = False,
+) -> None:
+    """Dice and HD95 per case and region (WT, TC, ET) over the full volume, with a summary."""
+    from latup_edge.data.cases import discover_cases
+    from latup_edge.evaluate.evaluation import evaluate_cases
+    from latup_edge.infer.volume import torch_forward
+    from latup_edge.models.checkpoint import load_model
+
+    if precision not in ("fp32", "bf16"):
+        raise typer.BadParameter("must be fp32 or bf16", param_hint="--precision")
+    cases = discover_cases(data_dir)
+    forward = torch_forward(load_model(weights), bf16=precision == "bf16")
+    with progress_bar() as bar:
+        task = bar.add_task("evaluating", total=len(cases))
+        result = evaluate_cases(cases, forward, progress=lambda case: bar.advance(task))
+    result["weights"] = str(weights or "shipped demo weights")
+    if as_json:
+        print_json(result)
+    else:
+        print_evaluation(result)
+    if result["failures"]:
+        raise typer.Exit(1)
+
+
+def print_evaluation(result: dict) -> None:
+    regions = ("WT", "TC", "ET")
+    rows = [
+        (case, *(f"{m[r]['dice']:.4f}" for r in regions), *(f"{m[r]['hd95']:.2f}" for r in regions))
+        for case, m in result["cases"].items()
+    ]
+    summary = result["summary"]
+    for stat in ("mean", "std", "median", "min", "max"):
+        rows.append(
+            (
+                f"[bold]{stat}[/]",
+                *(f"{summary[r]['dice'][stat]:.4f}" for r in regions),
+                *(f"{summary[r]['hd95'][stat]:.2f}" for r in regions),
+            )
+        )
+    columns = ("case", "Dice WT", "Dice TC", "Dice ET", "HD95 WT", "HD95 TC", "HD95 ET")
+    print_table(f"Evaluation of {result['weights']} (full volume)", columns, rows, caption="HD95 in mm")
+    for case, message in result["failures"].items():
+        err_console.print(f"[red]failed[/] {case}: {message}")

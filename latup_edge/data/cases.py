@@ -1,0 +1,364 @@
+"""BraTS cases on disk: find them, load and validate their images and labels, save label maps.
+
+A case is the set of NIfTI files of one patient under one naming convention (see ``naming``).
+Discovery only groups files; loading validates them and raises ``CaseError`` with one sentence
+that names the case, the file and what to do, so a batch can report a bad case and go on.
+
+>>> cases = discover_cases("BraTS2021_Training_Data")       # doctest: +SKIP
+>>> images, reference = load_case_images(cases[0])         # doctest: +SKIP
+>>> images.shape, images.dtype                              # doctest: +SKIP
+((3, 240, 240, 155), dtype('float32'))
+>>> save_label_map(classes, reference, "out/BraTS2021_00000.nii.gz")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from latup_edge.data.labels import LabelConvention, detect_convention, from_classes, to_classes
+from latup_edge.data.naming import (
+    MODALITIES,
+    MODEL_MODALITIES,
+    NAMINGS,
+    Naming,
+    case_filename,
+    case_id_for,
+    nifti_stem,
+    parse_filename,
+)
+
+# Geometry tolerance on every entry of the 4x4 affine (mm for translations, ~rad for rotations).
+AFFINE_ATOL = 1e-3
+
+# Everything nibabel and gzip raise for a damaged or truncated file.
+_READ_ERRORS = (OSError, EOFError, zlib.error, ImageFileError, ValueError)
+
+
+class CaseError(ValueError):
+    """A case that cannot be used; the message is one sentence: case, file, problem, what to do."""
+
+    def __init__(self, message: str, case_id: str = "", path: Path | None = None) -> None:
+        super().__init__(message)
+        self.case_id = case_id
+        self.path = path
+
+
+@dataclass(frozen=True)
+class BratsCase:
+    """The files of one BraTS case, as found on disk (nothing is read until loading)."""
+
+    case_id: str
+    naming: Naming
+    folder: Path
+    files: dict[str, Path]  # canonical modality key (naming.MODALITIES) -> file
+    seg: Path | None
+
+    def missing(self, modalities: Sequence[str] = MODEL_MODALITIES) -> list[str]:
+        """The modalities, among ``modalities``, that this case has no file for."""
+        return [key for key in modalities if key not in self.files]
+
+    def expected_path(self, key: str) -> Path:
+        """Where the file of ``key`` (a modality or ``seg``) would be under this case's naming."""
+        compressed = not any(path.name.endswith(".nii") for path in self.files.values())
+        return self.folder / case_filename(self.case_id, key, self.naming, compressed)
+
+
+def _expected_names() -> str:
+    examples = [case_filename(case_id_for(1, naming), "flair", naming) for naming in NAMINGS]
+    return ", ".join(examples[:-1]) + f" or {examples[-1]} (.nii or .nii.gz)"
+
+
+def _nifti_files(root: Path) -> list[Path]:
+    found = []
+    for folder, subfolders, names in os.walk(root):
+        # Hidden entries are macOS resource forks ("._x.nii.gz") and tool caches, never cases.
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        found += [Path(folder, name) for name in sorted(names) if not name.startswith(".")]
+    return found
+
+
+def _nnunet_seg(folder: Path, case_id: str) -> Path | None:
+    # nnU-Net keeps labels next to images, or in labelsTr/labelsTs beside imagesTr/imagesTs.
+    folders = [folder]
+    if folder.name.startswith("images"):
+        folders.append(folder.parent / ("labels" + folder.name.removeprefix("images")))
+    for candidate_folder in folders:
+        for ext in (".nii.gz", ".nii"):
+            candidate = candidate_folder / f"{case_id}{ext}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def discover_cases(*roots: Path | str) -> list[BratsCase]:
+    """Find every BraTS case under ``roots``, sorted by case id.
+
+    A root may be one case's folder, a folder of case folders, or a flat folder holding the
+    files of many cases side by side; folders are searched recursively. Files that follow no
+    naming convention are ignored. A case missing a modality is still returned (``missing()``
+    reports it, loading raises), so a batch can go on past it.
+
+    Raises CaseError when a root does not exist, is a file, or holds no case, and when one case
+    has two files for the same modality (e.g. both ``.nii`` and ``.nii.gz``).
+    """
+    if not roots:
+        raise CaseError("no folder given: pass one or more BraTS folders")
+    groups: dict[tuple[Path, str, Naming], dict[str, Path]] = {}
+    seen: set[Path] = set()
+    for root in map(Path, roots):
+        if not root.exists():
+            raise CaseError(f"{root} does not exist: check the path to the BraTS folder", path=root)
+        if not root.is_dir():
+            raise CaseError(f"{root} is a file: pass the folder that holds the case", path=root)
+        found_here = False
+        for path in _nifti_files(root):
+            parsed = parse_filename(path.name)
+            if parsed is None:
+                continue
+            case_id, key, naming = parsed
+            if key not in MODALITIES and key != "seg":
+                continue
+            found_here = True
+            if path.resolve() in seen:  # the same file reached through two overlapping roots
+                continue
+            seen.add(path.resolve())
+            files = groups.setdefault((path.parent, case_id, naming), {})
+            if key in files:
+                raise CaseError(
+                    f"case {case_id} has two {key} files, {files[key]} and {path}: keep only one",
+                    case_id=case_id,
+                    path=path,
+                )
+            files[key] = path
+        if not found_here:
+            raise CaseError(
+                f"no BraTS case found under {root}: expected files named like {_expected_names()}",
+                path=root,
+            )
+
+    cases = []
+    for (folder, case_id, naming), files in groups.items():
+        seg = files.pop("seg", None)
+        if not files:  # a label file alone (e.g. a folder of reference segmentations) is no case
+            continue
+        if naming == "nnunet":
+            seg = _nnunet_seg(folder, case_id)
+        cases.append(BratsCase(case_id, naming, folder, files, seg))
+    if not cases:
+        raise CaseError(
+            f"no BraTS case with images found under {', '.join(map(str, roots))}: "
+            f"expected files named like {_expected_names()}"
+        )
+    return sorted(cases, key=lambda case: (case.case_id, str(case.folder), case.naming))
+
+
+def _fail(case: BratsCase, path: Path | None, problem: str) -> CaseError:
+    return CaseError(f"case {case.case_id}: {path} {problem}", case_id=case.case_id, path=path)
+
+
+def _open(case: BratsCase, path: Path) -> nib.Nifti1Image:
+    try:
+        return nib.load(path)
+    except FileNotFoundError as error:
+        raise _fail(case, path, "has disappeared since discovery: check the folder") from error
+    except _READ_ERRORS as error:
+        raise _fail(case, path, f"is not a readable NIfTI file ({error}): re-copy or re-export it") from error
+
+
+def _shape3(case: BratsCase, path: Path, image: nib.Nifti1Image) -> tuple[int, int, int]:
+    shape = image.shape
+    if len(shape) == 4 and shape[3] == 1:  # some converters write a single volume as X x Y x Z x 1
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise _fail(
+            case,
+            path,
+            f"has shape {_fmt(shape)} but one 3-D volume was expected: split it or export it as 3-D",
+        )
+    return shape
+
+
+def _read(case: BratsCase, path: Path, image: nib.Nifti1Image, dtype: type | None) -> np.ndarray:
+    shape = _shape3(case, path, image)
+    # Reading the data here is what makes a truncated file fail at load, not later.
+    try:
+        return np.asanyarray(image.dataobj, dtype=dtype).reshape(shape)
+    except _READ_ERRORS as error:
+        raise _fail(case, path, f"is truncated or damaged ({error}): re-copy or re-download it") from error
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _check_same_grid(
+    case: BratsCase,
+    path: Path,
+    shape: Sequence[int],
+    affine: np.ndarray,
+    reference_path: Path | str | None,
+    reference_shape: Sequence[int],
+    reference_affine: np.ndarray,
+) -> None:
+    if tuple(shape) != tuple(reference_shape):
+        raise _fail(
+            case,
+            path,
+            f"is {_fmt(shape)} but {reference_path} is {_fmt(reference_shape)}: "
+            "all files of a case must share one voxel grid, so resample them to one",
+        )
+    difference = float(np.abs(affine - reference_affine).max())
+    if difference > AFFINE_ATOL:
+        raise _fail(
+            case,
+            path,
+            f"has an affine that differs from {reference_path}'s by up to {difference:.4g}: "
+            "all files of a case must share one voxel grid, so register or resample them to one",
+        )
+
+
+def load_case_images(
+    case: BratsCase, modalities: Sequence[str] = MODEL_MODALITIES
+) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Load and validate a case's images as float32 ``(C, X, Y, Z)`` in the order of ``modalities``.
+
+    Returns the images and the reference image (the first modality; its header and affine give
+    the output geometry; its data is not held in memory). Raises CaseError for a missing
+    modality, an unreadable or truncated file, a volume that is not 3-D (X x Y x Z x 1 is
+    accepted), shapes or affines that disagree, NaN/inf values, or an all-zero volume.
+    """
+    unknown = [key for key in modalities if key not in MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be a non-empty selection of {MODALITIES}, got {modalities}")
+    missing = case.missing(modalities)
+    if missing:
+        expected = [case.expected_path(key) for key in missing]
+        raise CaseError(
+            f"case {case.case_id}: {', '.join(map(str, expected))} not found "
+            f"({', '.join(missing)} missing): add the file or leave this case out",
+            case_id=case.case_id,
+            path=expected[0],
+        )
+
+    paths = [case.files[key] for key in modalities]
+    # Check every header before reading any data: a mismatch fails fast, without reading a volume.
+    images = [_open(case, path) for path in paths]
+    shape = _shape3(case, paths[0], images[0])
+    for path, image in zip(paths[1:], images[1:], strict=True):
+        _check_same_grid(
+            case, path, _shape3(case, path, image), image.affine, paths[0], shape, images[0].affine
+        )
+
+    # Filled one modality at a time so that only one extra volume is ever held.
+    stacked = np.empty((len(paths), *shape), dtype=np.float32)
+    for channel, (path, image) in enumerate(zip(paths, images, strict=True)):
+        volume = _read(case, path, image, np.float32)
+        non_finite = volume.size - int(np.count_nonzero(np.isfinite(volume)))
+        if non_finite:
+            raise _fail(case, path, f"holds {non_finite} NaN or infinite voxels: fix or re-export it")
+        if not volume.any():
+            raise _fail(case, path, "is all zeros: re-export it (the image data is missing)")
+        stacked[channel] = volume
+    return stacked, images[0]
+
+
+def load_case_labels(
+    case: BratsCase, reference: nib.Nifti1Image | None = None
+) -> tuple[np.ndarray, LabelConvention]:
+    """Load a case's label map as network classes (uint8: 0 bg, 1 NCR, 2 ED, 3 ET).
+
+    Returns the classes and the convention the file follows (ET stored as 4 up to 2021, as 3
+    from 2023). With ``reference``, the label map must share its shape and affine. Raises
+    CaseError when the case has no label file, the file is unreadable, or its grid or values
+    are wrong.
+    """
+    if case.seg is None:
+        raise CaseError(
+            f"case {case.case_id} has no label file ({case.expected_path('seg')} not found): "
+            "add it, or run without reference labels",
+            case_id=case.case_id,
+            path=case.expected_path("seg"),
+        )
+    image = _open(case, case.seg)
+    shape = _shape3(case, case.seg, image)
+    if reference is not None:
+        reference_shape = reference.shape[:3] if len(reference.shape) == 4 else reference.shape
+        _check_same_grid(
+            case,
+            case.seg,
+            shape,
+            image.affine,
+            reference.get_filename() or "the reference image",
+            reference_shape,
+            reference.affine,
+        )
+    labels = _read(case, case.seg, image, None)
+    # Float label files exist; values like 1.5 would be silently truncated to a class.
+    if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        raise _fail(case, case.seg, "holds non-integer label values: fix the label file")
+    try:
+        convention = detect_convention(labels)
+        return to_classes(labels, convention), convention
+    except ValueError as error:
+        raise _fail(
+            case,
+            case.seg,
+            f"is not a BraTS label map ({error}): use 0, 1, 2 and 4 (2020/2021) or 3 (2023+) for ET",
+        ) from error
+
+
+def save_label_map(
+    classes: np.ndarray,
+    reference: nib.Nifti1Image,
+    path: Path | str,
+    convention: LabelConvention = "2021",
+) -> Path:
+    """Write network classes (0-3) as a uint8 BraTS label map on the reference image's grid.
+
+    The file gets exactly the reference's affine, qform/sform and their codes, voxel sizes and
+    units. The write is atomic: a temporary file in the same folder is written, synced and
+    renamed, so ``path`` holds either the complete file or nothing new. Compressed when ``path``
+    ends with ``.nii.gz``. Refuses to overwrite the reference's own file.
+    """
+    path = Path(path)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: a label map must be saved as .nii or .nii.gz")
+    reference_file = reference.get_filename()
+    if reference_file is not None and path.resolve() == Path(reference_file).resolve():
+        raise ValueError(f"{path} is the input image itself: choose another output path")
+    shape = reference.shape[:3]
+    if classes.shape != shape:
+        raise ValueError(f"{path}: label map is {_fmt(classes.shape)} but the reference is {_fmt(shape)}")
+    if classes.size and int(classes.max()) > 3:
+        raise ValueError(f"{path}: classes must be 0-3, found {int(classes.max())}")
+
+    source = reference.header
+    header = nib.Nifti1Header.from_header(source)
+    image = nib.Nifti1Image(from_classes(classes, convention), None, header)
+    image.set_data_dtype(np.uint8)
+    image.set_qform(source.get_qform(), code=int(source["qform_code"]))
+    image.set_sform(source.get_sform(), code=int(source["sform_code"]))
+    # The reference's intensity scaling and display range mean nothing for labels.
+    image.header.set_slope_inter(1, 0)
+    image.header["cal_min"], image.header["cal_max"] = 0, 0
+
+    ext = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    temporary = path.with_name(f".{nifti_stem(path)}.{secrets.token_hex(4)}.tmp{ext}")
+    try:
+        nib.save(image, temporary)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

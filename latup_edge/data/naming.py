@@ -1,0 +1,80 @@
+"""BraTS file-naming conventions: one table that both case discovery and the phantom writer use.
+
+Canonical modality keys are ``t1``, ``t1ce``, ``t2`` and ``flair``; ``seg`` is the label map.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+Naming = Literal["2020", "2021", "2023", "nnunet"]
+NAMINGS: tuple[str, ...] = ("2020", "2021", "2023", "nnunet")
+
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+# LATUP-Net reads FLAIR, T1ce and T2, in this order (PAPER.md); T1 is not used.
+MODEL_MODALITIES: tuple[str, ...] = ("flair", "t1ce", "t2")
+
+# BraTS 2023+ suffixes to canonical keys.
+SUFFIXES_2023: dict[str, str] = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": "seg"}
+# nnU-Net's BraTS conversion (Dataset137_BraTS2021) numbers channels t1, t1ce, t2, flair.
+CHANNELS_NNUNET: dict[str, str] = {"0000": "t1", "0001": "t1ce", "0002": "t2", "0003": "flair"}
+
+NIFTI_SUFFIX = r"\.nii(?:\.gz)?"
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("2023", re.compile(rf"^(?P<case>.+)-(?P<key>t1n|t1c|t2w|t2f|seg){NIFTI_SUFFIX}$")),
+    ("brats", re.compile(rf"^(?P<case>.+)_(?P<key>t1ce|t1|t2|flair|seg){NIFTI_SUFFIX}$")),
+    ("nnunet", re.compile(rf"^(?P<case>.+)_(?P<key>\d{{4}}){NIFTI_SUFFIX}$")),
+)
+
+
+def parse_filename(name: str) -> tuple[str, str, Naming] | None:
+    """Split a NIfTI file name into ``(case_id, key, naming)``, or None if it follows no convention.
+
+    ``key`` is a canonical modality key, ``seg``, or for nnU-Net an unknown channel number as-is.
+
+    >>> parse_filename("BraTS-GLI-00001-000-t2f.nii.gz")
+    ('BraTS-GLI-00001-000', 'flair', '2023')
+    """
+    for scheme, pattern in _PATTERNS:
+        match = pattern.match(name)
+        if match is None:
+            continue
+        case_id, key = match["case"], match["key"]
+        if scheme == "2023":
+            return case_id, SUFFIXES_2023[key], "2023"
+        if scheme == "nnunet":
+            return case_id, CHANNELS_NNUNET.get(key, key), "nnunet"
+        return case_id, key, "2020" if case_id.startswith("BraTS20_") else "2021"
+    return None
+
+
+def case_filename(case_id: str, key: str, naming: Naming, compressed: bool = True) -> str:
+    """The file name of one modality (or ``seg``) of a case under a naming convention."""
+    ext = ".nii.gz" if compressed else ".nii"
+    if naming == "2023":
+        suffix = {v: k for k, v in SUFFIXES_2023.items()}[key]
+        return f"{case_id}-{suffix}{ext}"
+    if naming == "nnunet":
+        if key == "seg":
+            return f"{case_id}{ext}"
+        channel = {v: k for k, v in CHANNELS_NNUNET.items()}[key]
+        return f"{case_id}_{channel}{ext}"
+    return f"{case_id}_{key}{ext}"
+
+
+def case_id_for(index: int, naming: Naming) -> str:
+    """A case id in the style of a BraTS release, e.g. ``BraTS2021_00007``."""
+    if naming == "2020":
+        return f"BraTS20_Training_{index:03d}"
+    if naming == "2023":
+        return f"BraTS-GLI-{index:05d}-000"
+    if naming == "nnunet":
+        return f"BraTS_{index:05d}"
+    return f"BraTS2021_{index:05d}"
+
+
+def nifti_stem(path: Path) -> str:
+    """A file name without ``.nii`` or ``.nii.gz``."""
+    return re.sub(NIFTI_SUFFIX + "$", "", path.name)

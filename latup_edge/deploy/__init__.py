@@ -1,0 +1,1 @@
+"""Deployment: ONNX export, INT8 quantization, OpenVINO compilation and the bundle."""

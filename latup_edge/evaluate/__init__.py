@@ -1,0 +1,1 @@
+"""Segmentation metrics with BraTS scoring conventions: Dice and HD95 per region, then summarised."""

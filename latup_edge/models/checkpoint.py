@@ -1,0 +1,120 @@
+"""Checkpoints: weights in safetensors (no pickle) with the network config in its header, and a JSON
+sidecar with provenance (data, steps, patch size, seed, versions, metrics) for people.
+
+``load_model()`` with no path loads the shipped demo weights (``models/`` in the repository, packaged
+as ``latup_edge.shipped``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from latup_edge.fileio import atomic_write, sha256_file
+from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
+
+FORMAT = "latup-edge-checkpoint/1"
+SHIPPED_NAME = "latup-demo.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable LATUP-Net checkpoint; the message says which and why."""
+
+
+def shipped_weights() -> Path:
+    """Path of the demo weights that ship with the package."""
+    return Path(str(resources.files("latup_edge.shipped") / SHIPPED_NAME))
+
+
+def save_checkpoint(model: LATUPNet, path: Path, provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``path`` (.safetensors) and ``path`` with .json beside it; both atomically."""
+    path = Path(path).with_suffix(".safetensors")
+    config = json.dumps(model.config.to_dict(), sort_keys=True)
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(
+        path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "config": config})
+    )
+    sidecar = {
+        "format": FORMAT,
+        "weights": path.name,
+        "sha256": sha256_file(path),
+        "parameters": sum(t.numel() for t in tensors.values()),
+        "config": model.config.to_dict(),
+        **(provenance or {}),
+    }
+    text = json.dumps(sidecar, indent=2, default=str) + "\n"
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
+    return path
+
+
+def read_checkpoint(path: Path) -> tuple[LATUPNetConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and check a checkpoint: (config, state dict, sidecar JSON or {})."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the checkpoint file (e.g. {path}/best.safetensors)")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint ({error}); it may be truncated or not a "
+            "latup-edge checkpoint: re-copy it or retrain"
+        ) from None
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a latup-edge checkpoint (no {FORMAT} header)"
+        )
+    config = _config_from_dict(json.loads(metadata["config"]), path)
+    sidecar_path = path.with_suffix(".json")
+    sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.exists() else {}
+    return config, tensors, sidecar
+
+
+def load_model(path: Path | str | None = None, map_location: str = "cpu") -> LATUPNet:
+    """Build LATUP-Net from a checkpoint (default: the shipped demo weights), in eval mode.
+
+    Raises CheckpointError when the file is unreadable, not a checkpoint, or its tensors do not match
+    the network its config describes.
+    """
+    path = Path(path) if path is not None else shipped_weights()
+    config, tensors, _ = read_checkpoint(path)
+    model = LATUPNet(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    problems = [f"missing {k}" for k in expected.keys() - found.keys()]
+    problems += [f"unexpected {k}" for k in found.keys() - expected.keys()]
+    problems += [
+        f"{k} has shape {found[k]}, expected {expected[k]}"
+        for k in expected.keys() & found.keys()
+        if expected[k] != found[k]
+    ]
+    if problems:
+        shown = "; ".join(sorted(problems)[:3]) + (
+            f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        )
+        raise CheckpointError(f"{path} does not match the network its config describes: {shown}")
+    model.load_state_dict({k: v.to(map_location) for k, v in tensors.items()})
+    return model.eval()
+
+
+def _config_from_dict(values: dict[str, Any], path: Path) -> LATUPNetConfig:
+    known = {f.name for f in fields(LATUPNetConfig)}
+    unknown = sorted(values.keys() - known)
+    if unknown:
+        raise CheckpointError(f"{path} has network settings this version does not know: {unknown}")
+    try:
+        return LATUPNetConfig(**values)
+    except TypeError as error:
+        raise CheckpointError(f"{path} has an invalid network config: {error}") from None

@@ -1,0 +1,201 @@
+"""LATUP-Net: a lightweight 3D attention U-Net with parallel convolutions.
+
+Alwadee, Sun, Qin, Langbein, "LATUP-Net: A Lightweight 3D Attention U-Net with Parallel Convolutions
+for Brain Tumor Segmentation", Computers in Biology and Medicine 184 (2025) 109353, arXiv 2404.05911.
+
+Ported from the paper's description (shared/PAPER.md), not from the authors' AGPL code. At the
+defaults the network has exactly 3,069,060 parameters. Where the paper and its code disagree the
+port follows the code that produced the published numbers: upsampling repeats voxels (nearest);
+``upsample="trilinear"`` gives the variant the text describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Upsample = Literal["nearest", "trilinear"]
+# Three max-pools: every spatial size must divide by 2**3.
+SIZE_MULTIPLE = 8
+
+
+@dataclass(frozen=True)
+class LATUPNetConfig:
+    """Every hyper-parameter of the network; the defaults are the paper's."""
+
+    in_channels: int = 3
+    num_classes: int = 4
+    base_filters: int = 32
+    se_ratio: int = 8
+    use_se: bool = True
+    dropout: float = 0.2
+    negative_slope: float = 0.1
+    norm_eps: float = 1e-3
+    upsample: Upsample = "nearest"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConvAct(nn.Sequential):
+    """Convolution ("same" padding, bias) followed by LeakyReLU, as every conv in the paper."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, slope: float) -> None:
+        super().__init__(nn.Conv3d(in_ch, out_ch, kernel, padding=kernel // 2), nn.LeakyReLU(slope))
+
+
+class SamePadConv2(nn.Module):
+    """The decoder's 2x2x2 "same" convolution: pads 0 before and 1 after on each axis (as Keras)."""
+
+    def __init__(self, in_ch: int, out_ch: int, slope: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_ch, out_ch, 2)
+        self.act = nn.LeakyReLU(slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(F.pad(x, (0, 1, 0, 1, 0, 1))))
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: global average pool -> C/r -> ReLU -> C -> sigmoid -> rescale."""
+
+    def __init__(self, channels: int, ratio: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // ratio)  # narrow test networks would otherwise get 0 units
+        self.squeeze = nn.Linear(channels, hidden, bias=False)
+        self.excite = nn.Linear(hidden, channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = x.mean(dim=(2, 3, 4))
+        weights = torch.sigmoid(self.excite(F.relu(self.squeeze(weights))))
+        return x * weights[:, :, None, None, None]
+
+
+def _attention(channels: int, cfg: LATUPNetConfig) -> nn.Module:
+    return SqueezeExcite(channels, cfg.se_ratio) if cfg.use_se else nn.Identity()
+
+
+def _norm(channels: int, cfg: LATUPNetConfig) -> nn.InstanceNorm3d:
+    return nn.InstanceNorm3d(channels, eps=cfg.norm_eps, affine=True)
+
+
+class ParallelConv(nn.Module):
+    """Level 1: a 3x3x3 embedding (the level-1 skip), then 1/3/5 branches, each pooled, concatenated."""
+
+    def __init__(self, cfg: LATUPNetConfig) -> None:
+        super().__init__()
+        f, slope = cfg.base_filters, cfg.negative_slope
+        self.embed = ConvAct(cfg.in_channels, f, 3, slope)
+        self.branches = nn.ModuleList(ConvAct(f, f, k, slope) for k in (1, 3, 5))
+        self.pool = nn.MaxPool3d(2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skip = self.embed(x)
+        return torch.cat([self.pool(branch(skip)) for branch in self.branches], dim=1), skip
+
+
+class EncoderLevel(nn.Module):
+    """SE -> conv3 -> IN -> conv3 (the skip) -> dropout -> maxpool."""
+
+    def __init__(self, in_ch: int, out_ch: int, cfg: LATUPNetConfig) -> None:
+        super().__init__()
+        slope = cfg.negative_slope
+        self.attention = _attention(in_ch, cfg)
+        self.conv1 = ConvAct(in_ch, out_ch, 3, slope)
+        self.norm = _norm(out_ch, cfg)
+        self.conv2 = ConvAct(out_ch, out_ch, 3, slope)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pool = nn.MaxPool3d(2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skip = self.conv2(self.norm(self.conv1(self.attention(x))))
+        return self.pool(self.dropout(skip)), skip
+
+
+class DecoderLevel(nn.Module):
+    """Upsample x2 -> conv 2x2x2 -> IN -> concat(skip) -> conv3 -> SE -> dropout -> conv3."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, cfg: LATUPNetConfig) -> None:
+        super().__init__()
+        slope = cfg.negative_slope
+        self.upsample = nn.Upsample(scale_factor=2, mode=cfg.upsample)
+        self.up_conv = SamePadConv2(in_ch, out_ch, slope)
+        self.norm = _norm(out_ch, cfg)
+        self.conv1 = ConvAct(out_ch + skip_ch, out_ch, 3, slope)
+        self.attention = _attention(out_ch, cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv2 = ConvAct(out_ch, out_ch, 3, slope)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.up_conv(self.upsample(x)))
+        x = self.attention(self.conv1(torch.cat([x, skip], dim=1)))
+        return self.conv2(self.dropout(x))
+
+
+class LATUPNet(nn.Module):
+    """LATUP-Net for (N, in_channels, D, H, W) inputs with D, H, W divisible by 8.
+
+    ``forward`` returns logits (N, num_classes, D, H, W); ``predict`` applies the paper's softmax.
+    The softmax is left out of ``forward`` so the loss and argmax work on logits (numerically safer,
+    and argmax is the same).
+
+    >>> net = LATUPNet(LATUPNetConfig(base_filters=4))
+    >>> net(torch.zeros(1, 3, 16, 16, 24)).shape
+    torch.Size([1, 4, 16, 16, 24])
+    """
+
+    def __init__(self, config: LATUPNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or LATUPNetConfig()
+        self.config = cfg
+        f = cfg.base_filters
+        self.parallel = ParallelConv(cfg)
+        self.encoder2 = EncoderLevel(3 * f, 2 * f, cfg)
+        self.encoder3 = EncoderLevel(2 * f, 4 * f, cfg)
+        self.bottleneck = _attention(4 * f, cfg)
+        self.decoder3 = DecoderLevel(4 * f, 4 * f, 4 * f, cfg)
+        self.decoder2 = DecoderLevel(4 * f, 2 * f, 2 * f, cfg)
+        self.decoder1 = DecoderLevel(2 * f, f, f, cfg)
+        self.head = nn.Conv3d(f, cfg.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_shape(tuple(x.shape), self.config.in_channels)
+        x, skip1 = self.parallel(x)
+        x, skip2 = self.encoder2(x)
+        x, skip3 = self.encoder3(x)
+        x = self.bottleneck(x)
+        x = self.decoder3(x, skip3)
+        x = self.decoder2(x, skip2)
+        x = self.decoder1(x, skip1)
+        return self.head(x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (softmax over the class axis)."""
+        return torch.softmax(self(x), dim=1)
+
+    def penalised_weights(self) -> list[torch.Tensor]:
+        """The kernels under the paper's L2 penalty: encoder 2/3 convs, decoder convs 2-3, head."""
+        convs = [self.encoder2.conv1, self.encoder2.conv2, self.encoder3.conv1, self.encoder3.conv2]
+        for level in (self.decoder3, self.decoder2, self.decoder1):
+            convs += [level.conv1, level.conv2]
+        return [conv[0].weight for conv in convs] + [self.head.weight]
+
+
+def check_input_shape(shape: tuple[int, ...], in_channels: int) -> None:
+    """Raise ValueError unless ``shape`` is (N, in_channels, D, H, W) with D, H, W divisible by 8."""
+    if len(shape) != 5 or shape[1] != in_channels:
+        raise ValueError(f"LATUP-Net expects input (N, {in_channels}, D, H, W), got {tuple(shape)}")
+    bad = [s for s in shape[2:] if s % SIZE_MULTIPLE or s == 0]
+    if bad:
+        raise ValueError(
+            f"LATUP-Net needs spatial sizes divisible by {SIZE_MULTIPLE} (three 2x poolings), got "
+            f"{tuple(shape[2:])}: pad or crop the volume (e.g. the brain box padded to a multiple of 8)"
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

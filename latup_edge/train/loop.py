@@ -1,0 +1,244 @@
+"""The training loop: Adam on the paper's loss, per-region validation Dice each epoch, checkpoints.
+
+A run folder holds ``last.safetensors`` (every epoch), ``best.safetensors`` (best mean validation
+Dice), each with its JSON sidecar, ``optimizer.safetensors`` and ``state.json`` for ``resume``.
+Every epoch seeds its own random streams from (seed, epoch), so a resumed run continues exactly as
+an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from latup_edge.data.cases import discover_cases
+from latup_edge.data.labels import region_masks
+from latup_edge.evaluate.metrics import dice
+from latup_edge.fileio import atomic_write
+from latup_edge.infer.volume import predict_classes, torch_forward
+from latup_edge.models.checkpoint import load_model, save_checkpoint
+from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
+from latup_edge.train.loss import l2_penalty, weighted_dice_loss
+from latup_edge.train.sampling import TrainingCase, load_training_case, sample_patch
+
+Precision = Literal["auto", "bf16", "fp32"]
+Event = dict[str, Any]
+
+
+@dataclass
+class TrainingSettings:
+    """Everything that determines a run; stored in every checkpoint's provenance."""
+
+    patch: int = 128
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch: int = 1
+    lr: float = 1e-4
+    l2: float = 0.02
+    grad_clip: float | None = None
+    tumour_fraction: float = 0.7
+    val_cases: int = 4
+    seed: int = 0
+    precision: Precision = "auto"
+    threads: int | None = None
+    base_filters: int = 32
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0
+    step: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def use_bf16(precision: Precision, device: torch.device) -> bool:
+    """bf16 autocast on CUDA, and on CPUs with AMX/AVX-512 bf16 units, where it measured ~1.3-2x faster."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def split_cases(case_ids: list[str], val_cases: int, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded train/validation split of case ids (validation needs at least one training case left)."""
+    if len(case_ids) < 2 and val_cases > 0:
+        raise ValueError(f"need at least 2 cases to hold some out for validation, found {len(case_ids)}")
+    order = np.random.default_rng(seed).permutation(len(case_ids))
+    n_val = min(val_cases, len(case_ids) - 1)
+    val = sorted(case_ids[i] for i in order[:n_val])
+    return [c for c in case_ids if c not in val], val
+
+
+def validation_dice(model: LATUPNet, cases: list[TrainingCase], bf16: bool) -> dict[str, float]:
+    """Mean Dice per region over whole brain boxes of the validation cases."""
+    model.eval()
+    forward = torch_forward(model, bf16=bf16)
+    scores: dict[str, list[float]] = {"WT": [], "TC": [], "ET": []}
+    for case in cases:
+        predicted = region_masks(predict_classes(case.images.astype(np.float32), forward))
+        truth = region_masks(case.classes)
+        for region in scores:
+            scores[region].append(dice(predicted[region], truth[region]))
+    return {region: float(np.mean(values)) for region, values in scores.items()}
+
+
+def train(
+    data_dir: Path,
+    out_dir: Path,
+    settings: TrainingSettings,
+    resume: bool = False,
+    report: Callable[[Event], None] = lambda event: None,
+) -> TrainingState:
+    """Train LATUP-Net on a BraTS-format folder; checkpoints go to ``out_dir``. Returns the final state.
+
+    ``report`` receives events: {"event": "loaded"|"step"|"epoch", ...} for progress displays.
+    """
+    out_dir = Path(out_dir)
+    device = resolve_device()
+    bf16 = use_bf16(settings.precision, device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    cases = discover_cases(data_dir)
+    train_ids, val_ids = split_cases([c.case_id for c in cases], settings.val_cases, settings.seed)
+    by_id = {c.case_id: c for c in cases}
+    train_set = [load_training_case(by_id[i]) for i in train_ids]
+    val_set = [load_training_case(by_id[i]) for i in val_ids]
+    report(
+        {"event": "loaded", "train": len(train_set), "val": len(val_set), "bf16": bf16, "device": str(device)}
+    )
+
+    torch.manual_seed(settings.seed)
+    model = LATUPNet(LATUPNetConfig(base_filters=settings.base_filters)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
+    state = TrainingState()
+    if resume:
+        state = _restore(out_dir, model, optimizer, settings)
+    provenance = {
+        "data": str(Path(data_dir).resolve()),
+        "train_cases": train_ids,
+        "val_cases": val_ids,
+        "settings": asdict(settings),
+        "device": str(device),
+        "bf16_autocast": bf16,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "host": {
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+        },
+    }
+    total_steps = settings.epochs * settings.steps_per_epoch
+    for epoch in range(state.epoch, settings.epochs):
+        started = time.perf_counter()
+        rng = np.random.default_rng([settings.seed, epoch])
+        torch.manual_seed(settings.seed * 100_003 + epoch)
+        model.train()
+        losses = []
+        for _ in range(settings.steps_per_epoch):
+            loss = _step(model, optimizer, train_set, settings, rng, device, bf16)
+            losses.append(loss)
+            state.step += 1
+            report({"event": "step", "step": state.step, "total": total_steps, "loss": loss})
+        metrics = validation_dice(model, val_set, bf16) if val_set else {}
+        score = float(np.mean(list(metrics.values()))) if metrics else -float(np.mean(losses))
+        state.seconds += time.perf_counter() - started
+        state.epoch = epoch + 1
+        state.history.append(
+            {"epoch": state.epoch, "step": state.step, "loss": float(np.mean(losses)), "val_dice": metrics}
+        )
+        improved = score > state.best_score
+        if improved:
+            state.best_score, state.best_epoch = score, state.epoch
+        info = {
+            **provenance,
+            "steps": state.step,
+            "epoch": state.epoch,
+            "train_seconds": round(state.seconds, 1),
+            "val_dice": metrics,
+            "history": state.history,
+        }
+        save_checkpoint(model, out_dir / "last.safetensors", info)
+        if improved:
+            save_checkpoint(model, out_dir / "best.safetensors", info)
+        _save_optimizer(out_dir, optimizer, state)
+        report(
+            {
+                "event": "epoch",
+                "epoch": state.epoch,
+                "epochs": settings.epochs,
+                "loss": float(np.mean(losses)),
+                "val_dice": metrics,
+                "best": improved,
+            }
+        )
+    return state
+
+
+def _step(model, optimizer, train_set, settings, rng, device, bf16: bool) -> float:
+    pairs = [
+        sample_patch(train_set[rng.integers(len(train_set))], settings.patch, rng, settings.tumour_fraction)
+        for _ in range(settings.batch)
+    ]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
+    y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    loss = weighted_dice_loss(logits, y) + l2_penalty(model.penalised_weights(), settings.l2)
+    loss.backward()
+    if settings.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _save_optimizer(out_dir: Path, optimizer: torch.optim.Adam, state: TrainingState) -> None:
+    tensors = {}
+    for index, values in optimizer.state_dict()["state"].items():
+        for name, value in values.items():
+            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    atomic_write(out_dir / "optimizer.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    text = json.dumps(asdict(state), indent=2) + "\n"
+    atomic_write(out_dir / "state.json", lambda tmp: tmp.write_text(text))
+
+
+def _restore(
+    out_dir: Path, model: LATUPNet, optimizer: torch.optim.Adam, settings: TrainingSettings
+) -> TrainingState:
+    if not (out_dir / "state.json").exists():
+        raise ValueError(f"nothing to resume in {out_dir}: no state.json (start without --resume)")
+    saved = load_model(out_dir / "last.safetensors")
+    if saved.config != model.config:
+        raise ValueError(
+            f"{out_dir}/last.safetensors has config {saved.config}, this run asks for {model.config}"
+        )
+    model.load_state_dict(saved.state_dict())
+    tensors = load_file(str(out_dir / "optimizer.safetensors"))
+    optimizer_state = optimizer.state_dict()
+    optimizer_state["state"] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        optimizer_state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(optimizer_state)
+    state = TrainingState(**json.loads((out_dir / "state.json").read_text()))
+    if state.epoch >= settings.epochs:
+        raise ValueError(f"{out_dir} already finished {state.epoch} epochs; raise --epochs to train further")
+    return state

@@ -1,0 +1,105 @@
+"""BraTS-like phantoms: reproducible bytes, BraTS geometry, naming and labels, plausible contrasts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from latup_edge.data.labels import to_classes
+from latup_edge.data.naming import MODALITIES, Naming, case_filename, case_id_for
+from latup_edge.data.phantom import BRATS_AFFINE, GRID_SHAPE, PhantomCase, make_phantom, write_phantoms
+from latup_edge.data.preview import write_preview
+
+SEED = 11
+KEYS = (*MODALITIES, "seg")
+
+
+@pytest.fixture(scope="module")
+def folder_2021(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_phantoms(tmp_path_factory.mktemp("phantoms"), n=1, seed=SEED, naming="2021")[0]
+
+
+@pytest.fixture(scope="module")
+def other_case() -> PhantomCase:
+    return make_phantom(case_id_for(0, "2021"), seed=SEED + 1, index=0)
+
+
+def load(folder: Path, key: str, naming: Naming = "2021") -> nib.Nifti1Image:
+    return nib.load(folder / case_filename(folder.name, key, naming))
+
+
+def test_same_seed_gives_identical_bytes(folder_2021: Path, tmp_path: Path) -> None:
+    again = write_phantoms(tmp_path, n=1, seed=SEED, naming="2021")[0]
+    names = sorted(p.name for p in folder_2021.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    for name in names:
+        assert (folder_2021 / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def test_different_seed_gives_different_case(folder_2021: Path, other_case: PhantomCase) -> None:
+    flair = np.asanyarray(load(folder_2021, "flair").dataobj)
+    assert not np.array_equal(flair, other_case.images["flair"])
+    assert not np.array_equal(flair > 0, other_case.images["flair"] > 0)  # the anatomy moves too
+
+
+def test_brats_geometry_and_skull_stripping(folder_2021: Path) -> None:
+    images = {key: load(folder_2021, key) for key in KEYS}
+    for key, image in images.items():
+        assert image.shape == GRID_SHAPE
+        assert image.get_data_dtype() == (np.uint8 if key == "seg" else np.int16)
+        assert image.header.get_zooms() == (1.0, 1.0, 1.0)
+        np.testing.assert_array_equal(image.affine, BRATS_AFFINE)
+        assert int(image.header["qform_code"]) == int(image.header["sform_code"]) == 1
+    arrays = {key: np.asanyarray(image.dataobj) for key, image in images.items()}
+    brain = arrays["t1"] > 0
+    assert 1.2e6 < brain.sum() < 2.2e6  # an adult brain, in mm^3
+    for key in MODALITIES:
+        assert np.array_equal(arrays[key] > 0, brain), f"{key} is not zero exactly outside the brain"
+        inside = arrays[key][brain].astype(np.float32)
+        assert inside.max() > 300 and inside.std() > 0.1 * inside.mean(), key
+    assert not (arrays["seg"] > 0)[~brain].any()
+    # The BraTS paper crop sits on the brain.
+    crop = brain[56:184, 56:184, 13:141]
+    assert crop.sum() > 0.75 * brain.sum()
+
+
+@pytest.mark.parametrize("naming", ["2020", "2021", "2023"])
+def test_file_names_and_labels(naming: Naming, folder_2021: Path, tmp_path: Path) -> None:
+    calls: list[int] = []
+    if naming == "2021":
+        folder = folder_2021
+    else:
+        [folder] = write_phantoms(tmp_path, n=1, seed=SEED, naming=naming, start=3, progress=calls.append)
+        assert folder.name == case_id_for(3, naming) and calls == [1]
+    expected_names = sorted(case_filename(folder.name, key, naming) for key in KEYS)
+    assert sorted(p.name for p in folder.iterdir()) == expected_names
+    labels = np.asanyarray(load(folder, "seg", naming).dataobj)
+    expected = {0, 1, 2, 3} if naming == "2023" else {0, 1, 2, 4}
+    assert set(np.unique(labels).tolist()) == expected
+    counts = np.bincount(to_classes(labels, "2023" if naming == "2023" else "2021").ravel())
+    assert all(counts[1:] >= 500)
+    assert 15_000 <= counts[1:].sum() <= 180_000  # whole tumour, in mm^3
+
+
+def test_contrasts_are_plausible(other_case: PhantomCase) -> None:
+    images = {key: other_case.images[key].astype(np.float32) for key in MODALITIES}
+    classes, tissues = other_case.classes, other_case.tissues
+    assert tissues is not None
+    csf, gm, wm = ((tissues == t) & (classes == 0) for t in (1, 2, 3))
+    edema, necrosis, enhancing = (classes == c for c in (2, 1, 3))
+    assert images["flair"][edema].mean() > 1.3 * images["flair"][wm].mean()
+    assert images["t1ce"][enhancing].mean() > 1.5 * images["t1ce"][necrosis].mean()
+    assert images["t2"][csf].mean() > images["t2"][wm].mean()
+    assert images["t1"][wm].mean() > images["t1"][gm].mean() > images["t1"][csf].mean()
+    assert images["flair"][csf].mean() < images["flair"][wm].mean() < images["flair"][gm].mean()
+
+
+def test_preview_png(other_case: PhantomCase, tmp_path: Path) -> None:
+    path = write_preview(other_case, tmp_path / "preview.png", scale=1)
+    with Image.open(path) as image:
+        assert image.size == (5 * GRID_SHAPE[0], GRID_SHAPE[1])
+        assert image.mode == "RGB"

@@ -1,0 +1,96 @@
+"""Training: the paper's loss, and a narrow network that learns on two small phantoms."""
+
+import numpy as np
+import pytest
+import torch
+
+from latup_edge.data.cases import discover_cases
+from latup_edge.models import LATUPNet, LATUPNetConfig
+from latup_edge.models.checkpoint import load_model
+from latup_edge.train.loop import TrainingSettings, split_cases, train
+from latup_edge.train.loss import l2_penalty, soft_dice_losses, weighted_dice_loss
+from latup_edge.train.sampling import load_training_case, sample_patch
+
+
+def test_soft_dice_by_hand():
+    # Class 1 predicted with p = 0.5 on its 2 voxels and 0 elsewhere: 1 - (2*1 + e) / (2 + 0.5 + e).
+    target = torch.tensor([[0, 0, 1, 1]])
+    probabilities = torch.tensor([[[1.0, 1.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5]]])
+    losses = soft_dice_losses(probabilities, target)
+    assert losses[1].item() == pytest.approx(1 - 2 / 2.5, abs=1e-5)
+
+
+def test_weighted_dice_loss_is_zero_for_a_perfect_prediction_and_max_for_the_worst():
+    target = torch.tensor([[[[0, 1], [2, 3]]]])  # (N, D, H, W)
+    perfect = torch.nn.functional.one_hot(target, 4).movedim(-1, 1).float() * 100
+    assert weighted_dice_loss(perfect, target).item() == pytest.approx(0, abs=1e-4)
+    wrong = torch.nn.functional.one_hot(torch.zeros_like(target), 4).movedim(-1, 1).float() * 100
+    # Every region fully missed: 1.64 * 3 + 2.55 * 2 + 3.40 = 13.42.
+    assert weighted_dice_loss(wrong, target).item() == pytest.approx(13.42, abs=1e-3)
+
+
+def test_l2_penalty_covers_the_papers_kernels_only():
+    net = LATUPNet(LATUPNetConfig(base_filters=4))
+    weights = net.penalised_weights()
+    assert len(weights) == 4 + 6 + 1  # encoder 2/3 convs, decoder convs 2-3 of each level, head
+    penalised = {id(w) for w in weights}
+    assert id(net.parallel.embed[0].weight) not in penalised
+    assert id(net.decoder1.up_conv.conv.weight) not in penalised
+    expected = 0.02 * sum(float((w.detach() ** 2).sum()) for w in weights)
+    assert l2_penalty(weights).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_split_is_seeded_and_disjoint():
+    ids = [f"c{i}" for i in range(10)]
+    train_ids, val_ids = split_cases(ids, 3, seed=1)
+    assert (train_ids, val_ids) == split_cases(ids, 3, seed=1)
+    assert len(val_ids) == 3 and not set(train_ids) & set(val_ids)
+
+
+def test_tumour_centred_patches_contain_tumour(two_phantoms):
+    case = load_training_case(discover_cases(two_phantoms)[0])
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        images, classes = sample_patch(case, 32, rng, tumour_fraction=1.0)
+        assert images.shape == (3, 32, 32, 32) and classes.shape == (32, 32, 32)
+        assert (classes > 0).any() and images.min() >= 0 and images.max() <= 1
+
+
+def test_narrow_network_learns_on_two_phantoms_and_resumes(two_phantoms, tmp_path):
+    settings = TrainingSettings(
+        patch=32,
+        epochs=2,
+        steps_per_epoch=8,
+        lr=3e-3,
+        l2=0.0,
+        tumour_fraction=1.0,
+        val_cases=1,
+        seed=3,
+        base_filters=4,
+        precision="fp32",
+    )
+    state = train(two_phantoms, tmp_path / "run", settings)
+    assert state.step == 16 and (tmp_path / "run" / "best.safetensors").exists()
+
+    # The loss on fixed patches falls from the seeded initial network to the trained one.
+    case = load_training_case(discover_cases(two_phantoms)[0])
+    rng = np.random.default_rng(42)
+    patches = [sample_patch(case, 32, rng, 1.0) for _ in range(4)]
+    x = torch.from_numpy(np.stack([p[0] for p in patches]))
+    y = torch.from_numpy(np.stack([p[1] for p in patches]))
+    torch.manual_seed(settings.seed)
+    initial = LATUPNet(LATUPNetConfig(base_filters=4)).eval()
+    trained = load_model(tmp_path / "run" / "last.safetensors")
+    with torch.no_grad():
+        before, after = weighted_dice_loss(initial(x), y).item(), weighted_dice_loss(trained(x), y).item()
+    assert after < before - 0.5, (before, after)
+
+    # Resuming for one more epoch continues from epoch 2 and step 16.
+    settings.epochs = 3
+    resumed = train(two_phantoms, tmp_path / "run", settings, resume=True)
+    assert resumed.epoch == 3 and resumed.step == 24 and len(resumed.history) == 3
+
+
+def test_resume_without_a_run_is_refused(two_phantoms, tmp_path):
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(two_phantoms, tmp_path / "empty", TrainingSettings(patch=32, base_filters=4), resume=True)
