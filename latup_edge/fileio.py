@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,19 +12,19 @@ from pathlib import Path
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place.
 
-    A reader (or a run killed at any moment) never sees a partial file at ``path``.
+    A reader (or a run killed at any moment) never sees a partial file at ``path``. The folder must
+    exist: creating output folders is the caller's decision.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # A hidden name that keeps the real suffix (writers such as nibabel choose the format by it).
+    tmp = path.with_name(f".{secrets.token_hex(4)}.{path.name}")
     try:
-        write(Path(tmp))
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

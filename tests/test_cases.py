@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from latup_edge.data import cases as cases_module
+from latup_edge import fileio
 from latup_edge.data.cases import (
     BratsCase,
     CaseError,
@@ -346,7 +346,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
     def failing_fsync(fd: int) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(cases_module.os, "fsync", failing_fsync)
+    monkeypatch.setattr(fileio.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         save_label_map(CLASSES, reference, tmp_path / "out.nii.gz")
     assert [p.name for p in tmp_path.iterdir()] == ["ref.nii.gz"]

@@ -112,6 +112,8 @@ def train(
                 )
             elif event["event"] == "step":
                 bar.update(task, completed=event["step"], status=f"loss {event['loss']:.3f}")
+                if not err_console.is_terminal and event["step"] % 10 == 0:  # a log file gets plain lines
+                    err_console.print(f"step {event['step']}/{event['total']} loss {event['loss']:.3f}")
             else:
                 dice = " ".join(f"{k} {v:.3f}" for k, v in event["val_dice"].items())
                 err_console.print(

@@ -14,7 +14,6 @@ that names the case, the file and what to do, so a batch can report a bad case a
 from __future__ import annotations
 
 import os
-import secrets
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ from latup_edge.data.naming import (
     Naming,
     case_filename,
     case_id_for,
-    nifti_stem,
     parse_filename,
 )
+from latup_edge.fileio import atomic_write
 
 # Geometry tolerance on every entry of the 4x4 affine (mm for translations, ~rad for rotations).
 AFFINE_ATOL = 1e-3
@@ -351,14 +350,4 @@ def save_label_map(
     image.header.set_slope_inter(1, 0)
     image.header["cal_min"], image.header["cal_max"] = 0, 0
 
-    ext = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    temporary = path.with_name(f".{nifti_stem(path)}.{secrets.token_hex(4)}.tmp{ext}")
-    try:
-        nib.save(image, temporary)
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda temporary: nib.save(image, temporary))

@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 from latup_edge.data.labels import from_classes
 from latup_edge.data.naming import MODALITIES, Naming, case_filename, case_id_for
 from latup_edge.data.preview import write_preview
+from latup_edge.fileio import atomic_write
 
 GRID_SHAPE: tuple[int, int, int] = (240, 240, 155)
 # BraTS 2020/2021 files carry this affine: 1 mm, LPS voxel order, origin at voxel (0, 239, 0).
@@ -367,16 +368,6 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(image.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0)
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    """Write through a temporary file and rename, so an interrupted run leaves no partial file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(payload)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_case(case: PhantomCase, case_dir: Path, naming: Naming = "2021") -> Path:
     """Write a case's four modalities and its label map as BraTS-named ``.nii.gz`` files."""
     case_dir.mkdir(parents=True, exist_ok=True)
@@ -385,7 +376,7 @@ def write_case(case: PhantomCase, case_dir: Path, naming: Naming = "2021") -> Pa
 
     def write(key: str) -> None:
         path = case_dir / case_filename(case.case_id, key, naming)
-        _write_atomic(path, nifti_bytes(volumes[key], case.affine))
+        atomic_write(path, lambda temporary: temporary.write_bytes(nifti_bytes(volumes[key], case.affine)))
 
     _parallel_map(write, list(volumes))
     return case_dir

@@ -36,6 +36,7 @@ def shipped_weights() -> Path:
 def save_checkpoint(model: LATUPNet, path: Path, provenance: dict[str, Any] | None = None) -> Path:
     """Write ``path`` (.safetensors) and ``path`` with .json beside it; both atomically."""
     path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
     config = json.dumps(model.config.to_dict(), sort_keys=True)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(

@@ -1,0 +1,111 @@
+"""Dice drift of reduced precisions against the float model, on held-out cases.
+
+Each case is prepared once (normalised, cut to its brain box) and every precision sees the same
+input. Per case, region and precision: Dice and HD95 against the ground truth when it exists, and
+the agreement Dice with the reference precision (fp32). The summary gives each precision's mean
+Dice, its ratio to the reference, and MLPerf-style verdicts at 99 % and 99.9 % of the reference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from latup_edge.data.cases import BratsCase, load_case_images, load_case_labels
+from latup_edge.data.labels import REGIONS
+from latup_edge.data.preprocess import Crop, apply_crop, brain_box, minmax_normalize, undo_crop
+from latup_edge.evaluate.metrics import agreement, region_metrics
+from latup_edge.infer.volume import Forward
+
+REFERENCE = "fp32"
+# MLPerf's accuracy tiers for medical imaging: 99 % and 99.9 % of the reference.
+TIERS = {"99": 0.99, "99.9": 0.999}
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """A case as the network sees it, plus what is needed to score its prediction."""
+
+    case_id: str
+    inputs: np.ndarray  # (1, 3, D, H, W) float32 brain box
+    crop: Crop
+    truth: np.ndarray | None  # class map in the original geometry
+    spacing: tuple[float, float, float]
+
+    def classes(self, scores: np.ndarray) -> np.ndarray:
+        return undo_crop(np.argmax(scores[0], axis=0).astype(np.uint8), self.crop)
+
+
+def prepare_case(case: BratsCase) -> PreparedCase:
+    images, reference = load_case_images(case)
+    truth = load_case_labels(case, reference)[0] if case.seg is not None else None
+    normalized = minmax_normalize(images)
+    crop = brain_box(normalized)
+    spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
+    return PreparedCase(case.case_id, apply_crop(normalized, crop)[None], crop, truth, spacing)
+
+
+def measure_drift(
+    cases: Iterable[PreparedCase],
+    forwards: Mapping[str, Forward],
+    progress: Callable[[str], None] = lambda case_id: None,
+) -> dict[str, Any]:
+    """Score every precision in ``forwards`` (which must include "fp32") on every case."""
+    if REFERENCE not in forwards:
+        raise ValueError(f"drift needs the {REFERENCE} reference among the precisions, got {list(forwards)}")
+    per_case: dict[str, dict[str, Any]] = {}
+    for case in cases:
+        predictions, seconds = {}, {}
+        for precision, forward in forwards.items():
+            started = time.perf_counter()
+            predictions[precision] = case.classes(forward(case.inputs))
+            seconds[precision] = time.perf_counter() - started
+        entry: dict[str, Any] = {"seconds": seconds, "precisions": {}}
+        for precision, predicted in predictions.items():
+            scores: dict[str, Any] = {"agreement": agreement(predicted, predictions[REFERENCE])}
+            if case.truth is not None:
+                scores["metrics"] = region_metrics(predicted, case.truth, case.spacing)
+            entry["precisions"][precision] = scores
+        per_case[case.case_id] = entry
+        progress(case.case_id)
+    return {"cases": per_case, "summary": summarise_drift(per_case, list(forwards))}
+
+
+def summarise_drift(per_case: Mapping[str, Any], precisions: list[str]) -> dict[str, Any]:
+    """Per precision and region: mean Dice, ratio to fp32, mean and worst agreement, verdicts."""
+    summary: dict[str, Any] = {}
+    labelled = [c for c in per_case.values() if "metrics" in c["precisions"][REFERENCE]]
+    for precision in precisions:
+        regions: dict[str, Any] = {}
+        for region in REGIONS:
+            agreements = [c["precisions"][precision]["agreement"][region] for c in per_case.values()]
+            row = {"agreement_mean": float(np.mean(agreements)), "agreement_min": float(np.min(agreements))}
+            if labelled:
+                dice = float(
+                    np.mean([c["precisions"][precision]["metrics"][region]["dice"] for c in labelled])
+                )
+                ref = float(
+                    np.mean([c["precisions"][REFERENCE]["metrics"][region]["dice"] for c in labelled])
+                )
+                hd95 = float(
+                    np.mean([c["precisions"][precision]["metrics"][region]["hd95"] for c in labelled])
+                )
+                row |= {"dice": dice, "dice_fp32": ref, "ratio": dice / ref if ref else 1.0, "hd95": hd95}
+            regions[region] = row
+        # Without labels the agreement with fp32 stands in for the Dice ratio.
+        worst = min(r.get("ratio", r["agreement_mean"]) for r in regions.values())
+        summary[precision] = {
+            "regions": regions,
+            "worst_ratio": worst,
+            "verdicts": {tier: bool(worst >= bound) for tier, bound in TIERS.items()},
+            "basis": "dice_ratio" if labelled else "agreement",
+        }
+    return summary
+
+
+def _mean_metric(cases: list[Mapping[str, Any]], precision: str, region: str, metric: str) -> float:
+    return float(np.mean([c["precisions"][precision]["metrics"][region][metric] for c in cases]))

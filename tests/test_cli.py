@@ -1,0 +1,63 @@
+"""The command line: JSON output, the phantom acceptance check, evaluation, clear errors."""
+
+import json
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from latup_edge.cli import app
+from latup_edge.data.cases import discover_cases, load_case_labels
+from latup_edge.models import LATUPNet, LATUPNetConfig
+from latup_edge.models.checkpoint import save_checkpoint
+
+runner = CliRunner()
+
+
+def test_model_info_json_gives_the_papers_parameters_and_gmac():
+    result = runner.invoke(app, ["model-info", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["parameters"] == 3_069_060
+    assert abs(info["gmac"] - 789) / 789 < 0.02
+    assert info["input_size"] == [3, 128, 128, 128]
+
+
+def test_model_info_refuses_a_size_not_divisible_by_8():
+    result = runner.invoke(app, ["model-info", "--size", "100", "128", "128"])
+    assert result.exit_code == 1
+    assert "divisible by 8" in result.output and "Traceback" not in result.output
+
+
+def test_phantom_2023_cases_are_discovered_with_every_label(tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["phantom", str(out), "--n", "3", "--seed", "7", "--naming", "2023"])
+    assert result.exit_code == 0, result.output
+    cases = discover_cases(out)
+    assert len(cases) == 3
+    for case in cases:
+        assert set(case.files) == {"t1", "t1ce", "t2", "flair"} and case.seg is not None
+        assert case.naming == "2023"
+        classes, convention = load_case_labels(case)
+        assert convention == "2023" and set(np.unique(classes)) == {0, 1, 2, 3}
+
+
+def test_evaluate_reports_every_case_and_region(two_phantoms, tmp_path):
+    torch.manual_seed(0)
+    weights = save_checkpoint(LATUPNet(LATUPNetConfig(base_filters=4)), tmp_path / "narrow")
+    result = runner.invoke(app, ["evaluate", str(two_phantoms), "--weights", str(weights), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert len(report["cases"]) == 2 and not report["failures"]
+    for metrics in report["cases"].values():
+        assert set(metrics) == {"WT", "TC", "ET"}
+        assert all(0 <= m["dice"] <= 1 and m["hd95"] >= 0 for m in metrics.values())
+    assert report["summary"]["WT"]["dice"]["n"] == 2
+
+
+def test_evaluate_refuses_a_broken_checkpoint_in_one_sentence(two_phantoms, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 100)
+    result = runner.invoke(app, ["evaluate", str(two_phantoms), "--weights", str(broken)])
+    assert result.exit_code == 1
+    assert "not a readable safetensors checkpoint" in result.output and "Traceback" not in result.output
