@@ -26,9 +26,7 @@ FAST = {"probe_shape": NARROW_SHAPE, "threads": 1, "repeats": 1}
 @pytest.fixture(scope="module")
 def bundle_dir(narrow_onnx, narrow_int8, tmp_path_factory) -> Path:  # noqa: F811
     extra = {"verdicts": VERDICTS, "drift": {"int8": {"agreement": 0.99}}, "engine": "nncf"}
-    return compile_bundle(
-        narrow_onnx, narrow_int8, tmp_path_factory.mktemp("bundles") / "bundle", extra=extra, **FAST
-    )
+    return compile_bundle(narrow_onnx, narrow_int8, tmp_path_factory.mktemp("bundles") / "bundle", extra=extra, **FAST)
 
 
 @pytest.fixture
@@ -99,15 +97,11 @@ def precision(median_ms: float | None, eligible: bool) -> dict:
 
 def test_choose_default_is_the_fastest_passing_precision():
     assert (
-        choose_default(
-            {"fp32": precision(900, True), "bf16": precision(400, True), "int8": precision(300, True)}
-        )
+        choose_default({"fp32": precision(900, True), "bf16": precision(400, True), "int8": precision(300, True)})
         == "int8"
     )
     assert (
-        choose_default(
-            {"fp32": precision(900, True), "bf16": precision(400, True), "int8": precision(300, False)}
-        )
+        choose_default({"fp32": precision(900, True), "bf16": precision(400, True), "int8": precision(300, False)})
         == "bf16"
     )
     assert choose_default({"fp32": precision(900, True), "int8": precision(None, True)}) == "fp32"

@@ -33,15 +33,9 @@ def crop_set(two_phantoms, tmp_path_factory):
     return build_calibration_set(two_phantoms, out, per_case=2, crop_size=32, seed=3)
 
 
-@pytest.mark.parametrize(
-    ("kind", "per_case", "expected"), [("crop", 2, 4), ("brainbox", 2, 2), ("mixed", 1, 4)]
-)
-def test_each_kind_gives_normalised_samples_of_multiples_of_8(
-    two_phantoms, tmp_path, kind, per_case, expected
-):
-    calibration = build_calibration_set(
-        two_phantoms, tmp_path / kind, kind=kind, per_case=per_case, crop_size=32
-    )
+@pytest.mark.parametrize(("kind", "per_case", "expected"), [("crop", 2, 4), ("brainbox", 2, 2), ("mixed", 1, 4)])
+def test_each_kind_gives_normalised_samples_of_multiples_of_8(two_phantoms, tmp_path, kind, per_case, expected):
+    calibration = build_calibration_set(two_phantoms, tmp_path / kind, kind=kind, per_case=per_case, crop_size=32)
     assert len(calibration) == expected
     for sample, entry in zip(calibration, calibration.manifest["samples"], strict=True):
         assert sample.dtype == np.float32 and sample.shape[:2] == (1, 3)
@@ -52,9 +46,7 @@ def test_each_kind_gives_normalised_samples_of_multiples_of_8(
 
 
 def test_tumour_centred_crops_hold_tumour(two_phantoms, tmp_path):
-    calibration = build_calibration_set(
-        two_phantoms, tmp_path / "c", per_case=2, crop_size=16, tumour_share=1.0
-    )
+    calibration = build_calibration_set(two_phantoms, tmp_path / "c", per_case=2, crop_size=16, tumour_share=1.0)
     cases = {case.case_id: case for case in discover_cases(two_phantoms)}
     assert calibration.manifest["tumour_centred_samples"] == 4
     for entry in calibration.manifest["samples"]:
@@ -145,7 +137,5 @@ def test_cli_calibrate_json(two_phantoms, tmp_path):
 
 
 def test_cli_calibrate_refuses_a_bad_crop_size(two_phantoms, tmp_path):
-    result = CliRunner().invoke(
-        app, ["calibrate", str(two_phantoms), "-o", str(tmp_path / "c"), "--crop-size", "20"]
-    )
+    result = CliRunner().invoke(app, ["calibrate", str(two_phantoms), "-o", str(tmp_path / "c"), "--crop-size", "20"])
     assert result.exit_code == 1 and "multiple of 8" in result.output

@@ -83,9 +83,7 @@ def assert_names(error: pytest.ExceptionInfo[CaseError], path: Path) -> None:
         ("nnunet", "BraTS_00000", True),
     ],
 )
-def test_discovers_each_naming_in_case_folders(
-    tmp_path: Path, naming: str, case_id: str, compressed: bool
-) -> None:
+def test_discovers_each_naming_in_case_folders(tmp_path: Path, naming: str, case_id: str, compressed: bool) -> None:
     paths = write_case(tmp_path / case_id, case_id, naming, compressed)
     write_case(tmp_path / "second", case_id + "9", naming, compressed)
     found = discover_cases(tmp_path)
@@ -306,9 +304,7 @@ def oblique_reference(path: Path) -> nib.Nifti1Image:
     return nib.load(path)
 
 
-@pytest.mark.parametrize(
-    ("convention", "et_label", "name"), [("2021", 4, "out.nii.gz"), ("2023", 3, "out.nii")]
-)
+@pytest.mark.parametrize(("convention", "et_label", "name"), [("2021", 4, "out.nii.gz"), ("2023", 3, "out.nii")])
 def test_saved_label_map_keeps_the_reference_geometry(
     tmp_path: Path, convention: str, et_label: int, name: str
 ) -> None:

@@ -92,9 +92,7 @@ def test_export_for_deploy_checks_on_a_case(narrow_checkpoint, two_phantoms, tmp
     assert report["sha256"] == sha256_file(tmp_path / "model.onnx")
 
 
-def test_export_for_deploy_keeps_no_file_when_the_check_fails(
-    narrow_checkpoint, two_phantoms, tmp_path, monkeypatch
-):
+def test_export_for_deploy_keeps_no_file_when_the_check_fails(narrow_checkpoint, two_phantoms, tmp_path, monkeypatch):
     build = export_module._onnx_model
     monkeypatch.setattr(export_module, "_onnx_model", lambda model, sha: build(narrow_network(1), sha))
     with pytest.raises(ExportCheckError, match="does not reproduce the PyTorch network.*re-export"):
@@ -105,9 +103,7 @@ def test_export_for_deploy_keeps_no_file_when_the_check_fails(
 def test_cli_export_json(narrow_checkpoint, two_phantoms, tmp_path):
     out = tmp_path / "model.onnx"
     args = ["export", "--weights", str(narrow_checkpoint), "-o", str(out)]
-    result = CliRunner().invoke(
-        app, [*args, "--check-data", str(two_phantoms), "--check-size", "32", "--json"]
-    )
+    result = CliRunner().invoke(app, [*args, "--check-data", str(two_phantoms), "--check-size", "32", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["check"]["passed"] and report["onnx"] == str(out) and out.is_file()

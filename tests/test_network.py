@@ -38,9 +38,7 @@ def test_non_cubic_sizes_divisible_by_8(upsample):
     torch.testing.assert_close(probabilities.sum(1), torch.ones(2, 16, 24, 40))
 
 
-@pytest.mark.parametrize(
-    "shape", [(1, 3, 20, 16, 16), (1, 3, 16, 16, 12), (1, 4, 16, 16, 16), (3, 16, 16, 16)]
-)
+@pytest.mark.parametrize("shape", [(1, 3, 20, 16, 16), (1, 3, 16, 16, 12), (1, 4, 16, 16, 16), (3, 16, 16, 16)])
 def test_bad_input_shapes_are_refused_clearly(shape):
     net = LATUPNet(LATUPNetConfig(base_filters=4))
     with pytest.raises(ValueError, match="divisible by 8|expects input"):

@@ -214,9 +214,7 @@ def build_calibration_set(
     chosen = _choose_cases(discover_cases(root), cases, rng, exclude, case_ids)
     _prepare_out_dir(out_dir)
     crops_per_case = 0 if kind == "brainbox" else per_case
-    flags = _tumour_flags(len(chosen) * crops_per_case, tumour_share, rng).reshape(
-        len(chosen), crops_per_case
-    )
+    flags = _tumour_flags(len(chosen) * crops_per_case, tumour_share, rng).reshape(len(chosen), crops_per_case)
     samples = []
     for done, (case, case_flags) in enumerate(zip(chosen, flags, strict=True), start=1):
         sources = _sources(case, root, with_seg=bool(case_flags.any()))
@@ -315,9 +313,7 @@ def _check_sources(case: BratsCase, sources: dict[str, dict[str, str]]) -> None:
             )
 
 
-def rebuild_calibration_set(
-    manifest_path: Path | str, data_dir: Path | str, out_dir: Path | str
-) -> CalibrationSet:
+def rebuild_calibration_set(manifest_path: Path | str, data_dir: Path | str, out_dir: Path | str) -> CalibrationSet:
     """Rebuild a calibration set from its manifest and the same BraTS folder (which may have moved).
 
     Every source file must still have the sha256 the manifest records, and every rebuilt sample

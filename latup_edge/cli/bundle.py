@@ -14,12 +14,12 @@ from latup_edge.cli.app import JsonOption, command, console, err_console, print_
 def compile_command(
     model: Annotated[Path, typer.Argument(help="The FP32 ONNX model (from `latup-edge export`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The bundle folder to write.")],
-    int8: Annotated[
-        Path | None, typer.Option("--int8", help="INT8 model: OpenVINO IR (.xml) or QDQ ONNX.")
-    ] = None,
-    size: Annotated[
-        tuple[int, int, int], typer.Option(help="Input size D H W for the INT8 check and the timing.")
-    ] = (64, 64, 64),
+    int8: Annotated[Path | None, typer.Option("--int8", help="INT8 model: OpenVINO IR (.xml) or QDQ ONNX.")] = None,
+    size: Annotated[tuple[int, int, int], typer.Option(help="Input size D H W for the INT8 check and the timing.")] = (
+        64,
+        64,
+        64,
+    ),
     threads: Annotated[int, typer.Option(help="Inference threads when timing (0: OpenVINO's default).")] = 0,
     include_onnx: Annotated[bool, typer.Option(help="Also copy the ONNX models into the bundle.")] = False,
     as_json: JsonOption = False,
@@ -54,21 +54,20 @@ def bundle_info(
 
 def show_bundle(manifest: dict[str, Any], path: Path, as_json: bool) -> None:
     """Print a verified bundle's manifest: as JSON, or as a table of its precisions."""
+    from latup_edge.deploy.bundle import precision_size_mb
+
     if as_json:
         print_json({"bundle": str(path), "verified": True, **manifest})
         return
     rows = []
     for name, entry in manifest["precisions"].items():
-        stem = Path(entry["file"]).stem
-        size_mb = sum(
-            manifest["files"].get(f"{stem}{suffix}", {}).get("bytes", 0) for suffix in (".xml", ".bin")
-        )
+        size_mb = precision_size_mb(manifest, name)
         kernels = entry["int8_kernels"]
         latency = entry["latency_ms"]
         rows.append(
             (
                 name,
-                f"{size_mb / 1e6:.1f}",
+                f"{size_mb:.1f}",
                 f"{kernels['int8_convolutions']}/{kernels['convolutions']}",
                 f"{latency['median_ms']:.0f}",
                 entry["verdict"] or "-",

@@ -17,9 +17,7 @@ def phantom(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same bytes.")] = 0,
     naming: Annotated[str, typer.Option(help="BraTS naming: 2020, 2021 or 2023.")] = "2021",
     start: Annotated[int, typer.Option(help="Index of the first case (case ids continue from it).")] = 0,
-    preview: Annotated[
-        bool, typer.Option(help="Also write a PNG per case: a slice through the tumour.")
-    ] = False,
+    preview: Annotated[bool, typer.Option(help="Also write a PNG per case: a slice through the tumour.")] = False,
 ) -> None:
     """Write BraTS-like cases: MNI152 anatomy, four contrasts, a glioma with NCR, ED and ET."""
     from latup_edge.data.phantom import write_phantoms

@@ -13,9 +13,7 @@ from latup_edge.cli.app import JsonOption, command, console, err_console, print_
 @command("export")
 def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="The ONNX file to write, e.g. model.onnx.")],
-    weights: Annotated[
-        Path | None, typer.Option(help="Checkpoint (default: the shipped demo weights).")
-    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped demo weights).")] = None,
     check_data: Annotated[
         Path | None,
         typer.Option(help="BraTS folder whose first case checks the export (default: a generated phantom)."),

@@ -59,9 +59,7 @@ def model_info(
 @command("train")
 def train(
     data_dir: Annotated[Path, typer.Argument(help="A BraTS-format folder (real or phantom) with seg files.")],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Run folder for checkpoints, e.g. models/NAME.")
-    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder for checkpoints, e.g. models/NAME.")],
     patch: Annotated[int, typer.Option(help="Patch size (cubic, multiple of 8); the paper uses 128.")] = 128,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     steps_per_epoch: Annotated[int, typer.Option(min=1)] = 100,
@@ -131,9 +129,7 @@ def train(
 @command("evaluate")
 def evaluate(
     data_dir: Annotated[Path, typer.Argument(help="A BraTS-format folder with seg files.")],
-    weights: Annotated[
-        Path | None, typer.Option(help="Checkpoint (default: the shipped demo weights).")
-    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped demo weights).")] = None,
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast) PyTorch inference.")] = "fp32",
     as_json: JsonOption = False,
 ) -> None:

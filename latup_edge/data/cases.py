@@ -253,9 +253,7 @@ def load_case_images(
     images = [_open(case, path) for path in paths]
     shape = _shape3(case, paths[0], images[0])
     for path, image in zip(paths[1:], images[1:], strict=True):
-        _check_same_grid(
-            case, path, _shape3(case, path, image), image.affine, paths[0], shape, images[0].affine
-        )
+        _check_same_grid(case, path, _shape3(case, path, image), image.affine, paths[0], shape, images[0].affine)
 
     # Filled one modality at a time so that only one extra volume is ever held.
     stacked = np.empty((len(paths), *shape), dtype=np.float32)
@@ -270,9 +268,7 @@ def load_case_images(
     return stacked, images[0]
 
 
-def load_case_labels(
-    case: BratsCase, reference: nib.Nifti1Image | None = None
-) -> tuple[np.ndarray, LabelConvention]:
+def load_case_labels(case: BratsCase, reference: nib.Nifti1Image | None = None) -> tuple[np.ndarray, LabelConvention]:
     """Load a case's label map as network classes (uint8: 0 bg, 1 NCR, 2 ED, 3 ET).
 
     Returns the classes and the convention the file follows (ET stored as 4 up to 2021, as 3

@@ -21,8 +21,7 @@ def to_classes(labels: np.ndarray, convention: LabelConvention) -> np.ndarray:
     found = {int(v) for v in np.unique(labels)}
     if not found <= allowed:
         raise ValueError(
-            f"label values {sorted(found - allowed)} are not in the BraTS {convention} convention "
-            f"{sorted(allowed)}"
+            f"label values {sorted(found - allowed)} are not in the BraTS {convention} convention {sorted(allowed)}"
         )
     classes = labels.astype(np.uint8)
     classes[labels == ET_LABEL[convention]] = 3

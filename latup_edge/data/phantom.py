@@ -36,9 +36,7 @@ from latup_edge.fileio import atomic_write
 
 GRID_SHAPE: tuple[int, int, int] = (240, 240, 155)
 # BraTS 2020/2021 files carry this affine: 1 mm, LPS voxel order, origin at voxel (0, 239, 0).
-BRATS_AFFINE = np.array(
-    [[-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 239.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
-)
+BRATS_AFFINE = np.array([[-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 239.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 # Voxel axes flipped between the template (RAS) and BraTS (LPS) orders.
 _FLIP = np.diag([-1.0, -1.0, 1.0])
 # Where the brain centre sits in the grid: the centre of the paper crop [56:184, 56:184, 13:141].

@@ -49,9 +49,7 @@ def _overlay(grey: np.ndarray, classes_slice: np.ndarray) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def write_preview(
-    case: PhantomCase | tuple[Mapping[str, np.ndarray], np.ndarray], path: Path, scale: int = 2
-) -> Path:
+def write_preview(case: PhantomCase | tuple[Mapping[str, np.ndarray], np.ndarray], path: Path, scale: int = 2) -> Path:
     """Write the preview PNG: T1, T1ce, T2, FLAIR and the labels over FLAIR, side by side.
 
     ``case`` is a PhantomCase or ``(images, classes)`` with images keyed ``t1``, ``t1ce``, ``t2``,

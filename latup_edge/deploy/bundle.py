@@ -62,9 +62,7 @@ def choose_default(precisions: dict[str, dict[str, Any]]) -> str:
         latency = precisions[name].get("latency_ms") or {}
         return float(latency.get("median_ms", math.inf))
 
-    eligible = [
-        name for name, entry in precisions.items() if entry.get("eligible") or name == REFERENCE_PRECISION
-    ]
+    eligible = [name for name, entry in precisions.items() if entry.get("eligible") or name == REFERENCE_PRECISION]
     return min(eligible, key=median_ms) if eligible else REFERENCE_PRECISION
 
 
@@ -153,9 +151,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise BundleError(
-            f"{path} is not a latup-edge bundle (no {MANIFEST}): {FIX}, e.g. with `latup-edge compile`"
-        )
+        raise BundleError(f"{path} is not a latup-edge bundle (no {MANIFEST}): {FIX}, e.g. with `latup-edge compile`")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -176,8 +172,12 @@ def _verify(path: Path, manifest: dict[str, Any]) -> None:
             raise BundleError(f"bundle {path}: {name} is missing: {FIX}")
         size = file.stat().st_size
         if size != expected["bytes"]:
-            raise BundleError(
-                f"bundle {path}: {name} has {size} bytes, the manifest says {expected['bytes']}: {FIX}"
-            )
+            raise BundleError(f"bundle {path}: {name} has {size} bytes, the manifest says {expected['bytes']}: {FIX}")
         if sha256_file(file) != expected["sha256"]:
             raise BundleError(f"bundle {path}: {name} does not match its sha256 in the manifest: {FIX}")
+
+
+def precision_size_mb(manifest: dict[str, Any], name: str) -> float:
+    """Size on disk (MB) of the IR files (.xml + .bin) a precision runs."""
+    stem = Path(manifest["precisions"][name]["file"]).stem
+    return sum(manifest["files"].get(f"{stem}{suffix}", {}).get("bytes", 0) for suffix in (".xml", ".bin")) / 1e6

@@ -153,13 +153,10 @@ def compile_bundle(
                 shutil.copyfile(source, work / f"{name}.onnx")
         names = ["fp32", *(["bf16"] if bf16 else []), *(["int8"] if int8_model else [])]
         shape = tuple(latency_shape or probe_shape)
-        precisions = {
-            name: _measure(work, name, probe_shape, shape, threads, repeats, extra, say) for name in names
-        }
+        precisions = {name: _measure(work, name, probe_shape, shape, threads, repeats, extra, say) for name in names}
         default = choose_default(precisions)
         files = {
-            file.name: {"sha256": sha256_file(file), "bytes": file.stat().st_size}
-            for file in sorted(work.iterdir())
+            file.name: {"sha256": sha256_file(file), "bytes": file.stat().st_size} for file in sorted(work.iterdir())
         }
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -168,9 +165,7 @@ def compile_bundle(
             **{field: model_metadata.get(key) for key, field in MANIFEST_FIELDS.items()},
             "source": {
                 "float_model": {"name": float_model.name, "sha256": sha256_file(float_model)},
-                "int8_model": {"name": int8_model.name, "sha256": sha256_file(int8_model)}
-                if int8_model
-                else None,
+                "int8_model": {"name": int8_model.name, "sha256": sha256_file(int8_model)} if int8_model else None,
                 "metadata": {k: v for k, v in model_metadata.items() if k not in MANIFEST_FIELDS},
             },
             "tools": tool_versions(),
@@ -194,12 +189,8 @@ def compile_bundle(
 
 
 def _check_destination(out_dir: Path) -> None:
-    if out_dir.is_file() or (
-        out_dir.is_dir() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir())
-    ):
-        raise BundleError(
-            f"{out_dir} exists and is not a bundle: choose an empty or new folder for the bundle"
-        )
+    if out_dir.is_file() or (out_dir.is_dir() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir())):
+        raise BundleError(f"{out_dir} exists and is not a bundle: choose an empty or new folder for the bundle")
 
 
 def _save_ir(core: ov.Core, source: Path, xml: Path) -> None:
@@ -208,9 +199,7 @@ def _save_ir(core: ov.Core, source: Path, xml: Path) -> None:
     except RuntimeError as error:
         # OpenVINO's messages run to many lines of C++ context: the first says what is wrong.
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise BundleError(
-            f"OpenVINO cannot read {source} ({first_line}): re-export or re-quantize it"
-        ) from None
+        raise BundleError(f"OpenVINO cannot read {source} ({first_line}): re-export or re-quantize it") from None
     # Keep float weights exact: save_model would otherwise store them as fp16.
     ov.save_model(model, str(xml), compress_to_fp16=False)
 

@@ -39,9 +39,7 @@ class SplitSkipDecoderLevel(nn.Module):
 
 
 def _conv_part(conv: nn.Conv3d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv3d:
-    part = nn.Conv3d(
-        weight.shape[1], weight.shape[0], conv.kernel_size, padding=conv.padding, bias=bias is not None
-    )
+    part = nn.Conv3d(weight.shape[1], weight.shape[0], conv.kernel_size, padding=conv.padding, bias=bias is not None)
     with torch.no_grad():
         part.weight.copy_(weight)
         if bias is not None:

@@ -31,6 +31,7 @@ from latup_edge.data.cases import discover_cases, load_case_images
 from latup_edge.data.labels import CLASS_NAMES, ET_LABEL
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import apply_crop, minmax_normalize, paper_crop
+from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.fileio import atomic_write, sha256_file
 from latup_edge.models.checkpoint import load_model, shipped_weights
 from latup_edge.models.latup_net import SIZE_MULTIPLE, LATUPNet
@@ -57,9 +58,7 @@ PREPROCESSING: dict[str, Any] = {
 LABELS: dict[str, Any] = {
     "channels": dict(enumerate(CLASS_NAMES)),
     "brats_label": {
-        convention: {
-            name: (ET_LABEL[convention] if index == 3 else index) for index, name in enumerate(CLASS_NAMES)
-        }
+        convention: {name: (ET_LABEL[convention] if index == 3 else index) for index, name in enumerate(CLASS_NAMES)}
         for convention in ET_LABEL
     },
     "output": "logits; the class is the argmax over the channel axis (softmax is monotone: not needed)",
@@ -204,8 +203,12 @@ def export_for_deploy(
     out: Path,
     check_case_dir: Path | None,
     check_size: int = 128,
+    deploy_form: bool = True,
 ) -> dict[str, Any]:
     """Load a checkpoint (None: the shipped weights), export it to ``out`` and check it against PyTorch.
+
+    With ``deploy_form`` the exported graph is ``to_deploy_form(model)`` (decoder convolutions split
+    per concat input: the same function, INT8-friendly); the check compares it with the paper form.
 
     The check runs on the first case of ``check_case_dir`` (None: one generated phantom), paper
     preprocessing with a ``check_size``^3 centre crop. The file appears at ``out`` only if the
@@ -217,8 +220,8 @@ def export_for_deploy(
     weights = Path(weights) if weights is not None else shipped_weights()
     model = load_model(weights)
     x = check_input(check_case_dir, check_size) if check_case_dir else _phantom_check_input(check_size)
-    proto = _onnx_model(model, sha256_file(weights))
-    report: dict[str, Any] = {}
+    proto = _onnx_model(to_deploy_form(model) if deploy_form else model, sha256_file(weights))
+    report: dict[str, Any] = {"deploy_form": deploy_form}
 
     def write_checked(tmp: Path) -> None:
         onnx.save(proto, tmp)

@@ -85,15 +85,9 @@ def summarise_drift(per_case: Mapping[str, Any], precisions: list[str]) -> dict[
             agreements = [c["precisions"][precision]["agreement"][region] for c in per_case.values()]
             row = {"agreement_mean": float(np.mean(agreements)), "agreement_min": float(np.min(agreements))}
             if labelled:
-                dice = float(
-                    np.mean([c["precisions"][precision]["metrics"][region]["dice"] for c in labelled])
-                )
-                ref = float(
-                    np.mean([c["precisions"][REFERENCE]["metrics"][region]["dice"] for c in labelled])
-                )
-                hd95 = float(
-                    np.mean([c["precisions"][precision]["metrics"][region]["hd95"] for c in labelled])
-                )
+                dice = float(np.mean([c["precisions"][precision]["metrics"][region]["dice"] for c in labelled]))
+                ref = float(np.mean([c["precisions"][REFERENCE]["metrics"][region]["dice"] for c in labelled]))
+                hd95 = float(np.mean([c["precisions"][precision]["metrics"][region]["hd95"] for c in labelled]))
                 row |= {"dice": dice, "dice_fp32": ref, "ratio": dice / ref if ref else 1.0, "hd95": hd95}
             regions[region] = row
         # Without labels the agreement with fp32 stands in for the Dice ratio.

@@ -52,9 +52,7 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1
     """
     pred, truth = _as_masks(pred, truth)
     if len(spacing) != pred.ndim:
-        raise ValueError(
-            f"spacing {tuple(spacing)} has {len(spacing)} values; the masks have {pred.ndim} axes"
-        )
+        raise ValueError(f"spacing {tuple(spacing)} has {len(spacing)} values; the masks have {pred.ndim} axes")
     pred_empty, truth_empty = not pred.any(), not truth.any()
     if pred_empty and truth_empty:
         return 0.0

@@ -69,7 +69,8 @@ class OpenVINOModel:
     runs (OpenVINO compiles shape-specific kernels on the first call at a new shape).
 
     Args:
-        model_path: an OpenVINO IR ``.xml`` (``.bin`` beside it) or an ``.onnx`` file.
+        model_path: an OpenVINO IR ``.xml`` (``.bin`` beside it), an ``.onnx`` file, or an in-memory
+            ``ov.Model`` (as the quantizers and the sensitivity analysis produce).
         precision: ``fp32``, ``bf16`` (the float model) or ``int8`` (a quantized model).
         threads: ``INFERENCE_NUM_THREADS``; None lets OpenVINO use every core.
         hint: ``PERFORMANCE_HINT``, ``LATENCY`` (one stream, one case at a time) or ``THROUGHPUT``.
@@ -78,7 +79,7 @@ class OpenVINOModel:
 
     def __init__(
         self,
-        model_path: Path,
+        model_path: Path | ov.Model,
         precision: Precision,
         threads: int | None = None,
         hint: PerformanceHint = "LATENCY",
@@ -88,17 +89,14 @@ class OpenVINOModel:
             raise OpenVINOError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         if hint not in get_args(PerformanceHint):
             raise OpenVINOError(f"unknown performance hint {hint!r}: choose LATENCY or THROUGHPUT")
-        self.path = Path(model_path)
+        in_memory = isinstance(model_path, ov.Model)
+        self.path = Path(model_path.get_friendly_name() if in_memory else model_path)
         self.precision = precision
-        if not self.path.is_file():
-            raise OpenVINOError(
-                f"model file {self.path} does not exist: check the path or rebuild the bundle"
-            )
+        if not in_memory and not self.path.is_file():
+            raise OpenVINOError(f"model file {self.path} does not exist: check the path or rebuild the bundle")
         core = ov.Core()
         if precision == "bf16" and not cpu_supports_bf16(core):
-            raise OpenVINOError(
-                f"this CPU ({cpu_name(core)}) has no bf16 units: run {self.path.name} as fp32 or int8"
-            )
+            raise OpenVINOError(f"this CPU ({cpu_name(core)}) has no bf16 units: run {self.path.name} as fp32 or int8")
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
             "PERFORMANCE_HINT": hint,
@@ -110,7 +108,7 @@ class OpenVINOModel:
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
         start = time.perf_counter()
-        model = core.read_model(str(self.path))
+        model = model_path.clone() if in_memory else core.read_model(str(self.path))
         model.reshape({model.input(0): _dynamic_spatial(model.input(0).get_partial_shape())})
         self.compiled = core.compile_model(model, DEVICE, config)
         self.load_ms = (time.perf_counter() - start) * 1000
@@ -143,9 +141,7 @@ def _plain(value: Any) -> Any:
     return getattr(value, "name", str(value))
 
 
-def int8_kernel_report(
-    compiled_model: ov.CompiledModel, probe_shape: Sequence[int] | None = None
-) -> dict[str, Any]:
+def int8_kernel_report(compiled_model: ov.CompiledModel, probe_shape: Sequence[int] | None = None) -> dict[str, Any]:
     """Which convolution kernels a compiled model really runs: how many are INT8, and their names.
 
     Reads ``layerType``, ``runtimePrecision`` and ``primitiveType`` from the rt_info of every op of

@@ -39,9 +39,7 @@ def save_checkpoint(model: LATUPNet, path: Path, provenance: dict[str, Any] | No
     path.parent.mkdir(parents=True, exist_ok=True)
     config = json.dumps(model.config.to_dict(), sort_keys=True)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(
-        path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "config": config})
-    )
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "config": config}))
     sidecar = {
         "format": FORMAT,
         "weights": path.name,
@@ -74,9 +72,7 @@ def read_checkpoint(path: Path) -> tuple[LATUPNetConfig, dict[str, torch.Tensor]
             "latup-edge checkpoint: re-copy it or retrain"
         ) from None
     if metadata.get("format") != FORMAT or "config" not in metadata:
-        raise CheckpointError(
-            f"{path} is a safetensors file but not a latup-edge checkpoint (no {FORMAT} header)"
-        )
+        raise CheckpointError(f"{path} is a safetensors file but not a latup-edge checkpoint (no {FORMAT} header)")
     config = _config_from_dict(json.loads(metadata["config"]), path)
     sidecar_path = path.with_suffix(".json")
     sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.exists() else {}
@@ -102,9 +98,7 @@ def load_model(path: Path | str | None = None, map_location: str = "cpu") -> LAT
         if expected[k] != found[k]
     ]
     if problems:
-        shown = "; ".join(sorted(problems)[:3]) + (
-            f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        )
+        shown = "; ".join(sorted(problems)[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
         raise CheckpointError(f"{path} does not match the network its config describes: {shown}")
     model.load_state_dict({k: v.to(map_location) for k, v in tensors.items()})
     return model.eval()

@@ -27,9 +27,7 @@ def soft_dice_losses(probabilities: torch.Tensor, target: torch.Tensor) -> torch
 def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """WDL = w_WT (D_NCR + D_ED + D_ET) + w_TC (D_NCR + D_ET) + w_ET D_ET (classes 1 NCR, 2 ED, 3 ET)."""
     ncr, ed, et = soft_dice_losses(torch.softmax(logits.float(), dim=1), target)[1:4]
-    return (
-        REGION_WEIGHTS["WT"] * (ncr + ed + et) + REGION_WEIGHTS["TC"] * (ncr + et) + REGION_WEIGHTS["ET"] * et
-    )
+    return REGION_WEIGHTS["WT"] * (ncr + ed + et) + REGION_WEIGHTS["TC"] * (ncr + et) + REGION_WEIGHTS["ET"] * et
 
 
 def l2_penalty(weights: list[torch.Tensor], scale: float = L2_WEIGHT) -> torch.Tensor:

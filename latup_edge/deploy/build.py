@@ -1,0 +1,125 @@
+"""``build``: export -> calibrate -> quantize -> drift gate -> compile, into one bundle.
+
+Cases of the data folder are split once, by seed: ``held_out`` cases judge the drift gate and are
+never seen by calibration or by the mixed-precision search; the rest calibrate, and the first two
+calibration cases drive the sensitivity search.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latup_edge.calibration.calibration_set import build_calibration_set
+from latup_edge.data.cases import discover_cases
+from latup_edge.deploy.compile import compile_bundle
+from latup_edge.deploy.export import export_for_deploy
+from latup_edge.deploy.quantize import DEFAULT_AGREEMENT_TARGET, Engine, quantize
+from latup_edge.deploy.quantize.sensitivity import AgreementJudge
+from latup_edge.evaluate.drift import measure_drift, prepare_case
+from latup_edge.infer.openvino_backend import OpenVINOModel, cpu_supports_bf16
+
+# MLPerf's high-accuracy tier: a reduced precision keeps >= 99.9 % of the float Dice per region.
+DEFAULT_MAX_DICE_DROP = 0.001
+SENSITIVITY_CASES = 2
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    engine: Engine = "nncf"
+    weights: Path | None = None
+    max_dice_drop: float = DEFAULT_MAX_DICE_DROP
+    held_out: int = 4
+    calibration_cases: int = 8
+    calibration_kind: str = "crop"
+    per_case: int = 1
+    crop_size: int = 128
+    seed: int = 0
+    sensitivity: bool = True  # rank the layers (and, with mixed, keep the harmful ones in float)
+    mixed: bool = True
+    agreement_target: float = DEFAULT_AGREEMENT_TARGET
+    threads: int | None = None
+
+
+def split_held_out(case_ids: list[str], held_out: int, seed: int) -> tuple[list[str], list[str]]:
+    """(calibration candidates, held-out) case ids, a seeded split."""
+    if len(case_ids) <= held_out:
+        raise ValueError(f"need more than {held_out} cases (held out for the drift gate), found {len(case_ids)}")
+    order = np.random.default_rng(seed).permutation(len(case_ids))
+    held = sorted(case_ids[i] for i in order[:held_out])
+    return [c for c in case_ids if c not in held], held
+
+
+def verdict(summary: dict[str, Any], max_dice_drop: float) -> str:
+    """'pass ...' or 'fail: ...' for one precision's drift summary."""
+    bound = 1 - max_dice_drop
+    worst = summary["worst_ratio"]
+    basis = "Dice ratio to fp32" if summary["basis"] == "dice_ratio" else "agreement with fp32"
+    if worst >= bound:
+        return f"pass: worst region {basis} {worst:.4f} >= {bound:.4f}"
+    return f"fail: worst region {basis} {worst:.4f} < {bound:.4f}"
+
+
+def build_bundle(
+    data_dir: Path, out_dir: Path, settings: BuildSettings, progress: Callable[[str], None] = lambda stage: None
+) -> dict[str, Any]:
+    """Build a bundle at ``out_dir``; returns the build report (also stored in the manifest)."""
+    cases = {case.case_id: case for case in discover_cases(data_dir)}
+    candidates, held_out = split_held_out(sorted(cases), settings.held_out, settings.seed)
+    with tempfile.TemporaryDirectory(prefix="latup-build-") as work_dir:
+        work = Path(work_dir)
+        progress("export")
+        export = export_for_deploy(settings.weights, work / "model.onnx", data_dir)
+        onnx_path = Path(export["onnx"])
+
+        progress("calibrate")
+        calibration = build_calibration_set(
+            data_dir, work / "calibration", cases=settings.calibration_cases, per_case=settings.per_case,
+            kind=settings.calibration_kind, crop_size=settings.crop_size, seed=settings.seed,
+            case_ids=candidates[: settings.calibration_cases],
+        )  # fmt: skip
+        calibration_ids = calibration.summary()["cases"]
+        judge = None
+        if settings.sensitivity:
+            sensitivity_cases = [prepare_case(cases[i]) for i in calibration_ids[:SENSITIVITY_CASES]]
+            judge = AgreementJudge.from_float_model(onnx_path, sensitivity_cases, settings.threads)
+
+        progress("quantize")
+        quantized = quantize(
+            settings.engine, onnx_path, list(calibration), work / "int8", judge=judge,
+            mixed=settings.mixed, target=settings.agreement_target, progress=progress,
+        )  # fmt: skip
+
+        progress("drift")
+        forwards = {"fp32": OpenVINOModel(onnx_path, "fp32", threads=settings.threads)}
+        if cpu_supports_bf16():
+            forwards["bf16"] = OpenVINOModel(onnx_path, "bf16", threads=settings.threads)
+        forwards["int8"] = OpenVINOModel(quantized.path, "int8", threads=settings.threads)
+        prepared = [prepare_case(cases[i]) for i in held_out]
+        drift = measure_drift(prepared, forwards)
+        verdicts = {name: verdict(drift["summary"][name], settings.max_dice_drop) for name in forwards}
+
+        progress("compile")
+        report = {
+            "engine": settings.engine,
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
+            "export": {k: export[k] for k in ("sha256", "weights", "check", "deploy_form")},
+            "calibration": calibration.summary(),
+            "held_out": held_out,
+            "quantization": quantized.to_dict() | {"path": quantized.path.name},
+            "keep_float": quantized.keep_float,
+            "drift": drift,
+            "verdicts": verdicts,
+        }
+        latency_shape = max((case.inputs.shape for case in prepared), key=np.prod)
+        # compile_bundle writes atomically and never overwrites a folder that is not a bundle.
+        compile_bundle(
+            onnx_path, quantized.path, out_dir, extra=report, latency_shape=latency_shape,
+            threads=settings.threads, include_onnx=True,
+        )  # fmt: skip
+    return report

@@ -1,0 +1,108 @@
+"""Static INT8 post-training quantization with two engines behind one interface.
+
+``quantize`` runs an engine (NNCF or neural-compressor) on the float ONNX model with a calibration
+set; optionally ranks the quantized layers by the damage each does (``sensitivity``) and keeps in
+float exactly the layers that ranking says must be (``mixed``). Every engine's result is read by
+OpenVINO as FakeQuantize operations, so one sensitivity analysis serves both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import openvino as ov
+
+from latup_edge.deploy.quantize.sensitivity import (
+    AgreementJudge,
+    LayerSensitivity,
+    layers_to_keep_float,
+    rank_layers,
+)
+
+Engine = Literal["nncf", "inc"]
+ENGINES: tuple[str, ...] = ("nncf", "inc")
+# Agreement with fp32 (worst region) that the mixed-precision search stops at.
+DEFAULT_AGREEMENT_TARGET = 0.995
+
+
+@dataclass
+class QuantizationResult:
+    """An INT8 model file and how it was made."""
+
+    engine: str
+    path: Path
+    keep_float: list[str]
+    seconds: float
+    baseline_agreement: float | None = None
+    agreement: float | None = None
+    ranking: list[LayerSensitivity] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "path": str(self.path),
+            "keep_float": self.keep_float,
+            "seconds": round(self.seconds, 1),
+            "agreement_fully_int8": self.baseline_agreement,
+            "agreement": self.agreement,
+            "sensitivity": [entry.to_dict() for entry in self.ranking],
+        }
+
+
+def run_engine(
+    engine: Engine, onnx_path: Path, samples: Sequence[np.ndarray], out_dir: Path, keep_float: Sequence[str] = ()
+) -> Path:
+    """Quantize with one engine; returns the INT8 model file (IR .xml for NNCF, QDQ .onnx for INC)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if engine == "nncf":
+        from latup_edge.deploy.quantize.nncf_engine import quantize_nncf
+
+        path = out_dir / "int8_nncf.xml"
+        ov.save_model(quantize_nncf(str(onnx_path), samples, keep_float), str(path), compress_to_fp16=False)
+        return path
+    if engine == "inc":
+        from latup_edge.deploy.quantize.inc_engine import quantize_inc
+
+        return quantize_inc(str(onnx_path), samples, out_dir / "int8_inc.onnx", keep_float)
+    raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+def quantize(
+    engine: Engine,
+    onnx_path: Path,
+    samples: Sequence[np.ndarray],
+    out_dir: Path,
+    keep_float: Sequence[str] = (),
+    judge: AgreementJudge | None = None,
+    mixed: bool = True,
+    target: float = DEFAULT_AGREEMENT_TARGET,
+    progress: Callable[[str], None] = lambda message: None,
+) -> QuantizationResult:
+    """Quantize; with a ``judge``, rank the layers and (``mixed``) keep the harmful ones in float.
+
+    The search bypasses quantizers in the INT8 model to find the layers, then quantizes again with
+    those layers excluded, so the final model is what the engine itself makes of that choice.
+    """
+    started = time.perf_counter()
+    progress(f"{engine}: quantizing")
+    path = run_engine(engine, onnx_path, samples, out_dir, keep_float)
+    result = QuantizationResult(engine, path, list(keep_float), 0.0)
+    if judge is not None:
+        int8 = ov.Core().read_model(str(path))
+        progress(f"{engine}: ranking layers")
+        result.baseline_agreement, result.ranking = rank_layers(int8, judge, progress=progress)
+        result.agreement = result.baseline_agreement
+        if mixed:
+            extra, _ = layers_to_keep_float(int8, result.ranking, judge, target)
+            if extra:
+                progress(f"{engine}: quantizing again with {len(extra)} layer(s) in float")
+                result.keep_float = [*keep_float, *extra]
+                result.path = run_engine(engine, onnx_path, samples, out_dir, result.keep_float)
+                result.agreement = judge(result.path)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,177 @@
+"""INT8 quantization: both engines, the layer graph, sensitivity, mixed precision, and the drift gate."""
+
+import json
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+
+from latup_edge.data.preprocess import Crop
+from latup_edge.deploy.build import BuildSettings, build_bundle, verdict
+from latup_edge.deploy.bundle import load_bundle
+from latup_edge.deploy.deploy_form import to_deploy_form
+from latup_edge.deploy.export import export_onnx
+from latup_edge.deploy.quantize import QuantizationResult, quantize, run_engine
+from latup_edge.deploy.quantize.graph import bypass, quantized_layers
+from latup_edge.deploy.quantize.sensitivity import AgreementJudge, rank_layers
+from latup_edge.evaluate.drift import PreparedCase, measure_drift
+from latup_edge.infer.openvino_backend import OpenVINOModel, int8_kernel_report
+from latup_edge.models import LATUPNet, LATUPNetConfig
+from latup_edge.models.checkpoint import save_checkpoint
+
+NARROW = LATUPNetConfig(base_filters=4)
+SKIP_CONV = "/decoder1/conv_skip/Conv"
+STEM_NORM = "/encoder2/norm/InstanceNormalization"
+
+
+def narrow_network(seed: int = 1) -> LATUPNet:
+    """A random narrow LATUP-Net with zero conv biases: then its argmax follows the input's features
+    and it predicts every class somewhere (with biases, a random network predicts one class)."""
+    torch.manual_seed(seed)
+    model = LATUPNet(NARROW).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv3d):
+                module.bias.zero_()
+    return model
+
+
+def tiny_case(case_id: str, seed: int) -> PreparedCase:
+    """A 32^3 input with a bright blob, so a random network still predicts several classes."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((1, 3, 32, 32, 32), dtype=np.float32) * 0.3
+    x[:, :, 10:22, 8:20, 12:24] += 0.7
+    return PreparedCase(case_id, x, Crop((32, 32, 32), (0, 0, 0), (32, 32, 32)), None, (1.0, 1.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def float_onnx(tmp_path_factory):
+    return export_onnx(to_deploy_form(narrow_network()), tmp_path_factory.mktemp("q") / "narrow.onnx")
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return [tiny_case(f"s{i}", i).inputs for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def judge(float_onnx):
+    return AgreementJudge.from_float_model(float_onnx, [tiny_case("a", 10), tiny_case("b", 11)])
+
+
+def test_deploy_form_computes_the_same_function():
+    model = narrow_network()
+    x = torch.rand(1, 3, 24, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(to_deploy_form(model)(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["nncf", "inc"])
+def test_each_engine_makes_a_model_that_runs_int8_convolutions(engine, float_onnx, samples, tmp_path):
+    path = run_engine(engine, float_onnx, samples, tmp_path)
+    report = int8_kernel_report(OpenVINOModel(path, "int8").compiled, (1, 3, 32, 32, 32))
+    assert report["int8_convolutions"] == report["convolutions"] > 0
+    assert SKIP_CONV in quantized_layers(ov.Core().read_model(str(path)))
+
+
+@pytest.mark.parametrize("engine", ["nncf", "inc"])
+def test_keep_float_leaves_exactly_that_layer_unquantized(engine, float_onnx, samples, tmp_path):
+    path = run_engine(engine, float_onnx, samples, tmp_path, keep_float=[SKIP_CONV])
+    layers = quantized_layers(ov.Core().read_model(str(path)))
+    assert SKIP_CONV not in layers and "/decoder1/conv2/conv2.0/Conv" in layers
+
+
+def test_layer_labels_are_stable_across_reads(float_onnx, samples, tmp_path):
+    path = run_engine("nncf", float_onnx, samples, tmp_path)
+    first, second = (quantized_layers(ov.Core().read_model(str(path))) for _ in range(2))
+    assert first == second and STEM_NORM in first  # InstanceNorm gets a new OpenVINO name on each read
+
+
+def test_bypassing_every_layer_brings_int8_back_towards_float(float_onnx, samples, tmp_path):
+    int8 = ov.Core().read_model(str(run_engine("nncf", float_onnx, samples, tmp_path)))
+    x = tiny_case("x", 5).inputs
+    reference = OpenVINOModel(float_onnx, "fp32")(x)
+    quantized = OpenVINOModel(int8, "int8")(x)
+    unquantized = OpenVINOModel(bypass(int8, quantized_layers(int8)), "int8")(x)
+    assert np.abs(unquantized - reference).max() < np.abs(quantized - reference).max()
+    with pytest.raises(ValueError, match="no quantized layer"):
+        bypass(int8, ["/not/a/layer"])
+
+
+def test_sensitivity_ranks_every_layer_most_harmful_first(float_onnx, samples, judge, tmp_path):
+    int8 = ov.Core().read_model(str(run_engine("nncf", float_onnx, samples, tmp_path)))
+    baseline, ranking = rank_layers(int8, judge)
+    assert [entry.layer for entry in ranking] != [] and len(ranking) == len(quantized_layers(int8))
+    gains = [entry.gain for entry in ranking]
+    assert gains == sorted(gains, reverse=True)
+    assert all(entry.agreement == pytest.approx(baseline + entry.gain) for entry in ranking)
+
+
+def test_mixed_precision_keeps_only_layers_that_help(float_onnx, samples, judge, tmp_path):
+    # A target above what any choice reaches makes the search take every layer that gains.
+    result = quantize("nncf", float_onnx, samples, tmp_path, judge=judge, mixed=True, target=1.01)
+    gaining = [entry.layer for entry in result.ranking[:6] if entry.gain > 0]
+    assert result.keep_float == gaining
+    assert set(result.keep_float).isdisjoint(quantized_layers(ov.Core().read_model(str(result.path))))
+    json.dumps(result.to_dict())
+
+
+def test_drift_verdicts_follow_the_bound():
+    summary = {"worst_ratio": 0.9995, "basis": "dice_ratio"}
+    assert verdict(summary, 0.001).startswith("pass")
+    assert verdict(summary | {"worst_ratio": 0.998}, 0.001).startswith("fail")
+
+
+def break_int8(path, out):
+    """Squash every activation quantizer's range: a deliberately broken INT8 model."""
+    model = ov.Core().read_model(str(path))
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
+            for index in (1, 2, 3, 4):
+                low_high = np.full(op.input_value(index).get_shape(), 1e-3 * (index % 2 == 0), np.float32)
+                op.input(index).replace_source_output(ov.opset13.constant(low_high).output(0))
+    ov.save_model(model, str(out), compress_to_fp16=False)
+    return out
+
+
+def test_drift_catches_a_broken_int8_model(float_onnx, samples, tmp_path):
+    broken = break_int8(run_engine("nncf", float_onnx, samples, tmp_path), tmp_path / "broken.xml")
+    cases = [tiny_case("a", 10), tiny_case("b", 11)]
+    forwards = {"fp32": OpenVINOModel(float_onnx, "fp32"), "int8": OpenVINOModel(broken, "int8")}
+    summary = measure_drift(cases, forwards)["summary"]
+    assert summary["fp32"]["worst_ratio"] == 1.0
+    assert summary["int8"]["worst_ratio"] < 0.9 and not summary["int8"]["verdicts"]["99"]
+
+
+@pytest.mark.parametrize("engine", ["nncf", "inc"])
+def test_build_makes_a_verified_bundle_with_a_drift_gate(engine, two_phantoms, tmp_path):
+    weights = save_checkpoint(narrow_network(), tmp_path / "narrow")
+    # The sensitivity search is tested on tiny cases above; here it would cost minutes per engine.
+    settings = BuildSettings(
+        engine=engine, weights=weights, held_out=1, calibration_cases=1, crop_size=32, sensitivity=False
+    )
+    report = build_bundle(two_phantoms, tmp_path / "bundle", settings)
+    bundle = load_bundle(tmp_path / "bundle")
+    assert set(report["verdicts"]) >= {"fp32", "int8"}
+    assert bundle.manifest["build"]["engine"] == engine
+    assert report["held_out"] and report["held_out"][0] not in report["calibration"]["cases"]
+    int8 = bundle.manifest["precisions"]["int8"]
+    assert int8["int8_kernels"]["int8_convolutions"] > 0
+    assert int8["eligible"] == report["verdicts"]["int8"].startswith("pass")
+
+
+def test_build_never_makes_a_broken_int8_model_the_default(two_phantoms, tmp_path, monkeypatch):
+    import latup_edge.deploy.build as build_module
+
+    def broken_quantize(engine, onnx_path, samples, out_dir, **kwargs):
+        good = run_engine("nncf", onnx_path, samples, out_dir)
+        return QuantizationResult("nncf", break_int8(good, out_dir / "broken.xml"), [], 0.0)
+
+    monkeypatch.setattr(build_module, "quantize", broken_quantize)
+    weights = save_checkpoint(narrow_network(), tmp_path / "narrow")
+    settings = BuildSettings(weights=weights, held_out=1, calibration_cases=1, crop_size=32, sensitivity=False)
+    report = build_bundle(two_phantoms, tmp_path / "bundle", settings)
+    bundle = load_bundle(tmp_path / "bundle")
+    assert report["verdicts"]["int8"].startswith("fail")
+    assert bundle.default_precision != "int8" and not bundle.manifest["precisions"]["int8"]["eligible"]
