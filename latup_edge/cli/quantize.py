@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table
-from latup_edge.deploy.build import DEFAULT_MAX_DICE_DROP
+from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP
 
 EngineOption = Annotated[str, typer.Option(help="nncf (OpenVINO's NNCF) or inc (Intel Neural Compressor).")]
 MaxDropOption = Annotated[
@@ -47,7 +47,7 @@ def quantize_command(
     """Static INT8 quantization with one engine, its layer sensitivity, and its Dice drift."""
     from latup_edge.calibration.calibration_set import read_calibration_set
     from latup_edge.data.cases import discover_cases
-    from latup_edge.deploy.build import SENSITIVITY_CASES, verdict
+    from latup_edge.deploy.build import SENSITIVITY_CASES, SENSITIVITY_SIZE, verdict
     from latup_edge.deploy.quantize import quantize
     from latup_edge.deploy.quantize.sensitivity import AgreementJudge
     from latup_edge.evaluate.drift import measure_drift, prepare_case
@@ -61,7 +61,7 @@ def quantize_command(
         # The search looks at calibration cases only, so the held-out drift stays unbiased.
         source = {c.case_id: c for c in discover_cases(calibration.manifest["data_root"])}
         chosen = calibration.summary()["cases"][:SENSITIVITY_CASES]
-        judge = AgreementJudge.from_float_model(model, [prepare_case(source[i]) for i in chosen])
+        judge = AgreementJudge.from_float_model(model, [prepare_case(source[i], SENSITIVITY_SIZE) for i in chosen])
     result = quantize(
         engine, model, list(calibration), output, keep_float=keep_float or (), judge=judge,
         mixed=mixed and sensitivity, progress=lambda message: err_console.print(message),

@@ -1,0 +1,104 @@
+"""`latup-edge segment`: label maps for BraTS cases, from a bundle (or PyTorch weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.progress import TextColumn
+
+from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
+from latup_edge.infer.volume import DEFAULT_OVERLAP, DEFAULT_TILING
+
+
+@command("segment")
+def segment(
+    inputs: Annotated[list[Path], typer.Argument(help="Case folders, or folders of cases (BraTS or nnU-Net names).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <case_id>.nii.gz (created if missing).")],
+    bundle: Annotated[Path | None, typer.Option(help="Bundle folder (needed by openvino and onnxruntime).")] = None,
+    precision: Annotated[
+        Literal["int8", "bf16", "fp32"] | None,
+        typer.Option(help="Default: the bundle's default (the fastest that passed its drift gate)."),
+    ] = None,
+    backend: Annotated[
+        Literal["openvino", "onnxruntime", "torch"], typer.Option(help="Inference engine.")
+    ] = "openvino",
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint for --backend torch (default: shipped).")] = None,
+    labels: Annotated[
+        Literal["2021", "2023"] | None,
+        typer.Option(help="ET as 4 (2021) or 3 (2023). Default: the input's own convention."),
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write <case_id>_probabilities.nii.gz (float32, 4 classes).")
+    ] = False,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Skip cases whose outputs exist (resume a run).")
+    ] = False,
+    tiling: Annotated[
+        Literal["whole", "sliding"], typer.Option(help="One pass over the brain box, or 128^3 sliding windows.")
+    ] = DEFAULT_TILING,
+    overlap: Annotated[float, typer.Option(help="Window overlap for --tiling sliding.")] = DEFAULT_OVERLAP,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: the engine's).")] = None,
+    allow_failed_precision: Annotated[
+        bool, typer.Option("--allow-failed-precision", help="Run a precision that failed the drift gate.")
+    ] = False,
+    log: Annotated[Path | None, typer.Option(help="JSON run log (default: OUTPUT/segment-log.json).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Segment INPUTS into OUTPUT: one label map per case on the input's grid; bad cases are reported and skipped."""
+    from latup_edge.infer.segment import SegmentSettings, segment_cases
+
+    settings = SegmentSettings(
+        backend=backend, precision=precision, bundle=bundle, weights=weights, labels=labels,
+        probabilities=probabilities, skip_existing=skip_existing, tiling=tiling, overlap=overlap,
+        threads=threads, allow_failed_precision=allow_failed_precision, log=log,
+    )  # fmt: skip
+    with progress_bar(TextColumn("{task.fields[status]}")) as bar:
+        task = bar.add_task("segmenting", total=None, status="loading the model")
+
+        def report(event: dict[str, Any]) -> None:
+            if event["event"] == "start":
+                used = event["backend"]
+                err_console.print(
+                    f"{event['cases']} cases; {used['name']} {used['precision']}, "
+                    f"{used['resolved'].get('threads') or 'default'} threads, loaded in {used['load_ms'] / 1000:.1f} s"
+                )
+                for warning in event["warnings"]:
+                    err_console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
+                bar.update(task, total=event["cases"], status="")
+                return
+            seconds = sum(event["seconds"].values())
+            bar.update(task, advance=1, status=f"{event['case_id']} {event['status']} {seconds:.1f} s")
+
+        result = segment_cases(inputs, output, settings, report=report)
+    if as_json:
+        print_json(result)
+    else:
+        print_segment(result, log or output / "segment-log.json")
+    if result["failures"]:
+        raise typer.Exit(1)
+
+
+def print_segment(result: dict[str, Any], log: Path) -> None:
+    """A table of cases (status, seconds, process peak memory), then the failures on stderr."""
+    stages = ("load", "infer", "write")
+    rows = [
+        (
+            case["case_id"],
+            case["status"],
+            *(f"{case['seconds'][stage]:.2f}" if stage in case["seconds"] else "-" for stage in stages),
+            f"{case['process_peak_rss_mb']:.0f}" if case["process_peak_rss_mb"] else "-",
+        )
+        for case in result["cases"]
+    ]
+    backend = result["backend"]
+    columns = ("case", "status", "load s", "infer s", "write s", "peak RSS MB (process)")
+    print_table(f"Segmented with {backend['name']} {backend['precision']}", columns, rows)
+    summary = result["summary"]
+    console.print(
+        f"{summary['ok']} written, {summary['skipped']} skipped, {summary['failed']} failed -> {result['out_dir']}; "
+        f"log: {log}"
+    )
+    for message in result["failures"].values():  # each message names its case
+        err_console.print(f"[red]failed:[/] {message}", highlight=False)

@@ -1,0 +1,309 @@
+"""Segment BraTS cases into label maps: one case at a time, atomically, with a JSON run log.
+
+``segment_cases`` finds the cases under the inputs, opens one backend, and for each case loads and
+validates its images, predicts (``latup_edge.infer.volume``) and writes ``<case_id>.nii.gz`` (and,
+on request, ``<case_id>_probabilities.nii.gz``) on the input's grid. A bad case is recorded with
+one sentence and the batch goes on. Every output file, and the log after each case, is written
+through a hidden temporary file and renamed, so a run killed at any moment leaves only complete
+files; ``skip_existing`` then resumes it. Inputs are only read.
+
+>>> log = segment_cases([Path("BraTS2021")], Path("out"), SegmentSettings(bundle=Path("bundle")))  # doctest: +SKIP
+>>> log["summary"]                                                                                 # doctest: +SKIP
+{'ok': 125, 'failed': 0, 'skipped': 0}
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, get_args
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from latup_edge.data.cases import BratsCase, CaseError, discover_cases, load_case_images, save_label_map
+from latup_edge.data.labels import ET_LABEL, LabelConvention
+from latup_edge.data.naming import MODEL_MODALITIES
+from latup_edge.deploy.bundle import Bundle, load_bundle
+from latup_edge.fileio import atomic_write
+from latup_edge.infer.backends import Backend, BackendName, open_backend
+from latup_edge.infer.openvino_backend import Precision
+from latup_edge.infer.volume import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILING,
+    DEFAULT_WINDOW,
+    SIZE_MULTIPLE,
+    TILINGS,
+    Prediction,
+    Tiling,
+    predict_volume,
+)
+
+LOG_FORMAT = "latup-edge-segment-log/1"
+LOG_NAME = "segment-log.json"
+PROBABILITIES_SUFFIX = "_probabilities"
+# Failures of one case that must not stop the batch: bad input files, OpenVINO runtime errors,
+# a full disk on write, a case too large for memory.
+CASE_ERRORS = (CaseError, ValueError, OSError, RuntimeError, MemoryError)
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class SegmentError(ValueError):
+    """A run that cannot start (bad settings, unwritable output); one sentence saying what to do."""
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How ``segment_cases`` runs; the defaults are the CLI's.
+
+    ``labels`` None writes each case in its own convention (see ``output_convention``); ``log``
+    None writes ``OUT_DIR/segment-log.json``.
+    """
+
+    backend: BackendName = "openvino"
+    precision: Precision | None = None
+    bundle: Path | None = None
+    weights: Path | None = None
+    labels: LabelConvention | None = None
+    probabilities: bool = False
+    skip_existing: bool = False
+    tiling: Tiling = DEFAULT_TILING
+    window: int = DEFAULT_WINDOW
+    overlap: float = DEFAULT_OVERLAP
+    threads: int | None = None
+    allow_failed_precision: bool = False
+    log: Path | None = None
+
+
+def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
+    """Where a case's label map and probability map go: ``<case_id>.nii.gz``, ``<case_id>_probabilities.nii.gz``."""
+    return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}{PROBABILITIES_SUFFIX}.nii.gz"
+
+
+def output_convention(case: BratsCase) -> LabelConvention:
+    """The label convention a case's output follows when none is asked for: the case's own.
+
+    From its label file when that holds ET (4: 2021, 3: 2023); otherwise from its naming (BraTS
+    2023+ names: 2023), otherwise 2021. The label file is only a hint here: an unreadable one is
+    ignored, since segmentation does not need it.
+    """
+    if case.seg is not None:
+        try:
+            labels = np.asanyarray(nib.load(case.seg).dataobj)
+        except (OSError, EOFError, ValueError, ImageFileError):
+            labels = None
+        if labels is not None:
+            for convention, et in ET_LABEL.items():
+                if (labels == et).any():
+                    return convention  # type: ignore[return-value]
+    return "2023" if case.naming == "2023" else "2021"
+
+
+def check_output_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it writable; SegmentError (one sentence) otherwise."""
+    if folder.exists() and not folder.is_dir():
+        raise SegmentError(f"output folder {folder} is a file: choose a folder (it is created if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".latup-write-test-"):
+            pass
+    except OSError as error:
+        raise SegmentError(
+            f"cannot write to output folder {folder} ({error.strerror or error}): choose a folder you can write to"
+        ) from None
+
+
+def process_peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB): ``ru_maxrss``, KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6, 1)
+
+
+def save_probabilities(probabilities: np.ndarray, reference: nib.Nifti1Image, path: Path) -> Path:
+    """Write (K, X, Y, Z) probabilities as a float32 X x Y x Z x K NIfTI on the reference's grid, atomically."""
+    source = reference.header
+    header = nib.Nifti1Header.from_header(source)
+    image = nib.Nifti1Image(np.moveaxis(probabilities, 0, -1), None, header)
+    image.set_data_dtype(np.float32)
+    image.set_qform(source.get_qform(), code=int(source["qform_code"]))
+    image.set_sform(source.get_sform(), code=int(source["sform_code"]))
+    image.header.set_slope_inter(1, 0)
+    image.header["cal_min"], image.header["cal_max"] = 0, 1
+    return atomic_write(path, lambda temporary: nib.save(image, temporary))
+
+
+def _check_settings(settings: SegmentSettings) -> None:
+    if settings.labels not in (None, *get_args(LabelConvention)):
+        raise SegmentError(f"unknown label convention {settings.labels!r}: choose 2021 or 2023")
+    if settings.window % SIZE_MULTIPLE:
+        raise SegmentError(f"the window must be a multiple of {SIZE_MULTIPLE}, got {settings.window}")
+    if not 0 <= settings.overlap < 1:
+        raise SegmentError(f"the overlap must be at least 0 and below 1, got {settings.overlap}: 0.5 is usual")
+    if settings.tiling not in TILINGS:
+        raise SegmentError(f"unknown tiling {settings.tiling!r}: choose {' or '.join(TILINGS)}")
+    if settings.threads is not None and settings.threads < 1:
+        raise SegmentError(f"threads must be at least 1, got {settings.threads}")
+
+
+def segment_cases(
+    inputs: Sequence[Path],
+    out_dir: Path,
+    settings: SegmentSettings = SegmentSettings(),
+    report: Report = lambda event: None,
+) -> dict[str, Any]:
+    """Segment every case under ``inputs`` into ``out_dir``; returns the run log (also written as JSON).
+
+    Before any case runs, raises SegmentError, CaseError, BackendError or BundleError (one sentence)
+    for bad settings, inputs with no case, an unwritable output folder or log, or a backend that
+    cannot open. Afterwards a failing case only marks that case ``failed``.
+
+    ``report`` receives ``{"event": "start", "cases", "backend", "warnings"}`` once the backend is open,
+    then ``{"event": "case", "index", ...the case's log entry}`` after each case.
+    """
+    out_dir = Path(out_dir)
+    _check_settings(settings)
+    cases = discover_cases(*inputs)
+    check_output_folder(out_dir)
+    log_path = Path(settings.log) if settings.log is not None else out_dir / LOG_NAME
+    if log_path.is_dir():
+        raise SegmentError(f"log file {log_path} is a folder: pass a file path to --log")
+    check_output_folder(log_path.parent)
+
+    bundle = load_bundle(settings.bundle) if settings.bundle is not None else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = open_backend(
+            settings.backend, settings.precision, bundle, settings.weights, settings.threads,
+            allow_failed=settings.allow_failed_precision,
+        )  # fmt: skip
+    modalities = tuple((bundle.manifest.get("modalities") if bundle else None) or MODEL_MODALITIES)
+    log: dict[str, Any] = {
+        "format": LOG_FORMAT,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "finished": None,
+        "inputs": [str(path) for path in inputs],
+        "out_dir": str(out_dir),
+        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
+        "bundle": _bundle_summary(bundle),
+        "backend": {
+            "name": backend.name,
+            "precision": backend.precision,
+            "load_ms": round(backend.load_ms, 1),
+            "resolved": backend.resolved(),
+        },
+        "modalities": list(modalities),
+        "warnings": [str(warning.message) for warning in caught],
+        "memory": "process_peak_rss_mb is the whole process's peak resident memory so far (ru_maxrss)",
+        "cases": [],
+        "summary": {"ok": 0, "failed": 0, "skipped": 0},
+        "failures": {},
+    }
+    _write_log(log_path, log)
+    report({"event": "start", "cases": len(cases), "backend": log["backend"], "warnings": log["warnings"]})
+
+    folders: dict[str, Path] = {}
+    for index, case in enumerate(cases):
+        entry = _segment_case(case, folders.get(case.case_id), backend, settings, out_dir, modalities)
+        folders.setdefault(case.case_id, case.folder)
+        log["cases"].append(entry)
+        log["summary"][entry["status"]] += 1
+        if entry["status"] == "failed":
+            log["failures"][case.case_id] = entry["error"]
+        _write_log(log_path, log)
+        report({"event": "case", "index": index, **entry})
+    log["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    _write_log(log_path, log)
+    return log
+
+
+def _segment_case(
+    case: BratsCase,
+    seen_in: Path | None,
+    backend: Backend,
+    settings: SegmentSettings,
+    out_dir: Path,
+    modalities: Sequence[str],
+) -> dict[str, Any]:
+    """One case's log entry; its arrays are local, so they are freed before the next case."""
+    labels_path, probabilities_path = output_paths(out_dir, case.case_id)
+    wanted = [labels_path, *([probabilities_path] if settings.probabilities else [])]
+    entry: dict[str, Any] = {
+        "case_id": case.case_id,
+        "folder": str(case.folder),
+        "status": "ok",
+        "error": None,
+        "outputs": [str(path) for path in wanted],
+        "labels": None,
+        "seconds": {},
+        "process_peak_rss_mb": None,
+    }
+    if seen_in is not None:
+        entry.update(
+            status="failed",
+            error=f"case {case.case_id} is in both {seen_in} and {case.folder}: its outputs would overwrite "
+            "each other, so segment these folders into separate output folders",
+        )
+        return entry
+    if settings.skip_existing and all(path.exists() for path in wanted):
+        entry["status"] = "skipped"
+        return entry
+    seconds = entry["seconds"]
+    try:
+        start = time.perf_counter()
+        images, reference = load_case_images(case, modalities)
+        seconds["load"] = _since(start)
+        start = time.perf_counter()
+        prediction: Prediction = predict_volume(
+            images, backend, settings.tiling, settings.window, settings.overlap, settings.probabilities
+        )
+        seconds["infer"] = _since(start)
+        del images
+        start = time.perf_counter()
+        convention = settings.labels or output_convention(case)
+        if prediction.probabilities is not None:
+            save_probabilities(prediction.probabilities, reference, probabilities_path)
+        save_label_map(prediction.classes, reference, labels_path, convention)
+        seconds["write"] = _since(start)
+        entry["labels"] = convention
+    except CASE_ERRORS as error:
+        entry.update(status="failed", error=_sentence(case, error))
+    entry["process_peak_rss_mb"] = process_peak_rss_mb()
+    return entry
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 3)
+
+
+def _sentence(case: BratsCase, error: BaseException) -> str:
+    """One line for the log: CaseError messages already are; others get the case and error type."""
+    if isinstance(error, CaseError):
+        return str(error)
+    # OpenVINO's messages run to many lines of C++ context: the first says what is wrong.
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"case {case.case_id}: {type(error).__name__}: {first_line}"
+
+
+def _bundle_summary(bundle: Bundle | None) -> dict[str, Any] | None:
+    if bundle is None:
+        return None
+    return {
+        "path": str(bundle.path),
+        "default_precision": bundle.default_precision,
+        "checksum": bundle.manifest.get("checksum"),
+    }
+
+
+def _write_log(path: Path, log: dict[str, Any]) -> None:
+    text = json.dumps(log, indent=2, default=str) + "\n"
+    atomic_write(path, lambda temporary: temporary.write_text(text))

@@ -1,0 +1,106 @@
+"""Sliding-window inference as small pure functions on arrays, after nnU-Net's
+``compute_steps_for_sliding_window`` and ``compute_gaussian``.
+
+Windows overlap; each window's softmax probabilities are weighted by a Gaussian that trusts the
+window's centre (full context) over its border (zero-padded context), and the weighted sums are
+divided by the summed weights.
+
+We average probabilities, not logits (nnU-Net v2 and MONAI average whatever the network returns,
+usually logits): a probability is bounded, so a window with an overconfident, large-magnitude logit
+at its poorly-informed border cannot outvote the better-placed windows by magnitude alone, and the
+blend is already the probability map that ``segment --probabilities`` writes.
+
+>>> window_starts(144, 128, 0.5)
+[0, 16]
+>>> x = np.zeros((1, 3, 40, 24, 16), np.float32)
+>>> sliding_window_scores(x, lambda w: np.zeros((1, 4, *w.shape[2:]), np.float32), 32, 0.5).shape
+(1, 4, 40, 24, 16)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start offsets of windows of ``window`` voxels that cover an axis of ``size`` voxels.
+
+    The first starts at 0 and the last at ``size - window``; starts are evenly spaced, with a step
+    of at most ``floor(window * (1 - overlap))`` voxels. An axis no longer than the window gets one
+    window at 0 (the caller pads it).
+    """
+    if size < 1 or window < 1:
+        raise ValueError(f"size and window must be positive, got {size} and {window}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if size <= window:
+        return [0]
+    # The floor makes "step <= target" hold after rounding the evenly spaced starts to integers.
+    target_step = max(math.floor(window * (1 - overlap)), 1)
+    count = math.ceil((size - window) / target_step) + 1
+    return [round(i * (size - window) / (count - 1)) for i in range(count)]
+
+
+def gaussian_importance(window_shape: Sequence[int], sigma_scale: float = 1 / 8) -> np.ndarray:
+    """A float32 Gaussian over ``window_shape``, 1 at the centre, sigma ``sigma_scale`` x each side.
+
+    No entry is zero (a voxel covered only by window corners still gets a finite average).
+    """
+    if sigma_scale <= 0:
+        raise ValueError(f"sigma_scale must be positive, got {sigma_scale}")
+    weights = np.ones((), dtype=np.float64)
+    for length in window_shape:
+        offsets = np.arange(length) - (length - 1) / 2
+        weights = np.multiply.outer(weights, np.exp(-0.5 * (offsets / (length * sigma_scale)) ** 2))
+    weights = (weights / weights.max()).astype(np.float32)
+    smallest = weights[weights > 0].min()
+    return np.maximum(weights, smallest)
+
+
+def softmax(scores: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Softmax over ``axis`` in float32, stable for large logits."""
+    shifted = np.asarray(scores, dtype=np.float32) - np.max(scores, axis=axis, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=axis, keepdims=True)
+    return shifted
+
+
+def sliding_window_scores(
+    x: np.ndarray, forward: Forward, window: int | Sequence[int] = 128, overlap: float = 0.5
+) -> np.ndarray:
+    """Class probabilities (1, K, D, H, W) for an input (1, C, D, H, W), stitched from windows.
+
+    An axis shorter than the window is zero-padded (centred) to the window and cropped back; each
+    window's logits go through a softmax and are averaged with Gaussian weights
+    (``gaussian_importance``).
+    """
+    if x.ndim != 5 or x.shape[0] != 1:
+        raise ValueError(f"expected an input of shape (1, C, D, H, W), got {x.shape}")
+    spatial = x.shape[2:]
+    windows = tuple(window) if isinstance(window, Sequence) else (window,) * 3
+    before = [max(w - s, 0) // 2 for s, w in zip(spatial, windows, strict=True)]
+    after = [max(w - s, 0) - b for s, w, b in zip(spatial, windows, before, strict=True)]
+    padded = np.pad(x, [(0, 0), (0, 0), *zip(before, after, strict=True)]) if any(before + after) else x
+    padded_shape = padded.shape[2:]
+
+    importance = gaussian_importance(windows)
+    total = None
+    weight_sum = np.zeros(padded_shape, dtype=np.float32)
+    starts = [window_starts(s, w, overlap) for s, w in zip(padded_shape, windows, strict=True)]
+    for d in starts[0]:
+        for h in starts[1]:
+            for w in starts[2]:
+                region = (slice(d, d + windows[0]), slice(h, h + windows[1]), slice(w, w + windows[2]))
+                probabilities = softmax(forward(padded[(slice(None), slice(None), *region)]))[0]
+                if total is None:  # the class count is known only after the first window
+                    total = np.zeros((probabilities.shape[0], *padded_shape), dtype=np.float32)
+                total[(slice(None), *region)] += probabilities * importance
+                weight_sum[region] += importance
+    total /= weight_sum
+    inside = tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
+    return np.ascontiguousarray(total[(slice(None), *inside)])[None]

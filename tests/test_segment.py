@@ -1,0 +1,342 @@
+"""`latup-edge segment`: outputs on the input grid, label conventions, bad cases, atomic and resumable
+runs, the run log, and the three backends agreeing."""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from latup_edge.cli import app
+from latup_edge.data.cases import discover_cases
+from latup_edge.data.naming import case_filename
+from latup_edge.deploy.bundle import Bundle
+from latup_edge.deploy.compile import compile_bundle
+from latup_edge.deploy.export import export_onnx
+from latup_edge.infer.backends import BackendError, open_backend
+from latup_edge.infer.segment import SegmentSettings, output_convention, segment_cases
+from latup_edge.models import LATUPNet, LATUPNetConfig
+from latup_edge.models.checkpoint import save_checkpoint
+
+runner = CliRunner()
+SHAPE = (40, 44, 36)
+# Oblique, anisotropic and offset: a grid that a careless writer would not reproduce by accident.
+ANGLE = np.deg2rad(10)
+AFFINE = np.array(
+    [
+        [1.2 * np.cos(ANGLE), -np.sin(ANGLE), 0, -90.5],
+        [1.2 * np.sin(ANGLE), np.cos(ANGLE), 0, 20.0],
+        [0, 0, 1.5, -33.0],
+        [0, 0, 0, 1],
+    ]
+)
+
+
+def narrow_network() -> LATUPNet:
+    """A random narrow LATUP-Net with zero conv biases, so its argmax follows the input and it
+    predicts several classes (with biases, a random network predicts one class)."""
+    torch.manual_seed(1)
+    model = LATUPNet(LATUPNetConfig(base_filters=4)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv3d):
+                module.bias.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return save_checkpoint(narrow_network(), tmp_path_factory.mktemp("weights") / "narrow")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """An fp32 bundle of the narrow network, with its ONNX, and an "int8" that is the float model:
+    it runs no INT8 kernels, so the bundle marks it not eligible (a precision that failed its gate)."""
+    root = tmp_path_factory.mktemp("bundle")
+    onnx = export_onnx(narrow_network(), root / "narrow.onnx")
+    return compile_bundle(onnx, onnx, root / "bundle", include_onnx=True, probe_shape=(1, 3, 16, 16, 16), repeats=1)
+
+
+def write_case(root: Path, case_id: str, naming: str = "2021", seed: int = 0, seg: bool = True) -> Path:
+    """A small case (40x44x36, oblique grid): a noisy brain with a bright lesion, and a label map."""
+    folder = root / case_id
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    brain = np.zeros(SHAPE, bool)
+    brain[4:36, 5:40, 3:33] = True
+    for key in ("t1", "t1ce", "t2", "flair"):
+        data = np.where(brain, rng.normal(300, 60, SHAPE), 0).astype(np.float32)
+        data[14:26, 12:26, 10:22] += 500
+        image = nib.Nifti1Image(data, AFFINE)
+        image.set_qform(AFFINE, code=1)
+        nib.save(image, folder / case_filename(case_id, key, naming))
+    if seg:
+        labels = np.zeros(SHAPE, np.uint8)
+        labels[14:26, 12:26, 10:22] = 2
+        labels[17:23, 15:23, 13:19] = 4 if naming != "2023" else 3
+        nib.save(nib.Nifti1Image(labels, AFFINE), folder / case_filename(case_id, "seg", naming))
+    return folder
+
+
+def hashes(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def squeeze(text: str) -> str:
+    """Text without whitespace: rich wraps long lines (and paths) at the terminal width."""
+    return "".join(text.split())
+
+
+def segment(*args: str):
+    return runner.invoke(app, ["segment", *map(str, args)])
+
+
+def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_path):
+    data = tmp_path / "data"
+    write_case(data, "BraTS2021_00001", "2021", seed=1)
+    write_case(data, "BraTS-GLI-00002-000", "2023", seed=2)
+    before = hashes(data)
+    out = tmp_path / "out"
+    result = segment(data, "-o", out, "--bundle", bundle, "--probabilities", "--json")
+    assert result.exit_code == 0, result.output
+    assert hashes(data) == before  # inputs are only read
+
+    log = json.loads(result.stdout)
+    assert log == json.loads((out / "segment-log.json").read_text())
+    assert log["summary"] == {"ok": 2, "failed": 0, "skipped": 0} and log["finished"]
+    assert log["backend"]["name"] == "openvino" and log["backend"]["precision"] == "fp32"
+    assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()
+    for entry in log["cases"]:
+        assert entry["status"] == "ok" and entry["error"] is None
+        assert set(entry["seconds"]) == {"load", "infer", "write"} and entry["process_peak_rss_mb"] > 0
+    assert {entry["case_id"]: entry["labels"] for entry in log["cases"]} == {
+        "BraTS2021_00001": "2021",
+        "BraTS-GLI-00002-000": "2023",
+    }
+
+    for case in discover_cases(data):
+        reference = nib.load(case.files["flair"])
+        output = nib.load(out / f"{case.case_id}.nii.gz")
+        assert output.shape == reference.shape and output.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(output.affine, reference.affine, atol=1e-5)
+        np.testing.assert_allclose(output.header.get_zooms(), reference.header.get_zooms())
+        assert int(output.header["qform_code"]) == int(reference.header["qform_code"])
+        values = set(np.unique(np.asanyarray(output.dataobj)).tolist())
+        assert values <= ({0, 1, 2, 4} if case.naming == "2021" else {0, 1, 2, 3}) and len(values) > 1
+
+        probabilities = nib.load(out / f"{case.case_id}_probabilities.nii.gz")
+        assert probabilities.shape == (*reference.shape, 4) and probabilities.get_data_dtype() == np.float32
+        np.testing.assert_allclose(probabilities.affine, reference.affine, atol=1e-5)
+        p = probabilities.get_fdata(dtype=np.float32)
+        np.testing.assert_allclose(p.sum(axis=-1), 1, rtol=1e-4)
+        classes = np.argmax(p, axis=-1)
+        labels = np.asanyarray(output.dataobj)
+        # A random network's near-equal logits can tie after the float32 softmax: a few voxels may differ.
+        assert (np.where(classes == 3, 4 if case.naming == "2021" else 3, classes) == labels).mean() > 0.999
+
+
+def test_labels_option_converts_et_between_conventions(bundle, tmp_path):
+    data = tmp_path / "data"
+    write_case(data, "BraTS2021_00003", "2021", seed=3)
+    maps = {}
+    for convention in ("2021", "2023"):
+        out = tmp_path / convention
+        result = segment(data, "-o", out, "--bundle", bundle, "--labels", convention)
+        assert result.exit_code == 0, result.output
+        maps[convention] = np.asanyarray(nib.load(out / "BraTS2021_00003.nii.gz").dataobj)
+    assert 4 in maps["2021"] and 3 not in maps["2021"]
+    np.testing.assert_array_equal(np.where(maps["2021"] == 4, 3, maps["2021"]), maps["2023"])
+
+
+def test_a_case_without_labels_follows_its_naming(tmp_path):
+    write_case(tmp_path, "BraTS-GLI-00009-000", "2023", seg=False)
+    write_case(tmp_path, "BraTS2021_00009", "2021", seg=False)
+    write_case(tmp_path, "BraTS2021_00010", "2021", seed=4)
+    conventions = {case.case_id: output_convention(case) for case in discover_cases(tmp_path)}
+    assert conventions == {"BraTS-GLI-00009-000": "2023", "BraTS2021_00009": "2021", "BraTS2021_00010": "2021"}
+
+
+def test_the_real_phantom_grid_is_kept(bundle, two_phantoms, tmp_path):
+    case = discover_cases(two_phantoms)[0]
+    result = segment(case.folder, "-o", tmp_path, "--bundle", bundle)
+    assert result.exit_code == 0, result.output
+    reference, output = nib.load(case.files["flair"]), nib.load(tmp_path / f"{case.case_id}.nii.gz")
+    assert output.shape == reference.shape == (240, 240, 155)
+    np.testing.assert_array_equal(output.affine, reference.affine)
+    assert output.header.get_zooms() == reference.header.get_zooms()
+
+
+def test_bad_cases_are_reported_in_one_sentence_and_the_batch_goes_on(bundle, tmp_path):
+    data = tmp_path / "data"
+    write_case(data, "BraTS2021_00001", seed=1)
+    (write_case(data, "BraTS2021_00002", seed=2) / "BraTS2021_00002_t2.nii.gz").unlink()  # missing modality
+    mismatched = write_case(data, "BraTS2021_00003", seed=3) / "BraTS2021_00003_t1ce.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((40, 44, 30), np.float32), AFFINE), mismatched)
+    truncated = write_case(data, "BraTS2021_00004", seed=4) / "BraTS2021_00004_flair.nii.gz"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    write_case(data, "BraTS2021_00005", seed=5)
+    out = tmp_path / "out"
+
+    result = segment(data, "-o", out, "--bundle", bundle)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["BraTS2021_00001.nii.gz", "BraTS2021_00005.nii.gz"]
+    failures = json.loads((out / "segment-log.json").read_text())["failures"]
+    assert set(failures) == {"BraTS2021_00002", "BraTS2021_00003", "BraTS2021_00004"}
+    assert "t2 missing" in failures["BraTS2021_00002"]
+    assert "40x44x30" in failures["BraTS2021_00003"] and "voxel grid" in failures["BraTS2021_00003"]
+    assert "BraTS2021_00004_flair.nii.gz" in failures["BraTS2021_00004"]
+    for message in failures.values():
+        assert "\n" not in message and message.startswith("case BraTS2021_0000")
+        assert squeeze(message) in squeeze(result.stderr)  # the end lists each failure
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_an_unwritable_output_folder_fails_before_any_work(bundle, tmp_path, where):
+    data = tmp_path / "data"
+    write_case(data, "BraTS2021_00001")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    out = blocker if where == "file" else blocker / "out"
+    result = segment(data, "-o", out, "--bundle", bundle)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert squeeze(f"output folder {out}") in squeeze(result.stderr) and "choose a folder" in result.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_openvino_without_a_bundle_says_how_to_make_one(tmp_path):
+    write_case(tmp_path / "data", "BraTS2021_00001")
+    result = segment(tmp_path / "data", "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "--bundle" in result.stderr and "latup-edge build" in result.stderr
+
+
+def test_a_precision_that_failed_its_gate_runs_only_when_allowed(bundle, tmp_path):
+    write_case(tmp_path / "data", "BraTS2021_00001")
+    refused = segment(tmp_path / "data", "-o", tmp_path / "a", "--bundle", bundle, "--precision", "int8")
+    assert refused.exit_code == 1 and "not approved" in refused.stderr
+    assert not list((tmp_path / "a").glob("*.nii.gz"))
+    allowed = segment(
+        tmp_path / "data", "-o", tmp_path / "b", "--bundle", bundle, "--precision", "int8", "--allow-failed-precision"
+    )
+    assert allowed.exit_code == 0, allowed.output
+    assert "Warning:" in allowed.stderr and "int8" in allowed.stderr
+    log = json.loads((tmp_path / "b" / "segment-log.json").read_text())
+    assert log["backend"]["precision"] == "int8" and log["warnings"]
+
+
+def test_skip_existing_resumes_a_run(bundle, tmp_path):
+    data = tmp_path / "data"
+    write_case(data, "BraTS2021_00001", seed=1)
+    out = tmp_path / "out"
+    assert segment(data, "-o", out, "--bundle", bundle).exit_code == 0
+    first = out / "BraTS2021_00001.nii.gz"
+    written = first.stat().st_mtime_ns
+    write_case(data, "BraTS2021_00002", seed=2)
+    log_path = tmp_path / "logs" / "resume.json"
+    result = segment(data, "-o", out, "--bundle", bundle, "--skip-existing", "--log", log_path)
+    assert result.exit_code == 0, result.output
+    assert first.stat().st_mtime_ns == written and (out / "BraTS2021_00002.nii.gz").is_file()
+    statuses = {entry["case_id"]: entry["status"] for entry in json.loads(log_path.read_text())["cases"]}
+    assert statuses == {"BraTS2021_00001": "skipped", "BraTS2021_00002": "ok"}
+
+
+def test_a_killed_run_leaves_only_complete_files_and_resumes(bundle, tmp_path):
+    data = tmp_path / "data"
+    for index in range(6):
+        write_case(data, f"BraTS2021_{index:05d}", seed=index)
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", "from latup_edge.cli import main; main()", "segment", str(data), "-o", str(out)]
+    command += ["--bundle", str(bundle), "--probabilities"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    # The label map is a case's last file: once the first one exists, kill during the cases after it.
+    while not (out / "BraTS2021_00000.nii.gz").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible, "the run was killed before it wrote anything"
+    for name in visible:
+        if name.endswith(".nii.gz"):
+            image = nib.load(out / name)
+            assert np.asanyarray(image.dataobj).shape == image.shape  # reads the whole file
+        else:
+            assert name == "segment-log.json"
+            json.loads((out / name).read_text())
+    # What else may be left is a killed write's temporary file, hidden (".<8 hex>.<name>"): discovery skips it.
+    temporary = re.compile(r"\.[0-9a-f]{8}\.(BraTS2021_\d{5}(_probabilities)?\.nii\.gz|segment-log\.json)")
+    assert all(temporary.fullmatch(p.name) for p in out.iterdir() if p.name.startswith("."))
+
+    result = segment(data, "-o", out, "--bundle", bundle, "--probabilities", "--skip-existing")
+    assert result.exit_code == 0, result.output
+    log = json.loads((out / "segment-log.json").read_text())
+    assert log["summary"]["ok"] + log["summary"]["skipped"] == 6 and log["summary"]["skipped"] >= 1
+    assert len([p for p in out.glob("BraTS*.nii.gz")]) == 12
+
+
+def test_duplicate_case_ids_fail_instead_of_overwriting(bundle, tmp_path):
+    write_case(tmp_path / "a", "BraTS2021_00001", seed=1)
+    write_case(tmp_path / "b", "BraTS2021_00001", seed=2)
+    log = segment_cases([tmp_path / "a", tmp_path / "b"], tmp_path / "out", SegmentSettings(bundle=bundle))
+    assert [entry["status"] for entry in log["cases"]] == ["ok", "failed"]
+    assert "separate output folders" in log["failures"]["BraTS2021_00001"]
+
+
+def test_torch_and_onnxruntime_agree_with_openvino_fp32(bundle, weights, tmp_path):
+    write_case(tmp_path / "data", "BraTS2021_00001", seed=7)
+    maps = {}
+    for backend in ("openvino", "onnxruntime", "torch"):
+        settings = SegmentSettings(
+            backend=backend, precision="fp32", bundle=None if backend == "torch" else bundle,
+            weights=weights if backend == "torch" else None, threads=1,
+        )  # fmt: skip
+        log = segment_cases([tmp_path / "data"], tmp_path / backend, settings)
+        assert log["summary"]["ok"] == 1 and log["backend"]["resolved"]["threads"] == 1
+        maps[backend] = np.asanyarray(nib.load(tmp_path / backend / "BraTS2021_00001.nii.gz").dataobj)
+    assert len(np.unique(maps["openvino"])) > 1
+    for backend in ("onnxruntime", "torch"):
+        assert (maps[backend] == maps["openvino"]).mean() > 0.999
+
+
+def test_onnxruntime_needs_the_bundles_onnx_file(tmp_path):
+    bundle = Bundle(tmp_path, {"files": {"fp32.xml": {}}, "precisions": {}, "default_precision": "fp32"})
+    with pytest.raises(BackendError, match="no fp32.onnx"):
+        open_backend("onnxruntime", None, bundle, None)
+    with pytest.raises(BackendError, match="fp32 only"):
+        open_backend("onnxruntime", "int8", bundle, None)
+
+
+def test_torch_backend_without_torch_says_so_in_one_sentence(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # what a runtime-only install looks like to import
+    with pytest.raises(BackendError, match="needs PyTorch"):
+        open_backend("torch", "fp32", None, None)
+
+
+def test_sliding_windows_run_through_segment(bundle, tmp_path):
+    write_case(tmp_path / "data", "BraTS2021_00001", seed=1)
+    settings = SegmentSettings(bundle=bundle, tiling="sliding", window=32, overlap=0.5)
+    log = segment_cases([tmp_path / "data"], tmp_path / "out", settings)
+    assert log["summary"]["ok"] == 1 and log["settings"]["tiling"] == "sliding"
+    assert nib.load(tmp_path / "out" / "BraTS2021_00001.nii.gz").shape == SHAPE
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"), [("--overlap", "1.0", "overlap"), ("--threads", "0", "threads")]
+)
+def test_bad_settings_fail_in_one_sentence(tmp_path, option, value, message):
+    write_case(tmp_path / "data", "BraTS2021_00001")
+    result = segment(tmp_path / "data", "-o", tmp_path / "out", option, value)
+    assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,153 @@
+"""Sliding windows: the steps cover every voxel, the Gaussian is sane, and stitching is exact."""
+
+import numpy as np
+import pytest
+
+from latup_edge.data.preprocess import brain_box
+from latup_edge.infer.tiling import gaussian_importance, sliding_window_scores, softmax, window_starts
+from latup_edge.infer.volume import predict_classes, predict_probabilities, predict_volume
+
+
+def pointwise(x: np.ndarray) -> np.ndarray:
+    """A forward whose logits at a voxel depend only on the input there: 4 classes from 3 channels."""
+    return np.concatenate([x, x.sum(axis=1, keepdims=True) * 0.5], axis=1)
+
+
+def ramps(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """(1, 3, D, H, W): linear ramps in the voxel coordinates plus noise, so no two voxels agree."""
+    grid = np.stack(np.meshgrid(*(np.linspace(-2, 3, n) for n in shape), indexing="ij"))
+    noise = np.random.default_rng(seed).normal(0, 0.3, grid.shape)
+    return (grid + noise).astype(np.float32)[None]
+
+
+@pytest.mark.parametrize("size", [1, 7, 16, 17, 100, 128, 129, 144, 176, 240])
+@pytest.mark.parametrize("window", [16, 128])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.8])
+def test_window_starts_cover_every_voxel_evenly(size, window, overlap):
+    starts = window_starts(size, window, overlap)
+    assert starts[0] == 0
+    if size <= window:
+        assert starts == [0]
+        return
+    assert starts[-1] == size - window
+    covered = np.zeros(size, bool)
+    for start in starts:
+        covered[start : start + window] = True
+    assert covered.all()
+    steps = np.diff(starts)
+    assert (steps > 0).all() and steps.max() <= window * (1 - overlap) and steps.max() - steps.min() <= 1
+
+
+def test_window_starts_match_the_brain_box_example():
+    assert window_starts(144, 128, 0.5) == [0, 16]
+    assert window_starts(176, 128, 0.5) == [0, 48]
+    assert len(window_starts(240, 128, 0.5)) == 3
+
+
+@pytest.mark.parametrize("overlap", [-0.1, 1.0])
+def test_window_starts_refuse_an_overlap_outside_0_1(overlap):
+    with pytest.raises(ValueError, match="overlap"):
+        window_starts(100, 32, overlap)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 32), (24, 40, 17)])
+def test_gaussian_is_positive_normalised_and_peaks_in_the_centre(shape):
+    weights = gaussian_importance(shape)
+    assert weights.dtype == np.float32 and weights.shape == shape
+    assert weights.min() > 0 and weights.max() == pytest.approx(1.0)
+    peak = np.unravel_index(np.argmax(weights), shape)
+    assert all(abs(p - (n - 1) / 2) <= 0.5 for p, n in zip(peak, shape, strict=True))
+    # Symmetric about the centre on every axis.
+    assert np.allclose(weights, weights[::-1, ::-1, ::-1])
+
+
+@pytest.mark.parametrize(
+    ("shape", "window", "overlap"),
+    [
+        ((40, 40, 40), 16, 0.5),
+        ((33, 17, 50), 16, 0.25),
+        ((48, 24, 32), 16, 0.8),
+        ((64, 64, 64), 32, 0.0),
+        ((10, 12, 9), 16, 0.5),  # smaller than the window on every axis: padded
+        ((40, 8, 20), 16, 0.5),  # smaller on one axis only
+    ],
+)
+def test_stitching_a_pointwise_function_is_exact(shape, window, overlap):
+    x = ramps(shape)
+    calls = []
+
+    def forward(window_input: np.ndarray) -> np.ndarray:
+        calls.append(window_input.shape)
+        return pointwise(window_input)
+
+    stitched = sliding_window_scores(x, forward, window, overlap)
+    assert stitched.shape == (1, 4, *shape) and stitched.dtype == np.float32
+    np.testing.assert_allclose(stitched, softmax(pointwise(x)), rtol=1e-5, atol=1e-6)
+    assert all(call == (1, 3, window, window, window) for call in calls)
+
+
+def test_stitching_uses_every_window_and_weights_them():
+    """A forward that returns a different constant per window: the blend lies between them."""
+    x = np.zeros((1, 3, 48, 16, 16), np.float32)
+    seen = []
+
+    def forward(window_input: np.ndarray) -> np.ndarray:
+        seen.append(len(seen))
+        logits = np.zeros((1, 2, *window_input.shape[2:]), np.float32)
+        logits[:, 1] = 5.0 * len(seen)  # later windows are more sure of class 1
+        return logits
+
+    probabilities = sliding_window_scores(x, forward, 16, 0.5)[0, 1]
+    assert len(seen) == 5
+    # Voxels at the first window's centre lean on it; the last window's centre on the last.
+    assert probabilities[4].mean() < probabilities[44].mean()
+    np.testing.assert_allclose(sliding_window_scores(x, forward, 16, 0.5)[0].sum(axis=0), 1, rtol=1e-6)
+
+
+def brain(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """(3, X, Y, Z) raw images: noise inside an off-centre box, zeros (skull-stripped) outside."""
+    images = np.zeros((3, *shape), np.float32)
+    rng = np.random.default_rng(seed)
+    images[:, 5 : shape[0] - 9, 3 : shape[1] - 4, 6 : shape[2] - 2] = rng.random(
+        (3, shape[0] - 14, shape[1] - 7, shape[2] - 8), dtype=np.float32
+    )
+    return images
+
+
+def test_whole_and_sliding_agree_for_a_pointwise_network():
+    images = brain((60, 52, 44))
+    whole = predict_volume(images, pointwise, "whole", probabilities=True)
+    sliding = predict_volume(images, pointwise, "sliding", window=16, overlap=0.5, probabilities=True)
+    np.testing.assert_array_equal(whole.classes, sliding.classes)
+    np.testing.assert_allclose(whole.probabilities, sliding.probabilities, rtol=1e-5, atol=1e-6)
+
+
+def test_probabilities_cover_the_full_shape_and_are_background_outside_the_box():
+    images = brain((60, 52, 44))
+    probabilities = predict_probabilities(images, pointwise)
+    assert probabilities.shape == (4, 60, 52, 44) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=0), 1, rtol=1e-5)
+    crop = brain_box(images)
+    outside = np.ones((60, 52, 44), bool)
+    outside[tuple(slice(max(a, 0), b) for a, b in zip(crop.start, crop.stop, strict=True))] = False
+    assert outside.any() and (probabilities[0][outside] == 1).all()
+    assert (np.argmax(probabilities, axis=0) == predict_classes(images, pointwise)).all()
+
+
+def test_predict_classes_keeps_its_one_pass_behaviour_for_existing_callers():
+    images = brain((60, 52, 44))
+    shapes = []
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        shapes.append(x.shape)
+        return pointwise(x)
+
+    classes = predict_classes(images, forward)
+    assert classes.shape == (60, 52, 44) and classes.dtype == np.uint8
+    assert shapes == [(1, 3, *brain_box(images).shape)]
+
+
+@pytest.mark.parametrize(("tiling", "window"), [("tiles", 128), ("sliding", 100)])
+def test_predict_refuses_an_unknown_tiling_or_a_window_not_a_multiple_of_8(tiling, window):
+    with pytest.raises(ValueError, match="tiling|multiple of 8"):
+        predict_classes(brain((24, 24, 24)), pointwise, tiling=tiling, window=window)
