@@ -29,7 +29,7 @@ def tumour_slice(classes: np.ndarray) -> int:
     return int(np.argmax(counts)) if counts.any() else classes.shape[2] // 2
 
 
-def _grey(volume: np.ndarray, z: int) -> np.ndarray:
+def grey_slice(volume: np.ndarray, z: int) -> np.ndarray:
     """One axial slice as uint8, windowed to the volume's 0.5-99.5 % brain range, anterior up."""
     brain = volume[volume > 0]
     high = float(np.percentile(brain, 99.5)) if brain.size else 1.0
@@ -39,7 +39,7 @@ def _grey(volume: np.ndarray, z: int) -> np.ndarray:
     return (np.clip(axial / max(high, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def _overlay(grey: np.ndarray, classes_slice: np.ndarray) -> np.ndarray:
+def label_overlay(grey: np.ndarray, classes_slice: np.ndarray) -> np.ndarray:
     """An RGB slice with each tumour class blended over the grey image in its colour."""
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     labels = classes_slice.T
@@ -57,8 +57,8 @@ def write_preview(case: PhantomCase | tuple[Mapping[str, np.ndarray], np.ndarray
     """
     images, classes = case if isinstance(case, tuple) else (case.images, case.classes)
     z = tumour_slice(classes)
-    panels = [Image.fromarray(_grey(images[key], z)).convert("RGB") for key, _ in PANELS]
-    panels.append(Image.fromarray(_overlay(_grey(images["flair"], z), classes[:, :, z])))
+    panels = [Image.fromarray(grey_slice(images[key], z)).convert("RGB") for key, _ in PANELS]
+    panels.append(Image.fromarray(label_overlay(grey_slice(images["flair"], z), classes[:, :, z])))
     width, height = panels[0].size[0] * scale, panels[0].size[1] * scale
 
     sheet = Image.new("RGB", (width * len(panels), height), "black")

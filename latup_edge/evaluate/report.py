@@ -188,7 +188,7 @@ def case_slice(
     case: PreparedCase, reference_scores: np.ndarray, compared_scores: np.ndarray, compared: str
 ) -> CaseSlice:
     """The overlay's slice: the axial slice with the most tumour in the labels, else in fp32's prediction."""
-    from latup_edge.data.preview import _grey, tumour_slice
+    from latup_edge.data.preview import grey_slice, tumour_slice
 
     reference, other = case.classes(reference_scores), case.classes(compared_scores)
     # The labels pick the slice when there are any: a poor prediction must not hide the tumour.
@@ -200,7 +200,7 @@ def case_slice(
         for low, high, size in zip(case.crop.start[:2], case.crop.stop[:2], case.crop.original_shape[:2], strict=True)
     )
     return CaseSlice(
-        case.case_id, z, _grey(flair, z),
+        case.case_id, z, grey_slice(flair, z),
         case.truth[:, :, z] if case.truth is not None else None,
         reference[:, :, z], other[:, :, z], compared, (y, x), int(np.count_nonzero(reference != other)),
     )  # fmt: skip
@@ -299,15 +299,15 @@ def overlay_image(item: CaseSlice) -> PILImage.Image:
     """FLAIR, (labels,) fp32 and the compared precision over FLAIR, and where the two disagree."""
     from PIL import Image, ImageDraw
 
-    from latup_edge.data.preview import LABEL_COLOURS, LABEL_NAMES, _overlay
+    from latup_edge.data.preview import LABEL_COLOURS, LABEL_NAMES, label_overlay
 
     rows, columns = item.view
     panels = [("FLAIR", np.repeat(item.flair[..., None], 3, axis=2))]
     if item.truth is not None:
-        panels.append(("labels (truth)", _overlay(item.flair, item.truth)))
+        panels.append(("labels (truth)", label_overlay(item.flair, item.truth)))
     panels += [
-        (REFERENCE, _overlay(item.flair, item.reference)),
-        (item.compared_name, _overlay(item.flair, item.compared)),
+        (REFERENCE, label_overlay(item.flair, item.reference)),
+        (item.compared_name, label_overlay(item.flair, item.compared)),
         (f"difference {REFERENCE} / {item.compared_name}", _difference(item.flair, item.reference, item.compared)),
     ]
     crops = [Image.fromarray(np.ascontiguousarray(rgb[rows, columns])) for _, rgb in panels]
