@@ -74,6 +74,9 @@ def train(
     threads: Annotated[int, typer.Option(help="CPU threads (0: torch's default).")] = 0,
     base_filters: Annotated[int, typer.Option(help="Network width (paper: 32).")] = 32,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last epoch.")] = False,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from this checkpoint's weights (fine-tuning), fresh optimizer.")
+    ] = None,
 ) -> None:
     """Train LATUP-Net with the paper's loss; keeps the last and the best checkpoint by validation Dice."""
     from latup_edge.models.latup_net import SIZE_MULTIPLE
@@ -98,6 +101,7 @@ def train(
         precision=precision,
         threads=threads or None,
         base_filters=base_filters,
+        init_from=str(init_from) if init_from else None,
     )
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("training", total=epochs * steps_per_epoch, status="loading cases")

@@ -187,3 +187,42 @@ def print_build(report: dict[str, Any], manifest: dict[str, Any]) -> None:
     for name, text in report["verdicts"].items():
         console.print(f"  {name}: {text}")
     console.print(f"Kept in float: {', '.join(report['keep_float']) or 'nothing'}")
+
+
+@command("demo")
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for every artifact of the demo.")] = Path(
+        "latup-demo"
+    ),
+    cases: Annotated[int, typer.Option(min=3, help="Phantom cases to generate.")] = 6,
+    seed: Annotated[int, typer.Option(help="Phantom seed.")] = 7,
+    threads: Annotated[int, typer.Option(help="Inference threads (0: all cores).")] = 0,
+) -> None:
+    """The whole pipeline on the embedded default: phantoms, bundle, segment, drift, benchmark."""
+    from rich.status import Status
+
+    from latup_edge.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(cases=cases, seed=seed, threads=threads or None)
+    with Status("demo", console=err_console) as status:
+        result = run_demo(output, settings, progress=lambda stage: (status.update(stage), err_console.log(stage)))
+    from latup_edge.deploy.bundle import load_bundle
+
+    print_build(result["build"], load_bundle(output / "bundle").manifest)
+    failures = [c for c in result["segment"]["cases"] if c["status"] == "failed"]
+    console.print(
+        f"Segmented {len(result['segment']['cases']) - len(failures)} held-out case(s) into {output / 'segmented'}"
+    )
+    rows = [
+        (
+            row["backend"],
+            row["precision"],
+            f"{row['case_ms']['p50']:.0f}",
+            f"{row['speedup']['case_ms']:.1f}x" if row.get("speedup") else "-",
+        )
+        for row in result["benchmark"]["rows"]
+    ]
+    print_table(
+        "Benchmark (whole case, files in to label file out)", ("backend", "precision", "ms p50", "vs torch fp32"), rows
+    )
+    console.print(f"Drift report: {output / 'report' / 'report.html'}")

@@ -52,6 +52,7 @@ class TrainingSettings:
     precision: Precision = "auto"
     threads: int | None = None
     base_filters: int = 32
+    init_from: str | None = None  # a checkpoint to fine-tune from (fresh optimizer)
 
 
 @dataclass
@@ -139,6 +140,8 @@ def train(
     torch.manual_seed(settings.seed)
     model = LATUPNet(LATUPNetConfig(base_filters=settings.base_filters)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
+    if settings.init_from:
+        model.load_state_dict(load_model(settings.init_from).state_dict())
     state = TrainingState()
     if resume:
         state = _restore(out_dir, model, optimizer, settings)

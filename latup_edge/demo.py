@@ -1,0 +1,63 @@
+"""``latup-edge demo``: the whole product on the embedded default, in one call.
+
+Generated BraTS-like cases -> a bundle built from the shipped weights (export, calibration,
+INT8 with its drift gate) -> segmentation of the held-out cases -> drift report -> benchmark.
+Every stage is the library function its own command calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from latup_edge.data.phantom import write_phantoms
+from latup_edge.deploy.build import BuildSettings, build_bundle
+from latup_edge.evaluate.benchmark import run_benchmark
+from latup_edge.evaluate.report import run_drift
+from latup_edge.infer.segment import SegmentSettings, segment_cases
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    cases: int = 6
+    seed: int = 7
+    held_out: int = 2
+    calibration_cases: int = 4
+    engine: str = "nncf"
+    threads: int | None = None
+
+
+def run_demo(out_dir: Path, settings: DemoSettings, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Run every stage into ``out_dir`` (phantoms/, bundle/, segmented/, report/); returns their results."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    phantoms, bundle = out_dir / "phantoms", out_dir / "bundle"
+    progress(f"generating {settings.cases} phantom cases")
+    write_phantoms(phantoms, n=settings.cases, seed=settings.seed, naming="2021")
+    progress("building the bundle (export, calibrate, quantize, drift gate, compile)")
+    build = build_bundle(
+        phantoms,
+        bundle,
+        BuildSettings(
+            engine=settings.engine,
+            held_out=settings.held_out,
+            calibration_cases=settings.calibration_cases,
+            threads=settings.threads,
+        ),  # fmt: skip
+        progress=lambda stage: progress(f"build: {stage}"),
+    )
+    # The held-out cases (never calibrated on) get a folder of their own for the later stages.
+    held_out_dir = out_dir / "held-out"
+    held_out_dir.mkdir(exist_ok=True)
+    for case_id in build["held_out"]:
+        (phantoms / case_id).rename(held_out_dir / case_id)
+    progress("segmenting the held-out cases")
+    segmented = segment_cases(
+        [held_out_dir], out_dir / "segmented", SegmentSettings(bundle=bundle, threads=settings.threads)
+    )
+    progress("measuring drift on the held-out cases")
+    drift = run_drift(held_out_dir, bundle, threads=settings.threads, report=out_dir / "report")
+    progress("benchmarking the backends")
+    benchmark = run_benchmark(bundle, held_out_dir, backends=("openvino", "torch"), repeats=2, threads=settings.threads)
+    return {"build": build, "segment": segmented, "drift": drift, "benchmark": benchmark, "out_dir": str(out_dir)}
