@@ -8,8 +8,11 @@ OpenVINO as FakeQuantize operations, so one sensitivity analysis serves both.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,11 +57,33 @@ class QuantizationResult:
         }
 
 
+@contextlib.contextmanager
+def _progress_to_stderr() -> Iterator[None]:
+    """Send the engines' progress bars and logs to stderr: stdout carries only results (``--json``)."""
+    handlers = [h for name in ("nncf", "neural_compressor") for h in logging.getLogger(name).handlers]
+    streams = [getattr(h, "stream", None) for h in handlers]
+    for handler, stream in zip(handlers, streams, strict=True):
+        if stream is sys.stdout or stream is sys.__stdout__:
+            handler.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler, stream in zip(handlers, streams, strict=True):
+            if stream is not None:
+                handler.setStream(stream)
+
+
 def run_engine(
     engine: Engine, onnx_path: Path, samples: Sequence[np.ndarray], out_dir: Path, keep_float: Sequence[str] = ()
 ) -> Path:
     """Quantize with one engine; returns the INT8 model file (IR .xml for NNCF, QDQ .onnx for INC)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _progress_to_stderr():
+        return _run_engine(engine, onnx_path, samples, out_dir, keep_float)
+
+
+def _run_engine(engine: Engine, onnx_path: Path, samples: Sequence[np.ndarray], out_dir: Path, keep_float) -> Path:
     if engine == "nncf":
         from latup_edge.deploy.quantize.nncf_engine import quantize_nncf
 
