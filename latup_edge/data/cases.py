@@ -336,14 +336,18 @@ def save_label_map(
     if classes.size and int(classes.max()) > 3:
         raise ValueError(f"{path}: classes must be 0-3, found {int(classes.max())}")
 
+    image = image_on_grid(from_classes(classes, convention), reference, np.uint8, display_max=0)
+    return atomic_write(path, lambda temporary: nib.save(image, temporary))
+
+
+def image_on_grid(data: np.ndarray, reference: nib.Nifti1Image, dtype: type, display_max: float) -> nib.Nifti1Image:
+    """A NIfTI image of ``data`` with exactly the reference's affine, qform/sform codes, zooms and units."""
     source = reference.header
-    header = nib.Nifti1Header.from_header(source)
-    image = nib.Nifti1Image(from_classes(classes, convention), None, header)
-    image.set_data_dtype(np.uint8)
+    image = nib.Nifti1Image(data, None, nib.Nifti1Header.from_header(source))
+    image.set_data_dtype(dtype)
     image.set_qform(source.get_qform(), code=int(source["qform_code"]))
     image.set_sform(source.get_sform(), code=int(source["sform_code"]))
-    # The reference's intensity scaling and display range mean nothing for labels.
+    # The reference's intensity scaling and display range mean nothing for derived maps.
     image.header.set_slope_inter(1, 0)
-    image.header["cal_min"], image.header["cal_max"] = 0, 0
-
-    return atomic_write(path, lambda temporary: nib.save(image, temporary))
+    image.header["cal_min"], image.header["cal_max"] = 0, display_max
+    return image

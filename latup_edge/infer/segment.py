@@ -30,7 +30,14 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from latup_edge.data.cases import BratsCase, CaseError, discover_cases, load_case_images, save_label_map
+from latup_edge.data.cases import (
+    BratsCase,
+    CaseError,
+    discover_cases,
+    image_on_grid,
+    load_case_images,
+    save_label_map,
+)
 from latup_edge.data.labels import ET_LABEL, LabelConvention
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.deploy.bundle import Bundle, load_bundle
@@ -131,14 +138,7 @@ def process_peak_rss_mb() -> float:
 
 def save_probabilities(probabilities: np.ndarray, reference: nib.Nifti1Image, path: Path) -> Path:
     """Write (K, X, Y, Z) probabilities as a float32 X x Y x Z x K NIfTI on the reference's grid, atomically."""
-    source = reference.header
-    header = nib.Nifti1Header.from_header(source)
-    image = nib.Nifti1Image(np.moveaxis(probabilities, 0, -1), None, header)
-    image.set_data_dtype(np.float32)
-    image.set_qform(source.get_qform(), code=int(source["qform_code"]))
-    image.set_sform(source.get_sform(), code=int(source["sform_code"]))
-    image.header.set_slope_inter(1, 0)
-    image.header["cal_min"], image.header["cal_max"] = 0, 1
+    image = image_on_grid(np.moveaxis(probabilities, 0, -1), reference, np.float32, display_max=1)
     return atomic_write(path, lambda temporary: nib.save(image, temporary))
 
 
