@@ -14,7 +14,7 @@ from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.export import export_onnx
 from latup_edge.deploy.quantize import QuantizationResult, quantize, run_engine
 from latup_edge.deploy.quantize.graph import bypass, quantized_layers
-from latup_edge.deploy.quantize.sensitivity import MIN_GAIN, AgreementJudge, rank_layers
+from latup_edge.deploy.quantize.sensitivity import MIN_GAIN, AgreementJudge, block_of, rank_blocks, rank_layers
 from latup_edge.evaluate.drift import PreparedCase, measure_drift
 from latup_edge.infer.openvino_backend import OpenVINOModel, int8_kernel_report
 from latup_edge.models import LATUPNet, LATUPNetConfig
@@ -108,6 +108,18 @@ def test_sensitivity_ranks_every_layer_most_harmful_first(float_onnx, samples, j
     assert all(entry.agreement == pytest.approx(baseline + entry.gain) for entry in ranking)
 
 
+def test_screening_ranks_blocks_then_only_the_layers_of_harmful_blocks(float_onnx, samples, judge, tmp_path):
+    int8 = ov.Core().read_model(str(run_engine("nncf", float_onnx, samples, tmp_path)))
+    baseline = judge(int8)
+    blocks = rank_blocks(int8, judge, baseline)
+    assert sorted(b.layer for b in blocks) == sorted({block_of(layer) for layer in quantized_layers(int8)})
+    assert [b.gain for b in blocks] == sorted((b.gain for b in blocks), reverse=True)
+    result = quantize("nncf", float_onnx, samples, tmp_path / "screened", judge=judge, mixed=False)
+    harmful = {b.layer for b in result.blocks if b.gain >= MIN_GAIN}
+    assert {block_of(entry.layer) for entry in result.ranking} == harmful
+    assert len(result.ranking) == sum(block_of(layer) in harmful for layer in quantized_layers(int8))
+
+
 def test_mixed_precision_keeps_only_layers_that_help(float_onnx, samples, judge, tmp_path):
     # A target above what any choice reaches makes the search take every layer that gains enough.
     result = quantize("nncf", float_onnx, samples, tmp_path, judge=judge, mixed=True, target=1.01)
@@ -119,6 +131,19 @@ def test_mixed_precision_keeps_only_layers_that_help(float_onnx, samples, judge,
     assert result.keep_float == gaining
     assert set(result.keep_float).isdisjoint(quantized_layers(ov.Core().read_model(str(result.path))))
     json.dumps(result.to_dict())
+
+
+@pytest.mark.parametrize("engine", ["nncf", "inc"])
+def test_accuracy_control_is_driven_by_our_agreement(engine, float_onnx, samples, judge, tmp_path):
+    # A bound every model meets: the engine's loop runs our scorer on the fp32 and INT8 models and stops.
+    result = quantize(engine, float_onnx, samples, tmp_path, judge=judge, accuracy_control=True, target=0.0)
+    assert result.keep_float == [] and result.agreement == pytest.approx(result.baseline_agreement)
+    assert result.agreement == pytest.approx(judge(result.path)) and 0 < result.agreement < 1
+
+
+def test_inc_accuracy_control_says_when_no_model_meets_the_bound(float_onnx, samples, judge, tmp_path):
+    with pytest.raises(ValueError, match="no INT8 model within"):
+        quantize("inc", float_onnx, samples, tmp_path, judge=judge, accuracy_control=True, target=1.0)
 
 
 def test_drift_verdicts_follow_the_bound():

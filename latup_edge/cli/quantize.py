@@ -35,6 +35,12 @@ def quantize_command(
         bool, typer.Option(help="Rank the quantized layers by the damage each does; print and save it.")
     ] = True,
     mixed: Annotated[bool, typer.Option(help="Keep in float the layers the ranking says must be.")] = True,
+    full_ranking: Annotated[
+        bool, typer.Option(help="Rank every layer one at a time (slow) instead of screening blocks first.")
+    ] = False,
+    accuracy_control: Annotated[
+        bool, typer.Option(help="Let the engine's accuracy-aware search choose the float layers, by our Dice.")
+    ] = False,
     keep_float: Annotated[
         list[str] | None, typer.Option(help="A layer (ONNX node name) to keep in float; repeatable.")
     ] = None,
@@ -64,7 +70,8 @@ def quantize_command(
         judge = AgreementJudge.from_float_model(model, [prepare_case(source[i], SENSITIVITY_SIZE) for i in chosen])
     result = quantize(
         engine, model, list(calibration), output, keep_float=keep_float or (), judge=judge,
-        mixed=mixed and sensitivity, progress=lambda message: err_console.print(message),
+        mixed=mixed and sensitivity, progress=lambda message: err_console.print(message), screen=not full_ranking,
+        accuracy_control=accuracy_control,
     )  # fmt: skip
     report: dict[str, Any] = {"quantization": result.to_dict()}
     if eval_data is not None:
@@ -84,6 +91,12 @@ def quantize_command(
 
 
 def print_sensitivity(quantization: dict[str, Any], top: int = 12) -> None:
+    if quantization.get("sensitivity_blocks"):
+        print_table(
+            "Screening: worst-region agreement with fp32 when a whole block reads float",
+            ("block", "agreement", "gain"),
+            [(e["layer"], f"{e['agreement']:.4f}", f"{e['gain']:+.4f}") for e in quantization["sensitivity_blocks"]],
+        )
     rows = [
         (entry["layer"], f"{entry['agreement']:.4f}", f"{entry['gain']:+.4f}")
         for entry in quantization["sensitivity"][:top]
@@ -137,6 +150,9 @@ def build(
     held_out: Annotated[int, typer.Option(help="Cases held out for the drift gate.")] = 4,
     calibration_cases: Annotated[int, typer.Option(help="Cases to calibrate on.")] = 8,
     calibration_kind: Annotated[str, typer.Option(help="crop, brainbox or mixed.")] = "crop",
+    accuracy_control: Annotated[
+        bool, typer.Option(help="Let the engine's accuracy-aware search choose the float layers, by our Dice.")
+    ] = False,
     threads: Annotated[int, typer.Option(help="OpenVINO threads (0: all cores).")] = 0,
     as_json: JsonOption = False,
 ) -> None:
@@ -149,6 +165,7 @@ def build(
     settings = BuildSettings(
         engine=engine, weights=weights, max_dice_drop=max_dice_drop, held_out=held_out,
         calibration_cases=calibration_cases, calibration_kind=calibration_kind, threads=threads or None,
+        accuracy_control=accuracy_control,
     )  # fmt: skip
     with Status("building", console=err_console) as status:
         report = build_bundle(calib_data, output, settings, progress=lambda stage: status.update(stage))

@@ -43,6 +43,8 @@ class BuildSettings:
     seed: int = 0
     sensitivity: bool = True  # rank the layers (and, with mixed, keep the harmful ones in float)
     mixed: bool = True
+    screen: bool = True  # rank blocks first, then only the layers of blocks that matter
+    accuracy_control: bool = False  # let the engine's own accuracy-aware loop choose the float layers
     agreement_target: float = DEFAULT_AGREEMENT_TARGET
     threads: int | None = None
 
@@ -94,7 +96,8 @@ def build_bundle(
         progress("quantize")
         quantized = quantize(
             settings.engine, onnx_path, list(calibration), work / "int8", judge=judge,
-            mixed=settings.mixed, target=settings.agreement_target, progress=progress,
+            mixed=settings.mixed, target=settings.agreement_target, progress=progress, screen=settings.screen,
+            accuracy_control=settings.accuracy_control,
         )  # fmt: skip
 
         progress("drift")

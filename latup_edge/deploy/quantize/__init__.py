@@ -20,10 +20,14 @@ from typing import Any, Literal
 import numpy as np
 import openvino as ov
 
+from latup_edge.deploy.quantize.graph import quantized_layers
 from latup_edge.deploy.quantize.sensitivity import (
+    MIN_GAIN,
     AgreementJudge,
     LayerSensitivity,
+    block_of,
     layers_to_keep_float,
+    rank_blocks,
     rank_layers,
 )
 
@@ -44,6 +48,7 @@ class QuantizationResult:
     baseline_agreement: float | None = None
     agreement: float | None = None
     ranking: list[LayerSensitivity] = field(default_factory=list)
+    blocks: list[LayerSensitivity] = field(default_factory=list)  # the screening step, when it ran
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +59,7 @@ class QuantizationResult:
             "agreement_fully_int8": self.baseline_agreement,
             "agreement": self.agreement,
             "sensitivity": [entry.to_dict() for entry in self.ranking],
+            "sensitivity_blocks": [entry.to_dict() for entry in self.blocks],
         }
 
 
@@ -97,6 +103,33 @@ def _run_engine(engine: Engine, onnx_path: Path, samples: Sequence[np.ndarray], 
     raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
+def run_accuracy_control(
+    engine: Engine,
+    onnx_path: Path,
+    samples: Sequence[np.ndarray],
+    out_dir: Path,
+    judge: AgreementJudge,
+    max_drop: float,
+    keep_float: Sequence[str] = (),
+) -> Path:
+    """The engine's own accuracy-aware search (NNCF accuracy control, INC tuning) driven by ``judge``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _progress_to_stderr():
+        if engine == "nncf":
+            from latup_edge.deploy.quantize.nncf_engine import quantize_nncf_with_accuracy_control
+
+            path = out_dir / "int8_nncf.xml"
+            model = quantize_nncf_with_accuracy_control(str(onnx_path), samples, judge, max_drop, keep_float)
+            ov.save_model(model, str(path), compress_to_fp16=False)
+            return path
+        if engine == "inc":
+            from latup_edge.deploy.quantize.inc_engine import quantize_inc
+
+            path = out_dir / "int8_inc.onnx"
+            return quantize_inc(str(onnx_path), samples, path, keep_float, score=judge, max_drop=max_drop)
+    raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
 def quantize(
     engine: Engine,
     onnx_path: Path,
@@ -107,20 +140,39 @@ def quantize(
     mixed: bool = True,
     target: float = DEFAULT_AGREEMENT_TARGET,
     progress: Callable[[str], None] = lambda message: None,
+    screen: bool = True,
+    accuracy_control: bool = False,
 ) -> QuantizationResult:
     """Quantize; with a ``judge``, rank the layers and (``mixed``) keep the harmful ones in float.
 
-    The search bypasses quantizers in the INT8 model to find the layers, then quantizes again with
+    The search bypasses quantizers in the INT8 model to find the layers (``screen``: first whole
+    blocks, then the layers of the blocks that matter; else every layer), then quantizes again with
     those layers excluded, so the final model is what the engine itself makes of that choice.
+    ``accuracy_control`` hands that search to the engine's own loop instead, scored by the same judge.
     """
     started = time.perf_counter()
     progress(f"{engine}: quantizing")
     path = run_engine(engine, onnx_path, samples, out_dir, keep_float)
     result = QuantizationResult(engine, path, list(keep_float), 0.0)
-    if judge is not None:
+    if judge is not None and accuracy_control:
+        result.baseline_agreement = judge(path)
+        plain_layers = quantized_layers(ov.Core().read_model(str(path)))
+        progress(f"{engine}: accuracy-aware search (target agreement {target})")
+        result.path = run_accuracy_control(engine, onnx_path, samples, out_dir, judge, 1 - target, keep_float)
+        kept = set(quantized_layers(ov.Core().read_model(str(result.path))))
+        result.keep_float = [*keep_float, *(layer for layer in plain_layers if layer not in kept)]
+        result.agreement = judge(result.path)
+    elif judge is not None:
         int8 = ov.Core().read_model(str(path))
+        baseline = judge(int8)
+        layers = None
+        if screen:
+            progress(f"{engine}: screening blocks")
+            result.blocks = rank_blocks(int8, judge, baseline, progress=progress)
+            harmful = {entry.layer for entry in result.blocks if entry.gain >= MIN_GAIN}
+            layers = [layer for layer in quantized_layers(int8) if block_of(layer) in harmful]
         progress(f"{engine}: ranking layers")
-        result.baseline_agreement, result.ranking = rank_layers(int8, judge, progress=progress)
+        result.baseline_agreement, result.ranking = rank_layers(int8, judge, progress, layers, baseline)
         result.agreement = result.baseline_agreement
         if mixed:
             extra, _ = layers_to_keep_float(int8, result.ranking, judge, target)
