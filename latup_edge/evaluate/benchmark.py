@@ -226,7 +226,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
 
     bundle = load_bundle(Path(spec.bundle))
     if spec.backend == "torch":
-        _check_same_network(Path(spec.weights), bundle.manifest)
+        check_same_network(Path(spec.weights), bundle.manifest)
     cases = discover_cases(Path(spec.cases))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -282,7 +282,7 @@ def resolved_precision(resolved: dict[str, Any]) -> str:
     return str(resolved.get("inference_precision") or resolved.get("autocast") or "f32")
 
 
-def _check_same_network(weights: Path, manifest: dict[str, Any]) -> None:
+def check_same_network(weights: Path, manifest: dict[str, Any]) -> None:
     """Refuse a checkpoint whose network differs from the bundle's: its speed-up would compare two networks."""
     from latup_edge.models.checkpoint import read_checkpoint
 

@@ -213,7 +213,7 @@ def segment_cases(
 
     folders: dict[str, Path] = {}
     for index, case in enumerate(cases):
-        entry = _segment_case(case, folders.get(case.case_id), backend, settings, out_dir, modalities)
+        entry = segment_case(case, folders.get(case.case_id), backend, settings, out_dir, modalities)
         folders.setdefault(case.case_id, case.folder)
         log["cases"].append(entry)
         log["summary"][entry["status"]] += 1
@@ -226,7 +226,7 @@ def segment_cases(
     return log
 
 
-def _segment_case(
+def segment_case(
     case: BratsCase,
     seen_in: Path | None,
     backend: Backend,
