@@ -59,5 +59,8 @@ def run_demo(out_dir: Path, settings: DemoSettings, progress: Callable[[str], No
     progress("measuring drift on the held-out cases")
     drift = run_drift(held_out_dir, bundle, threads=settings.threads, report=out_dir / "report")
     progress("benchmarking the backends")
-    benchmark = run_benchmark(bundle, held_out_dir, backends=("openvino", "torch"), repeats=2, threads=settings.threads)
+    # One warm-up and one timed pass per case: PyTorch takes ~25 s a brain box on 2 cores.
+    benchmark = run_benchmark(
+        bundle, held_out_dir, backends=("openvino", "torch"), repeats=1, warmup=1, threads=settings.threads
+    )
     return {"build": build, "segment": segmented, "drift": drift, "benchmark": benchmark, "out_dir": str(out_dir)}

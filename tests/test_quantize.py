@@ -147,9 +147,13 @@ def test_inc_accuracy_control_says_when_no_model_meets_the_bound(float_onnx, sam
 
 
 def test_drift_verdicts_follow_the_bound():
-    summary = {"worst_ratio": 0.9995, "basis": "dice_ratio"}
+    regions = {r: {"agreement_mean": 0.995} for r in ("WT", "TC", "ET")}
+    summary = {"worst_ratio": 0.9995, "basis": "dice_ratio", "regions": regions}
     assert verdict(summary, 0.001).startswith("pass")
     assert verdict(summary | {"worst_ratio": 0.998}, 0.001).startswith("fail")
+    # A Dice ratio above 1 does not pass labels that disagree with fp32.
+    disagreeing = summary | {"worst_ratio": 1.06, "regions": regions | {"WT": {"agreement_mean": 0.91}}}
+    assert verdict(disagreeing, 0.001).startswith("fail: WT agreement")
 
 
 def break_int8(path, out):

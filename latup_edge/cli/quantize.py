@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table
-from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP
+from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_AGREEMENT
 
 EngineOption = Annotated[str, typer.Option(help="nncf (OpenVINO's NNCF) or inc (Intel Neural Compressor).")]
 MaxDropOption = Annotated[
@@ -147,6 +147,9 @@ def build(
     engine: EngineOption = "nncf",
     weights: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped demo weights).")] = None,
     max_dice_drop: MaxDropOption = DEFAULT_MAX_DICE_DROP,
+    min_agreement: Annotated[
+        float, typer.Option(help="Lowest mean agreement Dice with fp32 a precision may have, per region.")
+    ] = DEFAULT_MIN_AGREEMENT,
     held_out: Annotated[int, typer.Option(help="Cases held out for the drift gate.")] = 4,
     calibration_cases: Annotated[int, typer.Option(help="Cases to calibrate on.")] = 8,
     calibration_kind: Annotated[str, typer.Option(help="crop, brainbox or mixed.")] = "crop",
@@ -163,7 +166,7 @@ def build(
 
     _check_engine(engine)
     settings = BuildSettings(
-        engine=engine, weights=weights, max_dice_drop=max_dice_drop, held_out=held_out,
+        engine=engine, weights=weights, max_dice_drop=max_dice_drop, min_agreement=min_agreement, held_out=held_out,
         calibration_cases=calibration_cases, calibration_kind=calibration_kind, threads=threads or None,
         accuracy_control=accuracy_control,
     )  # fmt: skip

@@ -21,7 +21,7 @@ from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_for_deploy
 from latup_edge.deploy.quantize import DEFAULT_AGREEMENT_TARGET, Engine, quantize
 from latup_edge.deploy.quantize.sensitivity import AgreementJudge
-from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP, measure_drift, prepare_case
+from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_AGREEMENT, measure_drift, prepare_case
 from latup_edge.infer.openvino_backend import OpenVINOModel, cpu_supports_bf16
 
 SENSITIVITY_CASES = 2
@@ -35,6 +35,7 @@ class BuildSettings:
     engine: Engine = "nncf"
     weights: Path | None = None
     max_dice_drop: float = DEFAULT_MAX_DICE_DROP
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
     held_out: int = 4
     calibration_cases: int = 8
     calibration_kind: str = "crop"
@@ -58,14 +59,22 @@ def split_held_out(case_ids: list[str], held_out: int, seed: int) -> tuple[list[
     return [c for c in case_ids if c not in held], held
 
 
-def verdict(summary: dict[str, Any], max_dice_drop: float) -> str:
-    """'pass ...' or 'fail: ...' for one precision's drift summary."""
+def verdict(summary: dict[str, Any], max_dice_drop: float, min_agreement: float = DEFAULT_MIN_AGREEMENT) -> str:
+    """'pass ...' or 'fail: ...' for one precision's drift summary.
+
+    Passing takes both: the worst region's Dice ratio to fp32 (agreement when unlabelled) within
+    ``max_dice_drop``, and every region's mean agreement with fp32 at least ``min_agreement``.
+    """
     bound = 1 - max_dice_drop
     worst = summary["worst_ratio"]
     basis = "Dice ratio to fp32" if summary["basis"] == "dice_ratio" else "agreement with fp32"
-    if worst >= bound:
-        return f"pass: worst region {basis} {worst:.4f} >= {bound:.4f}"
-    return f"fail: worst region {basis} {worst:.4f} < {bound:.4f}"
+    if worst < bound:
+        return f"fail: worst region {basis} {worst:.4f} < {bound:.4f}"
+    agreements = {region: row["agreement_mean"] for region, row in summary.get("regions", {}).items()}
+    region, lowest = min(agreements.items(), key=lambda item: item[1], default=("-", 1.0))
+    if lowest < min_agreement:
+        return f"fail: {region} agreement with fp32 {lowest:.4f} < {min_agreement:.4f} (Dice ratio {worst:.4f} passed)"
+    return f"pass: worst region {basis} {worst:.4f} >= {bound:.4f}, agreement with fp32 >= {lowest:.4f}"
 
 
 def build_bundle(
@@ -107,7 +116,8 @@ def build_bundle(
         forwards["int8"] = OpenVINOModel(quantized.path, "int8", threads=settings.threads)
         prepared = [prepare_case(cases[i]) for i in held_out]
         drift = measure_drift(prepared, forwards)
-        verdicts = {name: verdict(drift["summary"][name], settings.max_dice_drop) for name in forwards}
+        bounds = (settings.max_dice_drop, settings.min_agreement)
+        verdicts = {name: verdict(drift["summary"][name], *bounds) for name in forwards}
 
         progress("compile")
         report = {
