@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -209,6 +210,10 @@ def print_build(report: dict[str, Any], manifest: dict[str, Any]) -> None:
     console.print(f"Kept in float: {', '.join(report['keep_float']) or 'nothing'}")
 
 
+def _log(message: str) -> None:
+    err_console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
+
+
 @command("demo")
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for every artifact of the demo.")] = Path(
@@ -225,7 +230,7 @@ def demo(
 
     settings = DemoSettings(cases=cases, seed=seed, threads=threads or None)
     with Status("demo", console=err_console) as status:
-        result = run_demo(output, settings, progress=lambda stage: (status.update(stage), err_console.log(stage)))
+        result = run_demo(output, settings, progress=lambda stage: (status.update(stage), _log(stage)))
     from latup_edge.deploy.bundle import load_bundle
 
     print_build(result["build"], load_bundle(output / "bundle").manifest)

@@ -48,6 +48,7 @@ class BuildSettings:
     accuracy_control: bool = False  # let the engine's own accuracy-aware loop choose the float layers
     agreement_target: float = DEFAULT_AGREEMENT_TARGET
     threads: int | None = None
+    latency_repeats: int = 3  # timed passes per precision for the manifest's latency
 
 
 def split_held_out(case_ids: list[str], held_out: int, seed: int) -> tuple[list[str], list[str]]:
@@ -135,6 +136,6 @@ def build_bundle(
         # compile_bundle writes atomically and never overwrites a folder that is not a bundle.
         compile_bundle(
             onnx_path, quantized.path, out_dir, extra=report, latency_shape=latency_shape,
-            threads=settings.threads, include_onnx=True,
+            threads=settings.threads, include_onnx=True, repeats=settings.latency_repeats,
         )  # fmt: skip
     return report

@@ -49,6 +49,7 @@ FORMAT = "latup-edge-benchmark/1"
 REFERENCE = ("torch", "fp32")
 PERCENTILES = (50, 90, 99)
 DEFAULT_REPEATS = 5
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 DEFAULT_WARMUP = 1
 PHANTOM_CASES = 2
 PHANTOM_SEED = 0
@@ -83,6 +84,7 @@ def run_benchmark(
     threads: int | None = None,
     weights: Path | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    precisions: Sequence[str] = OPENVINO_PRECISIONS,
 ) -> dict[str, Any]:
     """Measure every runnable backend x precision of ``bundle`` on the cases under ``cases``.
 
@@ -101,7 +103,7 @@ def run_benchmark(
     if threads is not None and threads < 1:
         raise BenchmarkError(f"threads must be at least 1, got {threads}")
     loaded = load_bundle(bundle)
-    plan, skipped = plan_rows(loaded.manifest, backends, weights)
+    plan, skipped = plan_rows(loaded.manifest, backends, weights, precisions)
     with tempfile.TemporaryDirectory(prefix="latup-benchmark-") as work:
         if cases is None:
             from latup_edge.data.phantom import write_phantoms
@@ -135,9 +137,15 @@ def run_benchmark(
 
 
 def plan_rows(
-    manifest: dict[str, Any], backends: Sequence[str], weights: Path | None
+    manifest: dict[str, Any],
+    backends: Sequence[str],
+    weights: Path | None,
+    precisions: Sequence[str] = OPENVINO_PRECISIONS,
 ) -> tuple[list[tuple[str, str, str | None]], list[dict[str, str]]]:
-    """The (backend, precision, weights) rows that can run here, and a note for each that cannot."""
+    """The (backend, precision, weights) rows that can run here, and a note for each that cannot.
+
+    ``precisions`` limits the OpenVINO rows (onnxruntime and torch run fp32 only).
+    """
     rows: list[tuple[str, str, str | None]] = []
     skipped: list[dict[str, str]] = []
 
@@ -145,7 +153,7 @@ def plan_rows(
         skipped.append({"backend": backend, "precision": precision, "reason": reason})
 
     if "openvino" in backends:
-        for precision in ("fp32", "bf16", "int8"):
+        for precision in (p for p in OPENVINO_PRECISIONS if p in precisions):
             if precision not in manifest["precisions"]:
                 skip("openvino", precision, "the bundle has no such model")
             elif precision == "bf16" and not cpu_supports_bf16():
