@@ -127,6 +127,11 @@ def test_rows_that_cannot_run_are_left_out_with_a_reason(bundle):
     assert "fp32.onnx" in skipped[0]["reason"] and "--weights" in skipped[1]["reason"]
 
 
+def test_precisions_limit_the_openvino_rows(bundle):
+    rows, _ = plan_rows(load_bundle(bundle).manifest, ["openvino"], None, precisions=("int8",))
+    assert rows == [("openvino", "int8", None)]
+
+
 def test_speedups_need_the_torch_row():
     rows = [{"backend": "openvino", "precision": "int8", "tile_ms": percentiles([1, 2]), "case_ms": percentiles([3])}]
     add_speedups(rows)
