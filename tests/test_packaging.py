@@ -1,5 +1,6 @@
 """The wheel carries the shipped demo weights, so a plain `pip install .` finds them."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -8,7 +9,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_contains_the_shipped_weights_and_model_card(tmp_path):
+def test_wheel_contains_every_module_the_shipped_weights_and_model_card(tmp_path):
+    # Build from a copy: setuptools builds in the source folder, and a stale build/ there would hide a gap.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "latup_edge", "models"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name)
     subprocess.run(
         [
             sys.executable,
@@ -20,7 +27,7 @@ def test_wheel_contains_the_shipped_weights_and_model_card(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,
@@ -29,6 +36,9 @@ def test_wheel_contains_the_shipped_weights_and_model_card(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for shipped in ("latup-demo.safetensors", "latup-demo.json", "MODEL_CARD.md"):
         assert f"latup_edge/shipped/{shipped}" in names
+    # An explicit package list forgets new subpackages; an editable install would not notice.
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "latup_edge").rglob("*.py")}
+    assert modules - names == set()
 
 
 def test_default_weights_load_from_the_package():
