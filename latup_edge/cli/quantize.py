@@ -242,12 +242,18 @@ def demo(
         (
             row["backend"],
             row["precision"],
+            f"{row['tile_ms']['p50']:.0f}",
             f"{row['case_ms']['p50']:.0f}",
             f"{row['speedup']['case_ms']:.1f}x" if row.get("speedup") else "-",
         )
         for row in result["benchmark"]["rows"]
     ]
+    bench = result["benchmark"]
     print_table(
-        "Benchmark (whole case, files in to label file out)", ("backend", "precision", "ms p50", "vs torch fp32"), rows
+        "Benchmark: one held-out case",
+        ("backend", "precision", "ms network pass", "ms case (files in, label file out)", "case vs torch fp32"),
+        rows,
+        caption=f"{bench['warmup']} warm-up and {bench['repeats']} timed pass: indicative only; "
+        "`latup-edge benchmark` and benchmarks/ repeat and report percentiles",
     )
     console.print(f"Drift report: {output / 'report' / 'report.html'}")
