@@ -28,12 +28,11 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,13 @@ from latup_edge.data.labels import REGIONS, to_classes
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import minmax_normalize
 from latup_edge.deploy.bundle import Bundle, load_bundle
-from latup_edge.evaluate.benchmark import check_same_network, plan_rows, write_benchmark
+from latup_edge.evaluate.benchmark import (
+    BenchmarkError,
+    check_same_network,
+    plan_rows,
+    run_in_fresh_process,
+    write_benchmark,
+)
 from latup_edge.evaluate.metrics import agreement, region_metrics
 from latup_edge.infer.openvino_backend import cpu_name, cpu_supports_bf16
 from latup_edge.infer.segment import output_convention, output_paths, process_peak_rss_mb
@@ -71,8 +76,6 @@ TABLE_COLUMNS = (
     "agree fp32 TC",
     "agree fp32 ET",
 )
-# Largest part of a path process's stderr kept when it fails without a result.
-_STDERR_TAIL = 600
 
 
 class LatencyDriftError(ValueError):
@@ -288,7 +291,7 @@ def run_latency_and_drift(
             )
             try:
                 rows.append(_run_path_process(spec, Path(work)))
-            except LatencyDriftError as error:
+            except (LatencyDriftError, BenchmarkError) as error:
                 skipped.append({"kind": kind, "precision": precision, "reason": f"failed: {error}"})
         progress("scoring")
         score_rows(rows, case_list)
@@ -402,20 +405,12 @@ def _read_classes(path: str, convention: str) -> np.ndarray:
 
 
 def _run_path_process(spec: PathSpec, work: Path) -> dict[str, Any]:
-    """Run one path in a fresh interpreter, so that its peak RSS is its own."""
-    handle, spec_name = tempfile.mkstemp(dir=work, suffix=".json")
-    os.close(handle)
-    spec_path, result_path = Path(spec_name), Path(spec_name).with_suffix(".result.json")
-    spec_path.write_text(json.dumps(asdict(spec)))
-    command = [sys.executable, str(Path(__file__).resolve()), "--path", str(spec_path), "--result", str(result_path)]
-    finished = subprocess.run(command, capture_output=True, text=True)
-    if result_path.is_file():
-        result = json.loads(result_path.read_text())
-        if "error" in result:
-            raise LatencyDriftError(result["error"])
-        return result
-    tail = finished.stderr.strip()[-_STDERR_TAIL:] or "no output"
-    raise LatencyDriftError(f"the path process exited with code {finished.returncode} ({tail})")
+    """Time one path in its own process (this script's ``--path`` entry point), so its peak RSS is its own."""
+
+    def command(spec_path: Path, out: Path) -> list[str]:
+        return [str(Path(__file__).resolve()), "--path", str(spec_path), "--result", str(out)]
+
+    return run_in_fresh_process(spec, work, command)
 
 
 def _path_main(spec_path: Path, result_path: Path) -> int:

@@ -206,21 +206,33 @@ def write_benchmark(result: dict[str, Any], path: Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def _run_row_process(spec: RowSpec, work: Path) -> dict[str, Any]:
-    """Measure one row in a fresh interpreter, so that its peak RSS is its own."""
+def run_in_fresh_process(spec: Any, work: Path, command: Callable[[Path, Path], list[str]]) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter, so that its peak RSS is its own; returns its result.
+
+    ``spec`` (a dataclass) is written as JSON in ``work``; ``command(spec_path, result_path)`` gives the
+    arguments after the interpreter, and the child writes its JSON result, or ``{"error": ...}``, there.
+    """
     handle, spec_name = tempfile.mkstemp(dir=work, suffix=".json")
     os.close(handle)
-    spec_path, out_path = Path(spec_name), Path(spec_name).with_suffix(".result.json")
+    spec_path, result_path = Path(spec_name), Path(spec_name).with_suffix(".result.json")
     spec_path.write_text(json.dumps(asdict(spec)))
-    command = [sys.executable, "-m", __name__, "--row", str(spec_path), "--out", str(out_path)]
-    finished = subprocess.run(command, capture_output=True, text=True)
-    if out_path.is_file():
-        result = json.loads(out_path.read_text())
+    finished = subprocess.run([sys.executable, *command(spec_path, result_path)], capture_output=True, text=True)
+    if result_path.is_file():
+        result = json.loads(result_path.read_text())
         if "error" in result:
             raise BenchmarkError(result["error"])
         return result
     tail = finished.stderr.strip()[-_STDERR_TAIL:] or "no output"
-    raise BenchmarkError(f"the row process exited with code {finished.returncode} ({tail})")
+    raise BenchmarkError(f"the measuring process exited with code {finished.returncode} ({tail})")
+
+
+def _run_row_process(spec: RowSpec, work: Path) -> dict[str, Any]:
+    """Measure one row in its own process (this module's ``--row`` entry point)."""
+
+    def command(spec_path: Path, out: Path) -> list[str]:
+        return ["-m", __name__, "--row", str(spec_path), "--out", str(out)]
+
+    return run_in_fresh_process(spec, work, command)
 
 
 def measure_row(spec: RowSpec) -> dict[str, Any]:

@@ -81,45 +81,29 @@ def _progress_to_stderr() -> Iterator[None]:
 
 
 def run_engine(
-    engine: Engine, onnx_path: Path, samples: Sequence[np.ndarray], out_dir: Path, keep_float: Sequence[str] = ()
-) -> Path:
-    """Quantize with one engine; returns the INT8 model file (IR .xml for NNCF, QDQ .onnx for INC)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _progress_to_stderr():
-        return _run_engine(engine, onnx_path, samples, out_dir, keep_float)
-
-
-def _run_engine(engine: Engine, onnx_path: Path, samples: Sequence[np.ndarray], out_dir: Path, keep_float) -> Path:
-    if engine == "nncf":
-        from latup_edge.deploy.quantize.nncf_engine import quantize_nncf
-
-        path = out_dir / "int8_nncf.xml"
-        ov.save_model(quantize_nncf(str(onnx_path), samples, keep_float), str(path), compress_to_fp16=False)
-        return path
-    if engine == "inc":
-        from latup_edge.deploy.quantize.inc_engine import quantize_inc
-
-        return quantize_inc(str(onnx_path), samples, out_dir / "int8_inc.onnx", keep_float)
-    raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
-
-
-def run_accuracy_control(
     engine: Engine,
     onnx_path: Path,
     samples: Sequence[np.ndarray],
     out_dir: Path,
-    judge: AgreementJudge,
-    max_drop: float,
     keep_float: Sequence[str] = (),
+    judge: AgreementJudge | None = None,
+    max_drop: float = 0.0,
 ) -> Path:
-    """The engine's own accuracy-aware search (NNCF accuracy control, INC tuning) driven by ``judge``."""
+    """Quantize with one engine; returns the INT8 model file (IR .xml for NNCF, QDQ .onnx for INC).
+
+    With a ``judge``, the engine's own accuracy-aware search (NNCF accuracy control, INC tuning),
+    scored by that judge, returns layers to float until the score is within ``max_drop`` of fp32's.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     with _progress_to_stderr():
         if engine == "nncf":
-            from latup_edge.deploy.quantize.nncf_engine import quantize_nncf_with_accuracy_control
+            from latup_edge.deploy.quantize.nncf_engine import quantize_nncf, quantize_nncf_with_accuracy_control
 
+            if judge is None:
+                model = quantize_nncf(str(onnx_path), samples, keep_float)
+            else:
+                model = quantize_nncf_with_accuracy_control(str(onnx_path), samples, judge, max_drop, keep_float)
             path = out_dir / "int8_nncf.xml"
-            model = quantize_nncf_with_accuracy_control(str(onnx_path), samples, judge, max_drop, keep_float)
             ov.save_model(model, str(path), compress_to_fp16=False)
             return path
         if engine == "inc":
@@ -158,7 +142,7 @@ def quantize(
         result.baseline_agreement = judge(path)
         plain_layers = quantized_layers(ov.Core().read_model(str(path)))
         progress(f"{engine}: accuracy-aware search (target agreement {target})")
-        result.path = run_accuracy_control(engine, onnx_path, samples, out_dir, judge, 1 - target, keep_float)
+        result.path = run_engine(engine, onnx_path, samples, out_dir, keep_float, judge, max_drop=1 - target)
         kept = set(quantized_layers(ov.Core().read_model(str(result.path))))
         result.keep_float = [*keep_float, *(layer for layer in plain_layers if layer not in kept)]
         result.agreement = judge(result.path)
@@ -175,7 +159,7 @@ def quantize(
         result.baseline_agreement, result.ranking = rank_layers(int8, judge, progress, layers, baseline)
         result.agreement = result.baseline_agreement
         if mixed:
-            extra, _ = layers_to_keep_float(int8, result.ranking, judge, target)
+            extra, _ = layers_to_keep_float(int8, result.ranking, judge, target, baseline=baseline)
             if extra:
                 progress(f"{engine}: quantizing again with {len(extra)} layer(s) in float")
                 result.keep_float = [*keep_float, *extra]

@@ -116,6 +116,7 @@ def layers_to_keep_float(
     target: float,
     max_layers: int = 6,
     min_gain: float = MIN_GAIN,
+    baseline: float | None = None,
 ) -> tuple[list[str], float]:
     """The shortest prefix of the ranking that, read in float, brings agreement to ``target``.
 
@@ -124,7 +125,7 @@ def layers_to_keep_float(
     (which may fall short of the target).
     """
     chosen: list[str] = []
-    reached = judge(int8)
+    reached = judge(int8) if baseline is None else baseline  # the fully quantized model's agreement
     for entry in ranking[:max_layers]:
         if reached >= target or entry.gain < min_gain:
             break
