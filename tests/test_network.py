@@ -71,3 +71,40 @@ def test_cost_scales_with_voxels_and_counts_convs_by_hand():
     assert large.macs == pytest.approx(8 * small.macs, rel=1e-3)
     embed = 16**3 * 4 * 3 * 27  # the first 3x3x3 conv, by hand
     assert small.macs_by_stage["parallel"] == embed + (16**3 * 4 * 4) * (1 + 27 + 125)
+
+
+def test_brain_statistics_equal_the_papers_layers_on_an_all_brain_input():
+    torch.manual_seed(0)
+    volume = LATUPNet(LATUPNetConfig(base_filters=4)).eval()
+    brain = LATUPNet(LATUPNetConfig(base_filters=4, statistics="brain")).eval()
+    brain.load_state_dict(volume.state_dict())  # the same parameters: brain statistics add none
+    x = torch.randn(1, 3, 16, 16, 24)  # no exact zero: every voxel is brain
+    with torch.no_grad():
+        torch.testing.assert_close(brain(x), volume(x), rtol=1e-4, atol=1e-5)
+
+
+def test_brain_statistics_ignore_zero_padding_where_the_papers_layers_do_not():
+    from latup_edge.models.latup_net import BrainInstanceNorm, SqueezeExcite, brain_masks
+
+    torch.manual_seed(0)
+    x = torch.zeros(1, 3, 16, 16, 16)
+    x[:, :, 2:14, 3:13, 4:12] = torch.randn(1, 3, 12, 10, 8) + 2.0
+    padded = torch.nn.functional.pad(x, (8,) * 6)
+    inner = (slice(None), slice(None), *(slice(8, -8),) * 3)
+    norm, attention = BrainInstanceNorm(3, affine=True), SqueezeExcite(3, 1)
+    with torch.no_grad():
+        for layer in (norm, attention):
+            tight = layer(x, brain_masks(x, 0)[0])
+            torch.testing.assert_close(layer(padded, brain_masks(padded, 0)[0])[inner], tight)
+            # The paper's layers average the zeros too: padding moves their output.
+            assert (layer(padded)[inner] - layer(x)).abs().max() > 0.05
+
+
+def test_brain_masks_pool_to_every_level():
+    from latup_edge.models.latup_net import brain_masks
+
+    x = torch.zeros(1, 3, 16, 16, 16)
+    x[0, 1, 3, 3, 3] = 1.0
+    masks = brain_masks(x, 3)
+    assert [tuple(m.shape[2:]) for m in masks] == [(16,) * 3, (8,) * 3, (4,) * 3, (2,) * 3]
+    assert [int(m.sum()) for m in masks] == [1, 1, 1, 1]

@@ -11,7 +11,16 @@ from PIL import Image
 
 from latup_edge.data.labels import to_classes
 from latup_edge.data.naming import MODALITIES, Naming, case_filename, case_id_for
-from latup_edge.data.phantom import BRATS_AFFINE, GRID_SHAPE, PhantomCase, make_phantom, write_phantoms
+from latup_edge.data.phantom import (
+    BRATS_AFFINE,
+    GRID_SHAPE,
+    NARROW,
+    WIDE,
+    PhantomCase,
+    Randomisation,
+    make_phantom,
+    write_phantoms,
+)
 from latup_edge.data.preview import write_preview
 
 SEED = 11
@@ -20,12 +29,24 @@ KEYS = (*MODALITIES, "seg")
 
 @pytest.fixture(scope="module")
 def folder_2021(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_phantoms(tmp_path_factory.mktemp("phantoms"), n=1, seed=SEED, naming="2021")[0]
+    return write_phantoms(tmp_path_factory.mktemp("phantoms"), n=1, seed=SEED, naming="2021", randomise=NARROW)[0]
 
 
 @pytest.fixture(scope="module")
 def other_case() -> PhantomCase:
-    return make_phantom(case_id_for(0, "2021"), seed=SEED + 1, index=0)
+    return make_phantom(case_id_for(0, "2021"), seed=SEED + 1, index=0, randomise=NARROW)
+
+
+# One case per randomisation family alone, and two with every family on.
+FAMILIES = ["contrast", "acquisition", "anatomy", "lesion", "all", "all"]
+
+
+@pytest.fixture(scope="module")
+def family_cases() -> list[PhantomCase]:
+    return [
+        make_phantom(case_id_for(i, "2021"), seed=SEED + 2, index=i, randomise=Randomisation.parse(family))
+        for i, family in enumerate(FAMILIES)
+    ]
 
 
 def load(folder: Path, key: str, naming: Naming = "2021") -> nib.Nifti1Image:
@@ -33,7 +54,7 @@ def load(folder: Path, key: str, naming: Naming = "2021") -> nib.Nifti1Image:
 
 
 def test_same_seed_gives_identical_bytes(folder_2021: Path, tmp_path: Path) -> None:
-    again = write_phantoms(tmp_path, n=1, seed=SEED, naming="2021")[0]
+    again = write_phantoms(tmp_path, n=1, seed=SEED, naming="2021", randomise=NARROW)[0]
     names = sorted(p.name for p in folder_2021.iterdir())
     assert names == sorted(p.name for p in again.iterdir())
     for name in names:
@@ -73,7 +94,9 @@ def test_file_names_and_labels(naming: Naming, folder_2021: Path, tmp_path: Path
     if naming == "2021":
         folder = folder_2021
     else:
-        [folder] = write_phantoms(tmp_path, n=1, seed=SEED, naming=naming, start=3, progress=calls.append)
+        [folder] = write_phantoms(
+            tmp_path, n=1, seed=SEED, naming=naming, start=3, progress=calls.append, randomise=NARROW
+        )
         assert folder.name == case_id_for(3, naming) and calls == [1]
     expected_names = sorted(case_filename(folder.name, key, naming) for key in KEYS)
     assert sorted(p.name for p in folder.iterdir()) == expected_names
@@ -83,6 +106,57 @@ def test_file_names_and_labels(naming: Naming, folder_2021: Path, tmp_path: Path
     counts = np.bincount(to_classes(labels, "2023" if naming == "2023" else "2021").ravel())
     assert all(counts[1:] >= 500)
     assert 15_000 <= counts[1:].sum() <= 180_000  # whole tumour, in mm^3
+
+
+def _class_means(case: PhantomCase) -> dict[str, dict[str, float]]:
+    """Mean intensity per modality of every compartment that the case holds (normal tissue off-tumour)."""
+    classes, tissues = case.classes, case.tissues
+    assert tissues is not None
+    where = {
+        "csf": (tissues == 1) & (classes == 0),
+        "gm": (tissues == 2) & (classes == 0),
+        "wm": (tissues == 3) & (classes == 0),
+        "ncr": classes == 1,
+        "ed": classes == 2,
+        "et": classes == 3,
+    }
+    return {
+        key: {
+            name: float(case.images[key][mask].astype(np.float64).mean()) for name, mask in where.items() if mask.any()
+        }
+        for key in MODALITIES
+    }
+
+
+@pytest.mark.parametrize("index", range(len(FAMILIES)))
+def test_every_randomisation_keeps_the_pathology_orderings(family_cases: list[PhantomCase], index: int) -> None:
+    means = _class_means(family_cases[index])
+    flair, t2, t1ce = means["flair"], means["t2"], means["t1ce"]
+    assert flair["ed"] > flair["wm"] and flair["ed"] > flair["gm"] and flair["ed"] > flair["csf"]
+    assert flair["csf"] < min(flair["wm"], flair["gm"])  # FLAIR suppresses CSF
+    assert t2["ed"] > t2["wm"] and t2["csf"] > t2["wm"]
+    if "et" in t1ce:  # the wide generator draws non-enhancing tumours too
+        assert t1ce["et"] > t1ce["ncr"] and t1ce["et"] > t1ce["wm"] and t1ce["et"] > t1ce["gm"]
+
+
+def test_wide_randomisation_varies_what_the_narrow_one_holds_fixed() -> None:
+    narrow = [_class_means(make_phantom("n", seed=SEED, index=i, randomise=NARROW)) for i in range(2)]
+    wide = [_class_means(make_phantom("w", seed=SEED, index=i, randomise=WIDE)) for i in range(3)]
+
+    def wm_over_gm(means: dict[str, dict[str, float]]) -> float:
+        return means["flair"]["wm"] / means["flair"]["gm"]
+
+    spread_narrow = np.ptp([wm_over_gm(m) for m in narrow])
+    spread_wide = np.ptp([wm_over_gm(m) for m in wide])
+    assert spread_wide > 3 * spread_narrow
+
+
+def test_randomisation_names_parse() -> None:
+    assert Randomisation.parse("all") == WIDE and Randomisation.parse("none") == NARROW
+    assert Randomisation.parse("contrast,lesion") == Randomisation(True, False, False, True)
+    assert Randomisation.parse("contrast,lesion").describe() == "contrast,lesion"
+    with pytest.raises(ValueError, match="unknown randomisation"):
+        Randomisation.parse("colour")
 
 
 def test_contrasts_are_plausible(other_case: PhantomCase) -> None:

@@ -18,12 +18,44 @@ def phantom(
     naming: Annotated[str, typer.Option(help="BraTS naming: 2020, 2021 or 2023.")] = "2021",
     start: Annotated[int, typer.Option(help="Index of the first case (case ids continue from it).")] = 0,
     preview: Annotated[bool, typer.Option(help="Also write a PNG per case: a slice through the tumour.")] = False,
+    randomise: Annotated[
+        str,
+        typer.Option(
+            help="Families drawn widely: all (default), none (the narrow generator), or a comma list of "
+            "contrast, acquisition, anatomy, lesion."
+        ),
+    ] = "all",
+    generator: Annotated[
+        str,
+        typer.Option(
+            help="phantom (the training generator) or independent (a test-only generator with its own "
+            "contrast and lesion models; never train or calibrate on it)."
+        ),
+    ] = "phantom",
 ) -> None:
     """Write BraTS-like cases: MNI152 anatomy, four contrasts, a glioma with NCR, ED and ET."""
-    from latup_edge.data.phantom import write_phantoms
+    from latup_edge.data.phantom import Randomisation, write_phantoms
 
     if naming not in ("2020", "2021", "2023"):
         raise typer.BadParameter(f"naming must be 2020, 2021 or 2023, not {naming!r}", param_hint="--naming")
+    try:
+        families = Randomisation.parse(randomise)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--randomise") from None
+    if generator not in ("phantom", "independent"):
+        raise typer.BadParameter(
+            f"generator must be phantom or independent, not {generator!r}", param_hint="--generator"
+        )
+    if generator == "independent":
+        from latup_edge.data.independent import write_independent_cases
+
+        with progress_bar() as bar:
+            task = bar.add_task("independent cases", total=n)
+            folders = write_independent_cases(
+                out_dir, n=n, seed=seed, start=start, progress=lambda done: bar.update(task, completed=done)
+            )
+        console.print(f"Wrote {len(folders)} independent case(s) (BraTS 2023 naming) to {out_dir}")
+        return
     with progress_bar() as bar:
         task = bar.add_task("phantoms", total=n)
         folders = write_phantoms(
@@ -34,5 +66,6 @@ def phantom(
             start=start,
             preview=preview,
             progress=lambda done: bar.update(task, completed=done),
+            randomise=families,
         )
     console.print(f"Wrote {len(folders)} case(s) to {out_dir}")

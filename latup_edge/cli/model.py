@@ -77,11 +77,49 @@ def train(
     init_from: Annotated[
         Path | None, typer.Option(help="Start from this checkpoint's weights (fine-tuning), fresh optimizer.")
     ] = None,
+    statistics: Annotated[
+        str, typer.Option(help="InstanceNorm/SE statistics over the brain (default) or the whole input (paper).")
+    ] = "brain",
+    normalization: Annotated[str, typer.Option(help="zscore-brain (default) or minmax (paper).")] = "zscore-brain",
+    augment: Annotated[bool, typer.Option(help="Training-time augmentation (the flags below); off: none.")] = True,
+    flip: Annotated[float, typer.Option(help="Probability of a mirror flip, per axis.")] = 0.5,
+    rotate_deg: Annotated[float, typer.Option(help="Largest rotation per axis, degrees.")] = 10.0,
+    scale: Annotated[float, typer.Option(help="Isotropic scaling in [1-s, 1+s].")] = 0.1,
+    spatial_p: Annotated[float, typer.Option(help="Probability of rotation + scaling per patch.")] = 0.3,
+    gamma: Annotated[float, typer.Option(help="Per-modality gamma exp(U(-g, g)).")] = 0.3,
+    contrast: Annotated[float, typer.Option(help="Per-modality contrast factor in [1-c, 1+c].")] = 0.25,
+    brightness: Annotated[float, typer.Option(help="Per-modality shift, in brain standard deviations.")] = 0.2,
+    noise: Annotated[float, typer.Option(help="Largest Gaussian noise std, in brain standard deviations.")] = 0.1,
+    blur_sigma: Annotated[float, typer.Option(help="Largest Gaussian blur sigma, voxels.")] = 1.0,
+    intensity_p: Annotated[float, typer.Option(help="Probability of each intensity augmentation.")] = 0.5,
 ) -> None:
     """Train LATUP-Net with the paper's loss; keeps the last and the best checkpoint by validation Dice."""
+    from latup_edge.data.preprocess import NORMALIZATIONS
     from latup_edge.models.latup_net import SIZE_MULTIPLE
+    from latup_edge.train.augment import Augmentation
     from latup_edge.train.loop import TrainingSettings
     from latup_edge.train.loop import train as run_training
+
+    if statistics not in ("brain", "volume"):
+        raise typer.BadParameter("must be brain or volume", param_hint="--statistics")
+    if normalization not in NORMALIZATIONS:
+        raise typer.BadParameter(f"must be one of {', '.join(NORMALIZATIONS)}", param_hint="--normalization")
+    augmentation = (
+        Augmentation(
+            flip=flip,
+            rotate_deg=rotate_deg,
+            scale=scale,
+            spatial_p=spatial_p,
+            gamma=gamma,
+            contrast=contrast,
+            brightness=brightness,
+            noise=noise,
+            blur_sigma=blur_sigma,
+            intensity_p=intensity_p,
+        )
+        if augment
+        else Augmentation.off()
+    )
 
     if patch % SIZE_MULTIPLE:
         raise typer.BadParameter(f"must be a multiple of {SIZE_MULTIPLE}, got {patch}", param_hint="--patch")
@@ -102,6 +140,9 @@ def train(
         threads=threads or None,
         base_filters=base_filters,
         init_from=str(init_from) if init_from else None,
+        statistics=statistics,
+        normalization=normalization,
+        augmentation=augmentation,
     )
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("training", total=epochs * steps_per_epoch, status="loading cases")

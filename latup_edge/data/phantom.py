@@ -7,10 +7,23 @@ random scale, rotation and shift, grows a lesion in white matter (enhancing rim 
 core NCR, edema ED that spreads along white matter), synthesises T1, T1ce, T2 and FLAIR from the
 tissue and lesion fractions, and adds a smooth bias field and Rician noise.
 
+Domain randomisation (the default, in the spirit of SynthSeg/SynthStrip) widens four families of
+variation; each can be switched off, and all off gives the narrow generator of the first demo weights:
+
+- ``contrast``: every tissue's intensity drawn per case and modality over a wide range, keeping only
+  the orderings that define the pathology (oedema brighter than WM and GM on FLAIR and T2, FLAIR CSF
+  darker than oedema, the enhancing rim brighter than necrosis and normal tissue on T1ce);
+- ``acquisition``: gamma, bias-field amplitude, noise level, blur, and thick-slice acquisitions
+  (2-6 mm along one axis) resampled back to 1 mm;
+- ``anatomy``: smooth elastic deformation, scale +-10 %, enlarged ventricles;
+- ``lesion``: cortical, deep and infratentorial sites, small lesions, a second focus, cases without
+  ET (a non-enhancing core, about one in ten), and mass effect pushing the tissue aside.
+
 >>> case = make_phantom("BraTS2021_00000", seed=0, index=0)
 >>> case.images["flair"].shape, case.images["flair"].dtype, sorted(set(case.classes.flat))
 ((240, 240, 155), dtype('int16'), [0, 1, 2, 3])
 >>> folders = write_phantoms(Path("phantoms"), n=4, seed=0)  # phantoms/BraTS2021_00000/... x4
+>>> narrow = make_phantom("BraTS2021_00000", seed=0, index=0, randomise=NARROW)
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
@@ -31,7 +44,6 @@ from scipy import ndimage as ndi
 
 from latup_edge.data.labels import from_classes
 from latup_edge.data.naming import MODALITIES, Naming, case_filename, case_id_for
-from latup_edge.data.preview import write_preview
 from latup_edge.fileio import atomic_write
 
 GRID_SHAPE: tuple[int, int, int] = (240, 240, 155)
@@ -55,11 +67,46 @@ LESION_CLASSES: dict[str, int] = {"ncr": 1, "ed": 2, "et": 3}
 # Smallest sub-region volumes (voxels = mm^3) and the whole-tumour range a phantom must meet.
 MIN_VOXELS: dict[str, int] = {"ncr": 800, "ed": 4000, "et": 1500}
 WT_RANGE: tuple[int, int] = (15_000, 180_000)
+# The wide generator's limits: small lesions and cases without ET are part of BraTS.
+WIDE_MIN_VOXELS: dict[str, int] = {"ncr": 150, "ed": 600, "et": 300}
+WIDE_WT_RANGE: tuple[int, int] = (2_500, 200_000)
 _MAX_LESION_DRAWS = 50
 _GZIP_LEVEL = 1  # nibabel's default: the int16 noise barely compresses further, and level 1 is fast
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Randomisation:
+    """Which families of variation a phantom draws widely (DOMAIN docstring above); all off is narrow."""
+
+    contrast: bool = True
+    acquisition: bool = True
+    anatomy: bool = True
+    lesion: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> Randomisation:
+        """``"all"``, ``"none"`` or a comma list of family names, e.g. ``"contrast,lesion"``."""
+        names = [f.name for f in fields(cls)]
+        if text == "all":
+            return cls()
+        if text == "none":
+            return NARROW
+        chosen = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = sorted(set(chosen) - set(names))
+        if unknown or not chosen:
+            raise ValueError(f"unknown randomisation {text!r}: use all, none or a comma list of {', '.join(names)}")
+        return cls(**{name: name in chosen for name in names})
+
+    def describe(self) -> str:
+        on = [f.name for f in fields(self) if getattr(self, f.name)]
+        return ",".join(on) if on else "none"
+
+
+WIDE = Randomisation()
+NARROW = Randomisation(contrast=False, acquisition=False, anatomy=False, lesion=False)
 
 
 @dataclass
@@ -86,7 +133,9 @@ class _Template:
     mask: np.ndarray
     centre: np.ndarray
     half_extent: np.ndarray
-    lesion_centres: np.ndarray
+    lesion_centres: np.ndarray  # deep cerebral white matter, the narrow generator's only site
+    cortical_centres: np.ndarray  # grey matter a few mm under the cortical surface
+    infratentorial_centres: np.ndarray  # cerebellum and brainstem
 
 
 @dataclass(frozen=True)
@@ -152,6 +201,13 @@ def _template() -> _Template:
     x, y, z = nib.affines.apply_affine(t1_image.affine, candidates).T
     infratentorial = ((y < -35) & (z < 5)) | ((np.abs(x) < 20) & (z < 0))
     cerebral = (z > -30) & (z < 50) & ~infratentorial
+    sub = (slice(None, None, step),) * 3
+    shallow = np.argwhere((gm[sub] > 150) & (depth > 4) & (depth < 10)) * step
+    sx, sy, sz = nib.affines.apply_affine(t1_image.affine, shallow).T
+    cortical = shallow[(sz > -20) & (sz < 60) & ~(((sy < -35) & (sz < 5)) | ((np.abs(sx) < 20) & (sz < 0)))]
+    posterior_fossa = np.argwhere((gm[sub] + wm[sub] > 180) & (depth > 8)) * step
+    px, py, pz = nib.affines.apply_affine(t1_image.affine, posterior_fossa).T
+    infratentorial_sites = posterior_fossa[((py < -45) & (pz < -15)) | ((np.abs(px) < 12) & (pz < -20))]
     return _Template(
         gm=gm,
         wm=wm,
@@ -159,6 +215,8 @@ def _template() -> _Template:
         centre=(low + high) / 2.0,
         half_extent=(high - low) / 2.0,
         lesion_centres=candidates[cerebral],
+        cortical_centres=cortical,
+        infratentorial_centres=infratentorial_sites,
     )
 
 
@@ -171,38 +229,83 @@ def _rotation(angles_deg: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _place_anatomy(rng: np.random.Generator) -> _Anatomy:
-    """Place the template brain into the BraTS grid with a small random scale, rotation and shift."""
+def _place_anatomy(rng: np.random.Generator, wide: bool = False) -> _Anatomy:
+    """Place the template brain into the BraTS grid with a random scale, rotation and shift.
+
+    ``wide`` draws a scale of +-10 %, larger rotations, a smooth elastic deformation and enlarged
+    ventricles; otherwise the scale is 0.92-1.0 and the rotation a few degrees.
+    """
     template = _template()
-    scale = rng.uniform(0.92, 1.0) * rng.uniform(0.97, 1.03, size=3)
-    forward = _FLIP @ _rotation(rng.uniform([-3, -3, -6], [3, 3, 6])) @ np.diag(scale)
+    if wide:
+        scale = rng.uniform(0.86, 1.06) * rng.uniform(0.96, 1.04, size=3)
+        angles = rng.uniform([-8, -8, -12], [8, 8, 12])
+    else:
+        scale = rng.uniform(0.92, 1.0) * rng.uniform(0.97, 1.03, size=3)
+        angles = rng.uniform([-3, -3, -6], [3, 3, 6])
+    forward = _FLIP @ _rotation(angles) @ np.diag(scale)
     centre = _GRID_BRAIN_CENTRE + rng.uniform([-4, -4, -2], [4, 4, 2])
 
     # Only the brain's bounding box in the grid is computed; the rest of the grid stays zero.
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
     reach = np.abs(signs * template.half_extent @ forward.T).max(0)
-    low = np.clip(np.floor(centre - reach) - 2, 0, None).astype(int)
-    high = np.minimum(np.ceil(centre + reach) + 3, GRID_SHAPE).astype(int)
+    # A brain larger than the grid is shrunk to fit, as BraTS never cuts the brain.
+    fit = np.minimum(1.0, (np.array(GRID_SHAPE) / 2 - np.abs(centre - _GRID_BRAIN_CENTRE) - 6) / reach)
+    forward, reach = np.diag(fit) @ forward, reach * fit
+    margin = 10 if wide else 0  # room for the elastic deformation
+    low = np.clip(np.floor(centre - reach) - 2 - margin, 0, None).astype(int)
+    high = np.minimum(np.ceil(centre + reach) + 3 + margin, GRID_SHAPE).astype(int)
     box = (slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2]))
 
     inverse = np.linalg.inv(forward)
     offset = template.centre - inverse @ (centre - low)
+    shape = tuple(int(v) for v in high - low)
+    coordinates = None
+    if wide:
+        # Elastic deformation: a smooth displacement (mm) added to the affine map, per axis.
+        amplitude = rng.uniform(1.0, 3.0)
+        displacement = [amplitude * _smooth_noise(rng, shape, rng.uniform(12.0, 24.0)) for _ in range(3)]
+        grid = np.indices(shape, dtype=np.float32)
+        coordinates = np.einsum("ij,j...->i...", inverse.astype(np.float32), grid + np.stack(displacement))
+        coordinates += offset.astype(np.float32)[:, None, None, None]
+        del grid, displacement
 
     def resample(volume: np.ndarray) -> np.ndarray:
-        placed = ndi.affine_transform(
-            volume, inverse, offset=offset, output_shape=tuple(high - low), output=np.float32, order=1
-        )
+        if coordinates is None:
+            placed = ndi.affine_transform(
+                volume, inverse, offset=offset, output_shape=shape, output=np.float32, order=1
+            )
+        else:
+            placed = ndi.map_coordinates(volume, coordinates, output=np.float32, order=1)
         return placed * np.float32(1 / 255)
 
     gm, wm, mask_fraction = _parallel_map(resample, [template.gm, template.wm, template.mask])
     mask = mask_fraction >= 0.5
     csf = np.clip(mask_fraction - gm - wm, 0, 1)
+    if wide:
+        csf, gm, wm = _enlarge_ventricles(rng, mask, csf, gm, wm)
     fractions = {name: f * mask for name, f in zip(TISSUES, (csf, gm, wm), strict=True)}
 
     def to_box(template_voxels: np.ndarray) -> np.ndarray:
         return forward @ (template_voxels - template.centre) + centre - low
 
     return _Anatomy(box=box, fractions=fractions, mask=mask, to_box=to_box)
+
+
+def _enlarge_ventricles(
+    rng: np.random.Generator, mask: np.ndarray, csf: np.ndarray, gm: np.ndarray, wm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grow the deep CSF (the ventricles) by 0-3 mm into the surrounding tissue, as in atrophy or hydrocephalus."""
+    grow = int(rng.integers(0, 4))
+    if grow == 0:
+        return csf, gm, wm
+    depth = ndi.distance_transform_edt(mask[::2, ::2, ::2]) * 2
+    deep = ndi.zoom(depth, [s / d for s, d in zip(mask.shape, depth.shape, strict=True)], order=0)
+    deep = deep[tuple(slice(0, s) for s in mask.shape)] > 18
+    ventricles = (csf > 0.5) & deep
+    enlarged = ndi.binary_dilation(ventricles, iterations=grow) & deep
+    csf, gm, wm = csf.copy(), gm.copy(), wm.copy()
+    csf[enlarged], gm[enlarged], wm[enlarged] = 1.0, 0.0, 0.0
+    return csf, gm, wm
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: float) -> np.ndarray:
@@ -214,31 +317,79 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: fl
     return fine[tuple(slice(0, s) for s in shape)]
 
 
-def _draw_lesion(rng: np.random.Generator, anatomy: _Anatomy) -> _Lesion:
-    """One glioma-like lesion draw: a deformed ellipsoid (rim ET, core NCR) and WM-seeking edema."""
+@dataclass(frozen=True)
+class _LesionShape:
+    """The random draws that shape one lesion focus."""
+
+    centre: np.ndarray  # in anatomy-box voxels
+    radius: float
+    rim: float
+    edema_reach: float
+    enhancing: bool
+
+
+def _lesion_shape(rng: np.random.Generator, anatomy: _Anatomy, wide: bool, focus: int = 0) -> _LesionShape:
+    """Draw a focus's site and size: deep WM only (narrow), or deep, cortical or infratentorial (wide)."""
     template = _template()
-    radius = rng.uniform(9.0, 20.0)
+    if not wide:
+        radius, rim, edema_reach = rng.uniform(9.0, 20.0), rng.uniform(2.0, 5.0), rng.uniform(5.0, 18.0)
+        sites = template.lesion_centres
+        enhancing = True
+    else:
+        site = rng.choice(3, p=[0.6, 0.25, 0.15])
+        sites = (template.lesion_centres, template.cortical_centres, template.infratentorial_centres)[site]
+        small = focus > 0 or rng.random() < 0.2
+        radius = rng.uniform(4.0, 10.0) if small else rng.uniform(9.0, 22.0)
+        rim, edema_reach = rng.uniform(1.5, 6.0), rng.uniform(2.0, 25.0)
+        enhancing = rng.random() >= 0.1
+    centre = anatomy.to_box(sites[rng.integers(len(sites))])
+    return _LesionShape(centre, float(radius), float(rim), float(edema_reach), enhancing)
+
+
+def _push_tissue(rng: np.random.Generator, anatomy: _Anatomy, shape: _LesionShape) -> _Anatomy:
+    """Mass effect: the tissue around a focus is pushed outward (sampled from nearer its centre)."""
+    reach = 3 * shape.radius
+    low = np.clip(np.floor(shape.centre - reach), 0, None).astype(int)
+    high = np.minimum(np.ceil(shape.centre + reach) + 1, anatomy.mask.shape).astype(int)
+    local = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    offsets = (
+        np.indices(tuple(high - low), dtype=np.float32) - (shape.centre - low).astype(np.float32)[:, None, None, None]
+    )
+    distance = np.sqrt((offsets**2).sum(0))
+    squeeze = np.float32(rng.uniform(0.15, 0.4)) * np.exp(-((distance / np.float32(1.5 * shape.radius)) ** 2))
+    sources = (shape.centre - low).astype(np.float32)[:, None, None, None] + offsets * (1 - squeeze)
+    fractions = {}
+    for name, fraction in anatomy.fractions.items():
+        pushed = fraction.copy()
+        pushed[local] = ndi.map_coordinates(fraction[local], sources, order=1, mode="nearest") * anatomy.mask[local]
+        fractions[name] = pushed
+    return replace(anatomy, fractions=fractions)
+
+
+def _draw_focus(
+    rng: np.random.Generator, anatomy: _Anatomy, shape: _LesionShape
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """One focus: a deformed ellipsoid (rim ET or, non-enhancing, all NCR; core NCR) and WM-seeking edema."""
+    radius, centre = shape.radius, shape.centre
     axes = radius * rng.uniform(0.75, 1.25, size=3)
     orientation = np.linalg.qr(rng.standard_normal((3, 3)))[0]
     wobble = rng.uniform(0.12, 0.28)
-    rim = rng.uniform(2.0, 5.0)
-    edema_reach = rng.uniform(5.0, 18.0)
-    centre = anatomy.to_box(template.lesion_centres[rng.integers(len(template.lesion_centres))])
+    edema_reach = shape.edema_reach
 
     box_shape = np.array(anatomy.mask.shape)
     half = axes.max() * 1.35 + edema_reach * 1.4 + 3
     low = np.clip(np.floor(centre - half), 0, None).astype(int)
     high = np.minimum(np.ceil(centre + half) + 1, box_shape).astype(int)
     local = (slice(low[0], high[0]), slice(low[1], high[1]), slice(low[2], high[2]))
-    shape = tuple(int(s) for s in high - low)
+    local_shape = tuple(int(s) for s in high - low)
 
-    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+    grid = np.ogrid[tuple(slice(0, s) for s in local_shape)]
     offsets = [(g - c).astype(np.float32) for g, c in zip(grid, centre - low, strict=True)]
     # Normalised radius of a rotated ellipsoid: 1 on its surface.
     rotated = [sum(orientation[k, j] * offsets[j] for j in range(3)) for k in range(3)]
     rho = np.sqrt(sum((r / np.float32(a)) ** 2 for r, a in zip(rotated, axes, strict=True)))
-    boundary = np.clip(1 + wobble * _smooth_noise(rng, shape, radius / 2.5), 0.7, 1.35)
-    rim_fraction = (rim / radius) * np.clip(1 + 0.35 * _smooth_noise(rng, shape, 3.0), 0.4, 1.8)
+    boundary = np.clip(1 + wobble * _smooth_noise(rng, local_shape, radius / 2.5), 0.7, 1.35)
+    rim_fraction = (shape.rim / radius) * np.clip(1 + 0.35 * _smooth_noise(rng, local_shape, 3.0), 0.4, 1.8)
 
     brain = anatomy.mask[local]
     # Edema swells tissue but does not fill ventricles or sulci.
@@ -247,37 +398,69 @@ def _draw_lesion(rng: np.random.Generator, anatomy: _Anatomy) -> _Lesion:
     necrosis = (rho < boundary - rim_fraction) & brain
     # Edema follows white matter: its reach from the core scales with the local WM fraction.
     wm = ndi.gaussian_filter(anatomy.fractions["wm"][local], 1.5)
-    reach = edema_reach * np.clip((0.3 + 0.9 * wm) * (1 + 0.25 * _smooth_noise(rng, shape, 4.0)), 0, 1.4)
+    reach = edema_reach * np.clip((0.3 + 0.9 * wm) * (1 + 0.25 * _smooth_noise(rng, local_shape, 4.0)), 0, 1.4)
     edema = (ndi.distance_transform_edt(~core) < reach) & tissue & ~core
     components, _ = ndi.label(edema | core)
     edema &= np.isin(components, np.unique(components[core]))
 
-    classes = np.zeros(shape, dtype=np.uint8)
+    classes = np.zeros(local_shape, dtype=np.uint8)
     classes[edema] = LESION_CLASSES["ed"]
-    classes[core] = LESION_CLASSES["et"]
+    classes[core] = LESION_CLASSES["et"] if shape.enhancing else LESION_CLASSES["ncr"]
     classes[necrosis] = LESION_CLASSES["ncr"]
+    return local, classes
+
+
+def _draw_lesion(rng: np.random.Generator, anatomy: _Anatomy, wide: bool) -> tuple[_Anatomy, _Lesion]:
+    """One lesion draw (one focus, or with ``wide`` sometimes two, with mass effect) on ``anatomy``."""
+    shapes = [_lesion_shape(rng, anatomy, wide)]
+    if wide and rng.random() < 0.15:
+        shapes.append(_lesion_shape(rng, anatomy, wide, focus=1))
+    if wide and rng.random() < 0.6:
+        anatomy = _push_tissue(rng, anatomy, shapes[0])
+    classes = np.zeros(anatomy.mask.shape, dtype=np.uint8)
+    for shape in shapes:
+        local, focus = _draw_focus(rng, anatomy, shape)
+        # Where foci overlap, the tumour core wins over edema.
+        region = classes[local]
+        region[(focus > 0) & (region != LESION_CLASSES["ncr"]) & (region != LESION_CLASSES["et"])] = focus[focus > 0]
+    present = np.argwhere(classes > 0)
+    if not len(present):
+        present = np.array([np.array(anatomy.mask.shape) // 2])
+    low = np.clip(present.min(0) - 4, 0, None)
+    high = np.minimum(present.max(0) + 5, anatomy.mask.shape)
+    local = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+    lesion_classes = classes[local]
+    brain = anatomy.mask[local]
+    local_shape = lesion_classes.shape
     # Partial volume at compartment borders, as a 1 mm acquisition would blur them.
+    blur = rng.uniform(0.4, 1.0) if wide else 0.6
     fractions = {
-        name: ndi.gaussian_filter((classes == value).astype(np.float32), 0.6) * brain
+        name: ndi.gaussian_filter((lesion_classes == value).astype(np.float32), blur) * brain
         for name, value in LESION_CLASSES.items()
     }
-    texture = 1 + 0.08 * _smooth_noise(rng, shape, 1.5)
-    return _Lesion(local=local, classes=classes, fractions=fractions, texture=texture)
+    amplitude = rng.uniform(0.03, 0.2) if wide else 0.08
+    texture = 1 + amplitude * _smooth_noise(rng, local_shape, 1.5)
+    return anatomy, _Lesion(local=local, classes=lesion_classes, fractions=fractions, texture=texture)
 
 
-def _lesion_is_valid(lesion: _Lesion) -> bool:
-    """Every sub-region present with a non-trivial volume and a whole tumour of realistic size."""
+def _lesion_is_valid(lesion: _Lesion, wide: bool) -> bool:
+    """Every sub-region present with a non-trivial volume and a whole tumour of realistic size.
+
+    The wide generator allows small lesions and, for a non-enhancing tumour, no ET.
+    """
     counts = np.bincount(lesion.classes.ravel(), minlength=4)
-    sizes_ok = all(counts[LESION_CLASSES[name]] >= n for name, n in MIN_VOXELS.items())
-    return sizes_ok and WT_RANGE[0] <= counts[1:].sum() <= WT_RANGE[1]
+    minimum, (low, high) = (WIDE_MIN_VOXELS, WIDE_WT_RANGE) if wide else (MIN_VOXELS, WT_RANGE)
+    needed = [name for name in minimum if not (wide and name == "et" and counts[LESION_CLASSES["et"]] == 0)]
+    sizes_ok = all(counts[LESION_CLASSES[name]] >= minimum[name] for name in needed)
+    return sizes_ok and low <= counts[1:].sum() <= high
 
 
-def _grow_lesion(rng: np.random.Generator, anatomy: _Anatomy) -> _Lesion:
+def _grow_lesion(rng: np.random.Generator, anatomy: _Anatomy, wide: bool = False) -> tuple[_Anatomy, _Lesion]:
     """Draw lesions until one meets the volume requirements (the next draw of the same rng)."""
     for _ in range(_MAX_LESION_DRAWS):
-        lesion = _draw_lesion(rng, anatomy)
-        if _lesion_is_valid(lesion):
-            return lesion
+        placed, lesion = _draw_lesion(rng, anatomy, wide)
+        if _lesion_is_valid(lesion, wide):
+            return placed, lesion
     raise RuntimeError(f"no valid lesion in {_MAX_LESION_DRAWS} draws: the volume limits are too tight")
 
 
@@ -318,30 +501,115 @@ def _contrast(anatomy: _Anatomy, lesion: _Lesion, intensity: dict[str, float]) -
     return signal
 
 
-def make_phantom(case_id: str, seed: int, index: int) -> PhantomCase:
-    """Generate one BraTS-like case; the same ``(seed, index)`` always gives the same arrays.
+def _narrow_contrasts(rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """The first generator's contrasts: every compartment within +-8 % of CONTRASTS."""
+    return {m: {k: v * rng.uniform(0.92, 1.08) for k, v in CONTRASTS[m].items()} for m in MODALITIES}
+
+
+def _wide_contrasts(rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """Per-case intensities over a wide range (x0.55-1.8 of CONTRASTS each), keeping the orderings that
+    define the pathology and the sequences: FLAIR oedema above WM, GM and CSF with CSF suppressed; T2
+    oedema above WM and GM, CSF brightest; T1ce enhancing rim above necrosis, WM and GM."""
+    drawn = {m: {k: v * float(np.exp(rng.uniform(-0.6, 0.6))) for k, v in CONTRASTS[m].items()} for m in MODALITIES}
+    flair, t2, t1ce = drawn["flair"], drawn["t2"], drawn["t1ce"]
+    flair["ed"] = max(flair["ed"], max(flair["wm"], flair["gm"]) * rng.uniform(1.15, 1.6))
+    flair["csf"] = min(flair["csf"], 0.5 * min(flair["wm"], flair["gm"]))
+    t2["ed"] = max(t2["ed"], max(t2["wm"], t2["gm"]) * rng.uniform(1.1, 1.5))
+    t2["csf"] = max(t2["csf"], max(t2.values()) * rng.uniform(1.0, 1.3))
+    t1ce["et"] = max(t1ce["et"], max(t1ce["ncr"], t1ce["wm"], t1ce["gm"]) * rng.uniform(1.2, 1.8))
+    return drawn
+
+
+@dataclass(frozen=True)
+class _Acquisition:
+    """One modality's acquisition: bias amplitude, noise, blur, slice thickness, gamma and scale."""
+
+    bias: float
+    noise: float
+    scale: float
+    blur: float = 0.0
+    thick_axis: int = 2
+    thickness: int = 1
+    gamma: float = 1.0
+
+
+def _acquisitions(rng: np.random.Generator, wide: bool) -> list[_Acquisition]:
+    if not wide:
+        bias, noise, scale = (rng.uniform(lo, hi, size=len(MODALITIES)) for lo, hi in _NARROW_ACQUISITION)
+        return [_Acquisition(float(b), float(n), float(s)) for b, n, s in zip(bias, noise, scale, strict=True)]
+    drawn = []
+    for _ in MODALITIES:
+        thick = rng.random() < 0.3
+        drawn.append(
+            _Acquisition(
+                bias=float(rng.uniform(0.0, 0.35)),
+                noise=float(rng.uniform(0.005, 0.08)),
+                scale=float(np.exp(rng.uniform(np.log(150.0), np.log(4000.0)))),
+                blur=float(rng.uniform(0.3, 1.2)) if rng.random() < 0.5 else 0.0,
+                thick_axis=int(rng.integers(3)),
+                thickness=int(rng.integers(2, 7)) if thick else 1,
+                gamma=float(np.exp(rng.uniform(-0.35, 0.35))),
+            )
+        )
+    return drawn
+
+
+# Narrow acquisition ranges (low, high): bias amplitude, noise level, intensity scale.
+_NARROW_ACQUISITION = ((0.08, 0.18), (0.015, 0.035), (600.0, 1400.0))
+
+
+def _thick_slices(volume: np.ndarray, axis: int, thickness: int) -> np.ndarray:
+    """Average ``thickness`` slices along ``axis`` (a thick acquisition), keep every one of them."""
+    if thickness <= 1:
+        return volume
+    averaged = ndi.uniform_filter1d(volume, thickness, axis=axis)
+    return np.take(averaged, np.arange(thickness // 2, volume.shape[axis], thickness), axis=axis)
+
+
+def _back_to_1mm(volume: np.ndarray, axis: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Linear resampling along ``axis`` back onto the 1 mm grid of ``shape``."""
+    if volume.shape == shape:
+        return volume
+    factors = [1.0] * 3
+    factors[axis] = shape[axis] / volume.shape[axis]
+    resampled = ndi.zoom(volume, factors, order=1, grid_mode=True, mode="nearest")
+    pad = [(0, max(0, s - r)) for s, r in zip(shape, resampled.shape, strict=True)]
+    return np.pad(resampled, pad, mode="edge")[tuple(slice(0, s) for s in shape)]
+
+
+def make_phantom(case_id: str, seed: int, index: int, randomise: Randomisation = WIDE) -> PhantomCase:
+    """Generate one BraTS-like case; the same ``(seed, index, randomise)`` always gives the same arrays.
 
     Images are int16 (240, 240, 155), zero outside the brain; ``classes`` holds network classes
-    (0 background, 1 NCR, 2 ED, 3 ET) and every class is present.
+    (0 background, 1 NCR, 2 ED, 3 ET). Every class is present, except ET in the wide generator's
+    non-enhancing tumours. ``randomise`` says which families vary widely (module docstring).
     """
     rng = np.random.default_rng([seed, index])
-    anatomy = _place_anatomy(rng)
-    lesion = _grow_lesion(rng, anatomy)
-    gains = {m: {k: v * rng.uniform(0.92, 1.08) for k, v in CONTRASTS[m].items()} for m in MODALITIES}
-    bias_amplitudes = rng.uniform(0.08, 0.18, size=len(MODALITIES))
-    noise_levels = rng.uniform(0.015, 0.035, size=len(MODALITIES))
-    scales = rng.uniform(600.0, 1400.0, size=len(MODALITIES))
+    anatomy = _place_anatomy(rng, wide=randomise.anatomy)
+    anatomy, lesion = _grow_lesion(rng, anatomy, wide=randomise.lesion)
+    gains = _wide_contrasts(rng) if randomise.contrast else _narrow_contrasts(rng)
+    acquisitions = _acquisitions(rng, wide=randomise.acquisition)
     modality_rngs = rng.spawn(len(MODALITIES))
 
     def synthesise(i: int) -> np.ndarray:
-        modality = MODALITIES[i]
+        modality, acquisition, modality_rng = MODALITIES[i], acquisitions[i], modality_rngs[i]
         signal = _contrast(anatomy, lesion, gains[modality])
-        signal *= _bias_field(modality_rngs[i], signal.shape, bias_amplitudes[i])
+        signal *= _bias_field(modality_rng, signal.shape, acquisition.bias)
+        if acquisition.blur:
+            signal = ndi.gaussian_filter(signal, acquisition.blur)
         reference = max(gains[modality][t] for t in TISSUES)
-        # Skull-stripped like BraTS: noise only inside the brain, which stays nonzero (>= 1).
-        brain = _rician(modality_rngs[i], signal[anatomy.mask], noise_levels[i] * reference)
+        if acquisition.thickness > 1:
+            thick = _thick_slices(signal, acquisition.thick_axis, acquisition.thickness)
+            noisy = _rician(modality_rng, thick, acquisition.noise * reference)
+            brain = _back_to_1mm(noisy, acquisition.thick_axis, signal.shape)[anatomy.mask]
+        else:
+            # Skull-stripped like BraTS: noise only inside the brain, which stays nonzero (>= 1).
+            brain = _rician(modality_rng, signal[anatomy.mask], acquisition.noise * reference)
+        if acquisition.gamma != 1.0:
+            top = np.float32(np.percentile(brain, 99.9))
+            brain = top * np.clip(brain / top, 0, None) ** np.float32(acquisition.gamma)
         placed = np.zeros(anatomy.mask.shape, dtype=np.int16)
-        placed[anatomy.mask] = np.clip(np.rint(brain * np.float32(scales[i])), 1, np.iinfo(np.int16).max)
+        placed[anatomy.mask] = np.clip(np.rint(brain * np.float32(acquisition.scale)), 1, np.iinfo(np.int16).max)
         image = np.zeros(GRID_SHAPE, dtype=np.int16)
         image[anatomy.box] = placed
         return image
@@ -388,19 +656,23 @@ def write_phantoms(
     start: int = 0,
     preview: bool = False,
     progress: Callable[[int], None] | None = None,
+    randomise: Randomisation = WIDE,
 ) -> list[Path]:
     """Generate ``n`` cases (indices ``start`` .. ``start + n - 1``) as ``out_dir/<case_id>/`` folders.
 
     Each folder holds ``case_filename(case_id, key, naming)`` for t1, t1ce, t2, flair and seg, and
-    with ``preview`` a ``<case_id>_preview.png``. ``progress`` is called with the number of cases
+    with ``preview`` a ``<case_id>_preview.png``. ``randomise`` says which families of variation are
+    drawn widely (default: all). ``progress`` is called with the number of cases
     done after each one. Returns the case folders in index order.
     """
     folders = []
     for done, index in enumerate(range(start, start + n), start=1):
         case_id = case_id_for(index, naming)
-        case = make_phantom(case_id, seed, index)
+        case = make_phantom(case_id, seed, index, randomise)
         folder = write_case(case, Path(out_dir) / case_id, naming)
         if preview:
+            from latup_edge.data.preview import write_preview  # PIL only when a preview is asked for
+
             write_preview(case, folder / f"{case_id}_preview.png")
         folders.append(folder)
         if progress is not None:

@@ -7,6 +7,12 @@ Ported from the paper's description (shared/PAPER.md), not from the authors' AGP
 defaults the network has exactly 3,069,060 parameters. Where the paper and its code disagree the
 port follows the code that produced the published numbers: upsampling repeats voxels (nearest);
 ``upsample="trilinear"`` gives the variant the text describes.
+
+One deliberate departure, opt-in: ``statistics="brain"`` takes the InstanceNorm and SE averages over
+brain voxels only (those non-zero in any input channel, max-pooled to each level) instead of over the
+whole input. The paper's layers (``statistics="volume"``) average over the background too, so their
+labels change with the amount of zero padding around the brain (measured: up to 0.15 Dice on WT when a
+brain box is padded by 32 voxels); with brain statistics they do not. It adds no parameter.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 Upsample = Literal["nearest", "trilinear"]
+Statistics = Literal["volume", "brain"]
 # Three max-pools: every spatial size must divide by 2**3.
 SIZE_MULTIPLE = 8
 
@@ -36,6 +43,9 @@ class LATUPNetConfig:
     negative_slope: float = 0.1
     norm_eps: float = 1e-3
     upsample: Upsample = "nearest"
+    statistics: Statistics = "volume"
+    # The intensity normalisation the weights were trained with (latup_edge.data.preprocess.normalize).
+    normalization: str = "minmax"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,18 +79,56 @@ class SqueezeExcite(nn.Module):
         self.squeeze = nn.Linear(channels, hidden, bias=False)
         self.excite = nn.Linear(hidden, channels, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = x.mean(dim=(2, 3, 4))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        weights = x.mean(dim=(2, 3, 4)) if mask is None else masked_mean(x, mask)[:, :, 0, 0, 0]
         weights = torch.sigmoid(self.excite(F.relu(self.squeeze(weights))))
         return x * weights[:, :, None, None, None]
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-instance, per-channel mean of ``x`` over the voxels where ``mask`` (N, 1, D, H, W) is 1."""
+    count = mask.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
+    return (x * mask).sum(dim=(2, 3, 4), keepdim=True) / count
+
+
+class BrainInstanceNorm(nn.InstanceNorm3d):
+    """InstanceNorm3d (affine, biased variance) whose statistics come from the masked voxels only.
+
+    Without a mask it is the plain InstanceNorm3d; with an all-ones mask it computes the same values.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return super().forward(x)
+        # Statistics in float32: bf16 sums over ~10^6 voxels lose the mean.
+        values = x.float()
+        mean = masked_mean(values, mask)
+        variance = masked_mean((values - mean) ** 2, mask)
+        scale = self.weight[None, :, None, None, None] * torch.rsqrt(variance + self.eps)
+        return ((values - mean) * scale + self.bias[None, :, None, None, None]).to(x.dtype)
+
+
+class _Identity(nn.Module):
+    """SE switched off (``use_se=False``): ignores the mask."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x
+
+
 def _attention(channels: int, cfg: LATUPNetConfig) -> nn.Module:
-    return SqueezeExcite(channels, cfg.se_ratio) if cfg.use_se else nn.Identity()
+    return SqueezeExcite(channels, cfg.se_ratio) if cfg.use_se else _Identity()
 
 
-def _norm(channels: int, cfg: LATUPNetConfig) -> nn.InstanceNorm3d:
-    return nn.InstanceNorm3d(channels, eps=cfg.norm_eps, affine=True)
+def _norm(channels: int, cfg: LATUPNetConfig) -> BrainInstanceNorm:
+    return BrainInstanceNorm(channels, eps=cfg.norm_eps, affine=True)
+
+
+def brain_masks(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """The brain mask (voxels non-zero in any channel) at full resolution and at each pooled level."""
+    masks = [(x.abs().amax(dim=1, keepdim=True) > 0).to(x.dtype)]
+    for _ in range(levels):
+        masks.append(F.max_pool3d(masks[-1], 2))
+    return masks
 
 
 class ParallelConv(nn.Module):
@@ -111,8 +159,8 @@ class EncoderLevel(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.pool = nn.MaxPool3d(2)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        skip = self.conv2(self.norm(self.conv1(self.attention(x))))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        skip = self.conv2(self.norm(self.conv1(self.attention(x, mask)), mask))
         return self.pool(self.dropout(skip)), skip
 
 
@@ -130,9 +178,9 @@ class DecoderLevel(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.conv2 = ConvAct(out_ch, out_ch, 3, slope)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.up_conv(self.upsample(x)))
-        x = self.attention(self.conv1(torch.cat([x, skip], dim=1)))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm(self.up_conv(self.upsample(x)), mask)
+        x = self.attention(self.conv1(torch.cat([x, skip], dim=1)), mask)
         return self.conv2(self.dropout(x))
 
 
@@ -164,13 +212,14 @@ class LATUPNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_shape(tuple(x.shape), self.config.in_channels)
+        masks = brain_masks(x, 3) if self.config.statistics == "brain" else [None] * 4
         x, skip1 = self.parallel(x)
-        x, skip2 = self.encoder2(x)
-        x, skip3 = self.encoder3(x)
-        x = self.bottleneck(x)
-        x = self.decoder3(x, skip3)
-        x = self.decoder2(x, skip2)
-        x = self.decoder1(x, skip1)
+        x, skip2 = self.encoder2(x, masks[1])
+        x, skip3 = self.encoder3(x, masks[2])
+        x = self.bottleneck(x, masks[3])
+        x = self.decoder3(x, skip3, masks[2])
+        x = self.decoder2(x, skip2, masks[1])
+        x = self.decoder1(x, skip1, masks[0])
         return self.head(x)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

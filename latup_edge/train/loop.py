@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,9 +24,9 @@ from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import region_masks
 from latup_edge.evaluate.metrics import dice
 from latup_edge.fileio import atomic_write
-from latup_edge.infer.volume import Forward, predict_classes, torch_forward
 from latup_edge.models.checkpoint import load_model, save_checkpoint
 from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
+from latup_edge.train.augment import Augmentation, augment_patch
 from latup_edge.train.loss import l2_penalty, weighted_dice_loss
 from latup_edge.train.sampling import TrainingCase, load_training_case, sample_patch
 
@@ -53,6 +52,10 @@ class TrainingSettings:
     threads: int | None = None
     base_filters: int = 32
     init_from: str | None = None  # a checkpoint to fine-tune from (fresh optimizer)
+    # Brain-only InstanceNorm/SE statistics and z-scores inside the brain: docs/GENERALISATION.md.
+    statistics: str = "brain"
+    normalization: str = "zscore-brain"
+    augmentation: Augmentation = field(default_factory=Augmentation)
 
 
 @dataclass
@@ -90,28 +93,20 @@ def split_cases(case_ids: list[str], val_cases: int, seed: int) -> tuple[list[st
 
 
 def validation_dice(model: LATUPNet, cases: list[TrainingCase], bf16: bool) -> dict[str, float]:
-    """Mean Dice per region over whole brain boxes of the validation cases."""
+    """Mean Dice per region over the validation cases' whole brain boxes (already normalised, so the
+    box is the network input as at inference; nothing is predicted outside it)."""
     model.eval()
-    with tempfile.TemporaryDirectory(prefix="latup-val-") as folder:
-        forward = _validation_forward(model, bf16, Path(folder))
-        scores: dict[str, list[float]] = {"WT": [], "TC": [], "ET": []}
-        for case in cases:
-            predicted = region_masks(predict_classes(case.images.astype(np.float32), forward))
-            truth = region_masks(case.classes)
-            for region in scores:
-                scores[region].append(dice(predicted[region], truth[region]))
+    device = next(model.parameters()).device
+    scores: dict[str, list[float]] = {"WT": [], "TC": [], "ET": []}
+    for case in cases:
+        x = torch.from_numpy(case.images[None].astype(np.float32)).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        predicted = region_masks(logits[0].float().argmax(0).cpu().numpy().astype(np.uint8))
+        truth = region_masks(case.classes)
+        for region in scores:
+            scores[region].append(dice(predicted[region], truth[region]))
     return {region: float(np.mean(values)) for region, values in scores.items()}
-
-
-def _validation_forward(model: LATUPNet, bf16: bool, folder: Path) -> Forward:
-    """PyTorch on CUDA; on a CPU, OpenVINO on an ONNX export (a brain box takes ~2 s there, not ~60 s)."""
-    if next(model.parameters()).is_cuda:
-        return torch_forward(model, bf16=bf16)
-    from latup_edge.deploy.export import export_onnx
-    from latup_edge.infer.openvino_backend import OpenVINOModel, cpu_supports_bf16
-
-    path = export_onnx(model, folder / "validation.onnx")
-    return OpenVINOModel(path, "bf16" if bf16 and cpu_supports_bf16() else "fp32")
 
 
 def train(
@@ -133,12 +128,15 @@ def train(
     cases = discover_cases(data_dir)
     train_ids, val_ids = split_cases([c.case_id for c in cases], settings.val_cases, settings.seed)
     by_id = {c.case_id: c for c in cases}
-    train_set = [load_training_case(by_id[i]) for i in train_ids]
-    val_set = [load_training_case(by_id[i]) for i in val_ids]
+    train_set = [load_training_case(by_id[i], settings.normalization) for i in train_ids]
+    val_set = [load_training_case(by_id[i], settings.normalization) for i in val_ids]
     report({"event": "loaded", "train": len(train_set), "val": len(val_set), "bf16": bf16, "device": str(device)})
 
     torch.manual_seed(settings.seed)
-    model = LATUPNet(LATUPNetConfig(base_filters=settings.base_filters)).to(device)
+    config = LATUPNetConfig(
+        base_filters=settings.base_filters, statistics=settings.statistics, normalization=settings.normalization
+    )
+    model = LATUPNet(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
     if settings.init_from:
         model.load_state_dict(load_model(settings.init_from).state_dict())
@@ -208,7 +206,11 @@ def train(
 
 def _step(model, optimizer, train_set, settings, rng, device, bf16: bool) -> float:
     pairs = [
-        sample_patch(train_set[rng.integers(len(train_set))], settings.patch, rng, settings.tumour_fraction)
+        augment_patch(
+            *sample_patch(train_set[rng.integers(len(train_set))], settings.patch, rng, settings.tumour_fraction),
+            rng,
+            settings.augmentation,
+        )
         for _ in range(settings.batch)
     ]
     x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)

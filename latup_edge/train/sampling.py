@@ -7,23 +7,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from latup_edge.data.cases import BratsCase, load_case_images, load_case_labels
-from latup_edge.data.preprocess import Crop, apply_crop, brain_box, minmax_normalize
+from latup_edge.data.preprocess import Crop, apply_crop, brain_box, normalize
 
 
 @dataclass(frozen=True)
 class TrainingCase:
-    """One case preprocessed as at inference (min-max over the volume), cut to its brain box."""
+    """One case preprocessed as at inference (``normalize`` with the run's method), cut to its brain box."""
 
     case_id: str
-    images: np.ndarray  # float16 (C, X, Y, Z): half the memory, exact enough for [0, 1] inputs
+    images: np.ndarray  # float16 (C, X, Y, Z): half the memory; exact zeros stay exact (the brain mask)
     classes: np.ndarray  # uint8 (X, Y, Z)
     tumour_voxels: np.ndarray  # (n, 3) coordinates of tumour voxels, for tumour-centred patches
 
 
-def load_training_case(case: BratsCase) -> TrainingCase:
+def load_training_case(case: BratsCase, normalization: str) -> TrainingCase:
     images, reference = load_case_images(case)
     classes, _ = load_case_labels(case, reference)
-    normalized = minmax_normalize(images)
+    normalized = normalize(images, normalization)
     crop = brain_box(normalized)
     boxed_classes = apply_crop(classes, crop)
     return TrainingCase(
