@@ -422,7 +422,8 @@ def _draw_lesion(rng: np.random.Generator, anatomy: _Anatomy, wide: bool) -> tup
         local, focus = _draw_focus(rng, anatomy, shape)
         # Where foci overlap, the tumour core wins over edema.
         region = classes[local]
-        region[(focus > 0) & (region != LESION_CLASSES["ncr"]) & (region != LESION_CLASSES["et"])] = focus[focus > 0]
+        overwrite = (focus > 0) & (region != LESION_CLASSES["ncr"]) & (region != LESION_CLASSES["et"])
+        region[overwrite] = focus[overwrite]
     present = np.argwhere(classes > 0)
     if not len(present):
         present = np.array([np.array(anatomy.mask.shape) // 2])
