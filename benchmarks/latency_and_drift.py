@@ -3,8 +3,8 @@
 On the same cases in the same run, files in to label file out, each path in its own process (so its
 peak RSS is its own):
 
-- ``monai``, what a user would otherwise run: the case's images (``load_case_images``), min-max
-  normalised per modality over the full volume (``minmax_normalize``, our preprocessing), through
+- ``monai``, what a user would otherwise run: the case's images (``load_case_images``), normalised
+  as the network was trained (``normalize`` with its config's method, our preprocessing), through
   ``monai.inferers.sliding_window_inference`` (128^3 windows, overlap 0.5, Gaussian blending,
   ``sw_batch_size`` 1) with LATUP-Net in PyTorch fp32 eager and the weights the bundle was built
   from, argmax, and the label map written (``save_label_map``).
@@ -43,7 +43,7 @@ import numpy as np
 from latup_edge.data.cases import BratsCase, discover_cases, load_case_images, load_case_labels, save_label_map
 from latup_edge.data.labels import REGIONS, to_classes
 from latup_edge.data.naming import MODEL_MODALITIES
-from latup_edge.data.preprocess import minmax_normalize
+from latup_edge.data.preprocess import normalize
 from latup_edge.deploy.bundle import Bundle, load_bundle
 from latup_edge.evaluate.benchmark import (
     BenchmarkError,
@@ -140,7 +140,7 @@ class MonaiPath:
             return self.model(x)
 
         images, reference = load_case_images(case, self.modalities)
-        scores = monai_scores(minmax_normalize(images), predictor)
+        scores = monai_scores(normalize(images, self.model.config.normalization), predictor)
         del images
         classes = np.argmax(scores, axis=0).astype(np.uint8)
         save_label_map(classes, reference, output_paths(folder, case.case_id)[0], output_convention(case))

@@ -15,7 +15,7 @@ from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.export import export_onnx
 from latup_edge.deploy.quantize import run_engine
-from latup_edge.evaluate.benchmark import add_speedups, percentiles, plan_rows
+from latup_edge.evaluate.benchmark import BenchmarkError, add_speedups, check_same_network, percentiles, plan_rows
 from latup_edge.infer.openvino_backend import cpu_supports_bf16
 from latup_edge.models.checkpoint import save_checkpoint
 
@@ -144,3 +144,14 @@ def test_speedups_need_the_torch_row():
 def test_an_unknown_backend_is_refused_in_one_sentence(bundle):
     result = runner.invoke(app, ["benchmark", "--bundle", str(bundle), "--backends", "tensorrt"])
     assert result.exit_code == 1 and "unknown backends" in result.output and "Traceback" not in result.output
+
+
+def test_the_torch_row_needs_the_bundles_own_network(bundle, tmp_path):
+    manifest = load_bundle(bundle).manifest
+    weights = Path(manifest["build"]["settings"]["weights"])
+    check_same_network(weights, manifest)
+    # A manifest from before the statistics and normalization fields: its network had their defaults.
+    old = {key: value for key, value in manifest["network"].items() if key not in ("statistics", "normalization")}
+    check_same_network(weights, manifest | {"network": old})
+    with pytest.raises(BenchmarkError, match="different network"):
+        check_same_network(weights, manifest | {"network": old | {"normalization": "zscore-brain"}})

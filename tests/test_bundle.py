@@ -203,3 +203,48 @@ def test_cli_compile_and_bundle_info(narrow_onnx, narrow_int8, tmp_path):  # noq
     result = runner.invoke(app, ["bundle-info", str(out)])
     assert result.exit_code == 1
     assert "int8.bin" in result.output and "Traceback" not in result.output
+
+
+def test_the_normalisation_comes_from_the_network_config(bundle_dir):
+    manifest = load_bundle(bundle_dir).manifest
+    # A manifest from before the field (this one's network is {"base_filters": 4}) means min-max.
+    assert "normalization" not in manifest["network"] and load_bundle(bundle_dir).normalization == "minmax"
+    zscore = Bundle(bundle_dir, {**manifest, "network": {"normalization": "zscore-brain"}})
+    assert zscore.normalization == "zscore-brain"
+    with pytest.raises(BundleError, match="normalisation 'percentile'.*upgrade latup-edge"):
+        _ = Bundle(bundle_dir, {**manifest, "network": {"normalization": "percentile"}}).normalization
+
+
+def test_a_brain_statistics_bundle_compiles_and_says_what_it_expects(tmp_path):
+    import torch
+
+    from latup_edge.deploy.export import export_onnx
+    from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
+
+    torch.manual_seed(0)
+    config = LATUPNetConfig(base_filters=4, statistics="brain", normalization="zscore-brain")
+    onnx = export_onnx(LATUPNet(config).eval(), tmp_path / "brain.onnx")
+    out = compile_bundle(onnx, None, tmp_path / "bundle", **FAST)
+    bundle = load_bundle(out)
+    assert bundle.manifest["network"] == config.to_dict() and bundle.normalization == "zscore-brain"
+    assert bundle.manifest["preprocessing"]["normalization"] == "zscore-brain"
+    x = np.zeros(NARROW_SHAPE, np.float32)
+    x[:, :, 4:28, 2:30, 6:26] = np.random.default_rng(0).normal(size=(1, 3, 24, 28, 20))
+    torch.manual_seed(0)
+    reference = LATUPNet(config).eval()  # the exported network again, from the same seed
+    with torch.inference_mode():
+        expected = reference(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(bundle.model("fp32", threads=1)(x), expected, atol=1e-5)
+
+    result = CliRunner().invoke(app, ["bundle-info", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    network = json.loads(result.stdout)["network"]
+    assert network["statistics"] == "brain" and network["normalization"] == "zscore-brain"
+    result = CliRunner().invoke(app, ["bundle-info", str(out)])
+    assert "normalisation: zscore-brain" in result.stdout and "statistics: brain" in result.stdout
+
+
+def test_bundle_info_of_an_old_bundle_shows_the_papers_settings(bundle_dir):
+    result = CliRunner().invoke(app, ["bundle-info", str(bundle_dir)])
+    assert result.exit_code == 0, result.output
+    assert "normalisation: minmax" in result.stdout and "statistics: volume" in result.stdout

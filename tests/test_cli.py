@@ -47,7 +47,7 @@ def test_evaluate_reports_every_case_and_region(two_phantoms, tmp_path):
     weights = save_checkpoint(LATUPNet(LATUPNetConfig(base_filters=4)), tmp_path / "narrow")
     result = runner.invoke(app, ["evaluate", str(two_phantoms), "--weights", str(weights), "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)["sets"][str(two_phantoms)]
     assert len(report["cases"]) == 2 and not report["failures"]
     for metrics in report["cases"].values():
         assert set(metrics) == {"WT", "TC", "ET"}

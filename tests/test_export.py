@@ -11,7 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
+from latup_edge.data.preprocess import NORMALIZATIONS
 from latup_edge.deploy import export as export_module
+from latup_edge.deploy.compile import model_normalization
+from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.export import (
     ExportCheckError,
     check_onnx,
@@ -20,13 +23,21 @@ from latup_edge.deploy.export import (
     read_onnx_metadata,
 )
 from latup_edge.fileio import sha256_file
+from latup_edge.infer.openvino_backend import OpenVINOModel
 from latup_edge.models.checkpoint import save_checkpoint
 from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
 
 
-def narrow_network(seed: int) -> LATUPNet:
+def narrow_network(seed: int, **config) -> LATUPNet:
     torch.manual_seed(seed)
-    return LATUPNet(LATUPNetConfig(base_filters=4)).eval()
+    return LATUPNet(LATUPNetConfig(base_filters=4, **config)).eval()
+
+
+def skull_stripped(seed: int, shape: tuple[int, ...] = (1, 3, 32, 32, 32)) -> np.ndarray:
+    """Noise inside an off-centre brain, exact zeros around it: brain statistics differ from volume ones."""
+    x = np.zeros(shape, np.float32)
+    x[:, :, 3:27, 5:30, 2:22] = np.random.default_rng(seed).normal(size=(shape[0], shape[1], 24, 25, 20))
+    return x
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +78,44 @@ def test_metadata_round_trip(narrow_onnx):
     assert metadata["labels"]["brats_label"]["2023"]["ET"] == 3
     assert metadata["weights_sha256"] == "ab12"
     assert metadata["version"]
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_metadata_names_the_models_normalisation(normalization, tmp_path):
+    path = export_onnx(narrow_network(0, normalization=normalization), tmp_path / "model.onnx")
+    metadata = read_onnx_metadata(path)
+    assert metadata["config"]["normalization"] == normalization
+    assert metadata["preprocessing"]["normalization"] == normalization
+    assert metadata["preprocessing"]["normalization_description"].startswith(normalization)
+    assert model_normalization(path) == normalization
+
+
+def test_an_onnx_model_from_before_the_field_means_minmax(narrow_onnx, tmp_path):
+    proto = onnx.load(str(narrow_onnx[1]))
+    for prop in proto.metadata_props:
+        if prop.key == "latup_edge.config":
+            config = json.loads(prop.value)
+            del config["normalization"], config["statistics"]
+            prop.value = json.dumps(config)
+    onnx.save(proto, tmp_path / "old.onnx")
+    assert model_normalization(tmp_path / "old.onnx") == "minmax"
+
+
+@pytest.mark.parametrize("deploy_form", [False, True])
+def test_a_brain_statistics_network_exports_and_matches_pytorch_and_openvino(deploy_form, tmp_path):
+    # Untrained: equal InstanceNorm scales, which the exporter shares through Identity nodes.
+    model = narrow_network(0, statistics="brain")
+    path = export_onnx(to_deploy_form(model) if deploy_form else model, tmp_path / "brain.onnx")
+    x = skull_stripped(2)
+    check = check_onnx(model, path, x)
+    assert check["passed"] and check["max_abs_diff"] < 1e-5 and check["agreement"] == 1.0
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(OpenVINOModel(path, "fp32")(x), reference, atol=1e-5)
+    # The statistics are the brain's: the same network with volume statistics computes something else.
+    volume = narrow_network(0)
+    with torch.inference_mode():
+        assert np.abs(volume(torch.from_numpy(x)).numpy() - reference).max() > 1e-3
 
 
 def test_check_matches_pytorch(narrow_onnx):
@@ -119,3 +168,18 @@ def test_cli_export_refuses_a_bad_check_size(narrow_checkpoint, two_phantoms, tm
 def test_export_for_deploy_checks_on_a_generated_phantom(narrow_checkpoint, tmp_path):
     report = export_for_deploy(narrow_checkpoint, tmp_path / "model.onnx", None, check_size=32)
     assert report["check"]["passed"] and report["check_data"].startswith("generated phantom")
+
+
+def test_export_for_deploy_checks_a_zscore_model_on_zscored_input(two_phantoms, tmp_path, monkeypatch):
+    weights = save_checkpoint(
+        narrow_network(0, statistics="brain", normalization="zscore-brain"), tmp_path / "brain.safetensors"
+    )
+    inputs = []
+    check = export_module.check_onnx
+    monkeypatch.setattr(export_module, "check_onnx", lambda *args: inputs.append(args[2]) or check(*args))
+    report = export_for_deploy(weights, tmp_path / "model.onnx", two_phantoms, check_size=32)
+    assert report["check"]["passed"]
+    assert report["metadata"]["preprocessing"]["normalization"] == "zscore-brain"
+    expected = export_module.check_input(two_phantoms, 32, normalization="zscore-brain")
+    np.testing.assert_array_equal(inputs[0], expected)
+    assert inputs[0].min() < 0  # z-scores, not min-max's [0, 1]

@@ -13,7 +13,7 @@ from latup_edge.deploy.bundle import load_bundle
 from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.export import export_onnx
 from latup_edge.deploy.quantize import QuantizationResult, quantize, run_engine
-from latup_edge.deploy.quantize.graph import bypass, quantized_layers
+from latup_edge.deploy.quantize.graph import brain_statistics_ops, bypass, quantized_layers
 from latup_edge.deploy.quantize.sensitivity import MIN_GAIN, AgreementJudge, block_of, rank_blocks, rank_layers
 from latup_edge.evaluate.drift import PreparedCase, measure_drift
 from latup_edge.infer.openvino_backend import OpenVINOModel, int8_kernel_report
@@ -21,15 +21,16 @@ from latup_edge.models import LATUPNet, LATUPNetConfig
 from latup_edge.models.checkpoint import save_checkpoint
 
 NARROW = LATUPNetConfig(base_filters=4)
+BRAIN = LATUPNetConfig(base_filters=4, statistics="brain", normalization="zscore-brain")
 SKIP_CONV = "/decoder1/conv_skip/Conv"
 STEM_NORM = "/encoder2/norm/InstanceNormalization"
 
 
-def narrow_network(seed: int = 1) -> LATUPNet:
+def narrow_network(seed: int = 1, config: LATUPNetConfig = NARROW) -> LATUPNet:
     """A random narrow LATUP-Net with zero conv biases: then its argmax follows the input's features
     and it predicts every class somewhere (with biases, a random network predicts one class)."""
     torch.manual_seed(seed)
-    model = LATUPNet(NARROW).eval()
+    model = LATUPNet(config).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Conv3d):
@@ -45,9 +46,28 @@ def tiny_case(case_id: str, seed: int) -> PreparedCase:
     return PreparedCase(case_id, x, Crop((32, 32, 32), (0, 0, 0), (32, 32, 32)), None, (1.0, 1.0, 1.0))
 
 
+def skull_stripped_case(case_id: str, seed: int) -> PreparedCase:
+    """``tiny_case`` with zeros around a brain that does not fill the input: what a brain box holds."""
+    case = tiny_case(case_id, seed)
+    inputs = np.zeros_like(case.inputs)
+    inputs[:, :, 2:30, 4:28, 3:31] = case.inputs[:, :, 2:30, 4:28, 3:31]
+    return PreparedCase(case_id, inputs, case.crop, None, case.spacing)
+
+
 @pytest.fixture(scope="module")
 def float_onnx(tmp_path_factory):
     return export_onnx(to_deploy_form(narrow_network()), tmp_path_factory.mktemp("q") / "narrow.onnx")
+
+
+@pytest.fixture(scope="module")
+def brain_onnx(tmp_path_factory):
+    """The narrow network with brain statistics, deploy form."""
+    return export_onnx(to_deploy_form(narrow_network(config=BRAIN)), tmp_path_factory.mktemp("q") / "brain.onnx")
+
+
+@pytest.fixture(scope="module")
+def brain_samples():
+    return [skull_stripped_case(f"s{i}", i).inputs for i in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +80,53 @@ def judge(float_onnx):
     return AgreementJudge.from_float_model(float_onnx, [tiny_case("a", 10), tiny_case("b", 11)])
 
 
-def test_deploy_form_computes_the_same_function():
-    model = narrow_network()
-    x = torch.rand(1, 3, 24, 32, 16)
+@pytest.mark.parametrize("config", [NARROW, BRAIN], ids=["volume", "brain"])
+def test_deploy_form_computes_the_same_function(config):
+    model = narrow_network(config=config)
+    x = torch.zeros(1, 3, 24, 32, 16)
+    x[:, :, 2:20, 3:30, 1:13] = torch.rand(1, 3, 18, 27, 12)
     with torch.no_grad():
         torch.testing.assert_close(to_deploy_form(model)(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("statistics", ["volume", "brain"])
 @pytest.mark.parametrize("engine", ["nncf", "inc"])
-def test_each_engine_makes_a_model_that_runs_int8_convolutions(engine, float_onnx, samples, tmp_path):
-    path = run_engine(engine, float_onnx, samples, tmp_path)
+def test_each_engine_makes_a_model_that_runs_int8_convolutions(engine, statistics, request, tmp_path):
+    onnx_path = request.getfixturevalue("float_onnx" if statistics == "volume" else "brain_onnx")
+    samples = request.getfixturevalue("samples" if statistics == "volume" else "brain_samples")
+    path = run_engine(engine, onnx_path, samples, tmp_path)
     report = int8_kernel_report(OpenVINOModel(path, "int8").compiled, (1, 3, 32, 32, 32))
     assert report["int8_convolutions"] == report["convolutions"] > 0
     assert SKIP_CONV in quantized_layers(ov.Core().read_model(str(path)))
+
+
+@pytest.mark.parametrize("engine", ["nncf", "inc"])
+def test_the_brain_mask_is_computed_from_the_unquantized_input(engine, brain_onnx, brain_samples, tmp_path):
+    int8 = ov.Core().read_model(str(run_engine(engine, brain_onnx, brain_samples, tmp_path)))
+    ops = {op.get_friendly_name(): op for op in int8.get_ordered_ops()}
+    # Input -> Abs -> ReduceMax -> Greater: no quantizer anywhere on the way, so background zeros stay zeros
+    # and no brain voxel near zero leaves the mask.
+    assert ops["/Abs"].input_value(0).get_node().get_type_name() == "Parameter"
+    assert ops["/ReduceMax"].input_value(0).get_node().get_friendly_name() == "/Abs"
+    assert ops["/Greater"].input_value(0).get_node().get_friendly_name() == "/ReduceMax"
+    mask_and_statistics = set(brain_statistics_ops(int8))
+    assert {"/Abs", "/ReduceMax", "/Greater", "/MaxPool_2"} <= mask_and_statistics
+    assert "/encoder2/norm/ReduceSum" in mask_and_statistics
+    assert not mask_and_statistics & set(quantized_layers(int8))
+    # The layer labels stay stable, and the convolutions after the statistics are quantized.
+    assert "/encoder2/conv2/conv2.0/Conv" in quantized_layers(int8) == quantized_layers(int8.clone())
+
+
+def test_the_papers_network_has_no_brain_statistics_ops(float_onnx):
+    assert brain_statistics_ops(ov.Core().read_model(str(float_onnx))) == []
+
+
+def test_int8_keeps_brain_statistics_close_to_float(brain_onnx, brain_samples, tmp_path):
+    int8 = OpenVINOModel(run_engine("nncf", brain_onnx, brain_samples, tmp_path), "int8")
+    fp32 = OpenVINOModel(brain_onnx, "fp32")
+    case = skull_stripped_case("x", 5)
+    agreement = (int8(case.inputs).argmax(axis=1) == fp32(case.inputs).argmax(axis=1)).mean()
+    assert agreement > 0.8  # a random narrow network: its near-tied logits flip easily
 
 
 @pytest.mark.parametrize("engine", ["nncf", "inc"])
@@ -177,9 +231,11 @@ def test_drift_catches_a_broken_int8_model(float_onnx, samples, tmp_path):
     assert summary["int8"]["worst_ratio"] < 0.9 and not summary["int8"]["verdicts"]["99"]
 
 
-@pytest.mark.parametrize("engine", ["nncf", "inc"])
-def test_build_makes_a_verified_bundle_with_a_drift_gate(engine, two_phantoms, tmp_path):
-    weights = save_checkpoint(narrow_network(), tmp_path / "narrow")
+@pytest.mark.parametrize(
+    ("engine", "config"), [("nncf", NARROW), ("inc", NARROW), ("nncf", BRAIN)], ids=["nncf", "inc", "nncf-brain"]
+)
+def test_build_makes_a_verified_bundle_with_a_drift_gate(engine, config, two_phantoms, tmp_path):
+    weights = save_checkpoint(narrow_network(config=config), tmp_path / "narrow")
     # The sensitivity search is tested on tiny cases above; here it would cost minutes per engine.
     settings = BuildSettings(
         engine=engine, weights=weights, held_out=1, calibration_cases=1, crop_size=32, sensitivity=False
@@ -192,6 +248,10 @@ def test_build_makes_a_verified_bundle_with_a_drift_gate(engine, two_phantoms, t
     int8 = bundle.manifest["precisions"]["int8"]
     assert int8["int8_kernels"]["int8_convolutions"] > 0
     assert int8["eligible"] == report["verdicts"]["int8"].startswith("pass")
+    # The bundle records the network and the normalisation its calibration and gate used.
+    assert bundle.manifest["network"] == config.to_dict() and bundle.normalization == config.normalization
+    assert report["calibration"]["normalization"] == config.normalization
+    assert bundle.manifest["preprocessing"]["normalization"] == config.normalization
 
 
 def test_build_never_makes_a_broken_int8_model_the_default(two_phantoms, tmp_path, monkeypatch):

@@ -3,13 +3,16 @@
 import json
 import re
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_benchmark import cut_small, make_narrow_bundle
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
-from latup_edge.evaluate.report import drift_tables, run_drift
+from latup_edge.data.preprocess import Crop
+from latup_edge.evaluate.drift import PreparedCase
+from latup_edge.evaluate.report import case_slice, drift_tables, run_drift
 from latup_edge.infer.openvino_backend import cpu_supports_bf16
 
 runner = CliRunner()
@@ -96,3 +99,15 @@ def test_a_case_without_labels_gets_agreement_only(bundle, small_cases, tmp_path
 def test_an_unknown_precision_is_refused_in_one_sentence(bundle, small_cases):
     result = runner.invoke(app, ["drift", str(small_cases), "--bundle", str(bundle), "--precisions", "fp8"])
     assert result.exit_code == 1 and "unknown precisions" in result.output and "Traceback" not in result.output
+
+
+def test_the_overlay_shows_a_zscored_brain_whole():
+    inputs = np.zeros((1, 3, 16, 16, 8), np.float32)
+    inputs[:, :, 2:14, 3:13, :] = np.random.default_rng(0).normal(size=(1, 3, 12, 10, 8))
+    case = PreparedCase("z", inputs, Crop((16, 16, 8), (0, 0, 0), (16, 16, 8)), None, (1.0, 1.0, 1.0))
+    scores = np.zeros((1, 4, 16, 16, 8), np.float32)
+    flair = case_slice(case, scores, scores, "int8").flair  # rows Y, columns X
+    brain = np.zeros((16, 16), bool)
+    brain[3:13, 2:14] = True
+    # Without the shift the negative half of the z-scores would show as background.
+    assert (flair[brain] > 0).mean() > 0.95 and not flair[~brain].any()

@@ -18,13 +18,15 @@ import torch
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
-from latup_edge.data.cases import discover_cases
+from latup_edge.data.cases import discover_cases, load_case_images
 from latup_edge.data.naming import case_filename
 from latup_edge.deploy.bundle import Bundle
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
 from latup_edge.infer.backends import BackendError, open_backend
+from latup_edge.infer.openvino_backend import OpenVINOModel
 from latup_edge.infer.segment import SegmentSettings, output_convention, segment_cases
+from latup_edge.infer.volume import predict_classes
 from latup_edge.models import LATUPNet, LATUPNetConfig
 from latup_edge.models.checkpoint import save_checkpoint
 
@@ -42,11 +44,16 @@ AFFINE = np.array(
 )
 
 
-def narrow_network() -> LATUPNet:
+NARROW = LATUPNetConfig(base_filters=4)
+# The next shipped weights' settings: brain statistics, z-scores inside the brain.
+BRAIN = LATUPNetConfig(base_filters=4, statistics="brain", normalization="zscore-brain")
+
+
+def narrow_network(config: LATUPNetConfig = NARROW) -> LATUPNet:
     """A random narrow LATUP-Net with zero conv biases, so its argmax follows the input and it
     predicts several classes (with biases, a random network predicts one class)."""
     torch.manual_seed(1)
-    model = LATUPNet(LATUPNetConfig(base_filters=4)).eval()
+    model = LATUPNet(config).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Conv3d):
@@ -66,6 +73,19 @@ def bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bundle")
     onnx = export_onnx(narrow_network(), root / "narrow.onnx")
     return compile_bundle(onnx, onnx, root / "bundle", include_onnx=True, probe_shape=(1, 3, 16, 16, 16), repeats=1)
+
+
+@pytest.fixture(scope="module")
+def brain_weights(tmp_path_factory) -> Path:
+    return save_checkpoint(narrow_network(BRAIN), tmp_path_factory.mktemp("weights") / "brain")
+
+
+@pytest.fixture(scope="module")
+def brain_bundle(tmp_path_factory) -> Path:
+    """An fp32 bundle (with its ONNX) of the narrow network with brain statistics and z-scores."""
+    root = tmp_path_factory.mktemp("brain-bundle")
+    onnx = export_onnx(narrow_network(BRAIN), root / "brain.onnx")
+    return compile_bundle(onnx, None, root / "bundle", include_onnx=True, probe_shape=(1, 3, 16, 16, 16), repeats=1)
 
 
 def write_case(root: Path, case_id: str, naming: str = "2021", seed: int = 0, seg: bool = True) -> Path:
@@ -294,7 +314,10 @@ def test_duplicate_case_ids_fail_instead_of_overwriting(bundle, tmp_path):
     assert "separate output folders" in log["failures"]["BraTS2021_00001"]
 
 
-def test_torch_and_onnxruntime_agree_with_openvino_fp32(bundle, weights, tmp_path):
+@pytest.mark.parametrize("statistics", ["volume", "brain"])
+def test_torch_and_onnxruntime_agree_with_openvino_fp32(statistics, request, tmp_path):
+    bundle = request.getfixturevalue("bundle" if statistics == "volume" else "brain_bundle")
+    weights = request.getfixturevalue("weights" if statistics == "volume" else "brain_weights")
     write_case(tmp_path / "data", "BraTS2021_00001", seed=7)
     maps = {}
     for backend in ("openvino", "onnxruntime", "torch"):
@@ -308,6 +331,18 @@ def test_torch_and_onnxruntime_agree_with_openvino_fp32(bundle, weights, tmp_pat
     assert len(np.unique(maps["openvino"])) > 1
     for backend in ("onnxruntime", "torch"):
         assert (maps[backend] == maps["openvino"]).mean() > 0.999
+
+
+def test_segment_normalises_as_the_bundles_model_was_trained(brain_bundle, tmp_path):
+    case = discover_cases(write_case(tmp_path / "data", "BraTS2021_00001", seed=5))[0]
+    log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=brain_bundle, threads=1))
+    assert log["summary"]["ok"] == 1 and log["backend"]["normalization"] == "zscore-brain"
+    written = np.asanyarray(nib.load(tmp_path / "out" / "BraTS2021_00001.nii.gz").dataobj)
+    images = load_case_images(case)[0]
+    model = OpenVINOModel(brain_bundle / "fp32.xml", "fp32", threads=1)
+    expected = predict_classes(images, model, normalization="zscore-brain")
+    np.testing.assert_array_equal(written, np.where(expected == 3, 4, expected))
+    assert (predict_classes(images, model, normalization="minmax") != expected).any()
 
 
 def test_onnxruntime_needs_the_bundles_onnx_file(tmp_path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from latup_edge.data.preprocess import brain_box
+from latup_edge.data.preprocess import apply_crop, brain_box, undo_crop
 from latup_edge.infer.tiling import gaussian_importance, sliding_window_scores, softmax, window_starts
 from latup_edge.infer.volume import predict_classes, predict_probabilities, predict_volume
 
@@ -116,22 +116,24 @@ def brain(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
 
 def test_whole_and_sliding_agree_for_a_pointwise_network():
     images = brain((60, 52, 44))
-    whole = predict_volume(images, pointwise, "whole", probabilities=True)
-    sliding = predict_volume(images, pointwise, "sliding", window=16, overlap=0.5, probabilities=True)
+    whole = predict_volume(images, pointwise, "whole", probabilities=True, normalization="minmax")
+    sliding = predict_volume(
+        images, pointwise, "sliding", window=16, overlap=0.5, probabilities=True, normalization="minmax"
+    )
     np.testing.assert_array_equal(whole.classes, sliding.classes)
     np.testing.assert_allclose(whole.probabilities, sliding.probabilities, rtol=1e-5, atol=1e-6)
 
 
 def test_probabilities_cover_the_full_shape_and_are_background_outside_the_box():
     images = brain((60, 52, 44))
-    probabilities = predict_probabilities(images, pointwise)
+    probabilities = predict_probabilities(images, pointwise, normalization="minmax")
     assert probabilities.shape == (4, 60, 52, 44) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=0), 1, rtol=1e-5)
     crop = brain_box(images)
     outside = np.ones((60, 52, 44), bool)
     outside[tuple(slice(max(a, 0), b) for a, b in zip(crop.start, crop.stop, strict=True))] = False
     assert outside.any() and (probabilities[0][outside] == 1).all()
-    assert (np.argmax(probabilities, axis=0) == predict_classes(images, pointwise)).all()
+    assert (np.argmax(probabilities, axis=0) == predict_classes(images, pointwise, normalization="minmax")).all()
 
 
 def test_predict_classes_keeps_its_one_pass_behaviour_for_existing_callers():
@@ -142,7 +144,7 @@ def test_predict_classes_keeps_its_one_pass_behaviour_for_existing_callers():
         shapes.append(x.shape)
         return pointwise(x)
 
-    classes = predict_classes(images, forward)
+    classes = predict_classes(images, forward, normalization="minmax")
     assert classes.shape == (60, 52, 44) and classes.dtype == np.uint8
     assert shapes == [(1, 3, *brain_box(images).shape)]
 
@@ -150,4 +152,52 @@ def test_predict_classes_keeps_its_one_pass_behaviour_for_existing_callers():
 @pytest.mark.parametrize(("tiling", "window"), [("tiles", 128), ("sliding", 100)])
 def test_predict_refuses_an_unknown_tiling_or_a_window_not_a_multiple_of_8(tiling, window):
     with pytest.raises(ValueError, match="tiling|multiple of 8"):
-        predict_classes(brain((24, 24, 24)), pointwise, tiling=tiling, window=window)
+        predict_classes(brain((24, 24, 24)), pointwise, tiling=tiling, window=window, normalization="minmax")
+
+
+def test_the_normalisation_has_no_default():
+    with pytest.raises(TypeError, match="normalization"):
+        predict_classes(brain((24, 24, 24)), pointwise)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        predict_classes(brain((24, 24, 24)), pointwise, normalization="percentile")
+
+
+def zscore_by_hand(images: np.ndarray) -> np.ndarray:
+    """Per channel: brain voxels clipped to their 0.5-99.5th percentiles, minus their mean, over their std."""
+    brain_voxels = (images != 0).any(axis=0)
+    normalized = np.zeros(images.shape, np.float32)
+    for channel, out in zip(images, normalized, strict=True):
+        values = np.clip(channel[brain_voxels], *np.percentile(channel[brain_voxels], (0.5, 99.5)))
+        out[brain_voxels] = (values - values.mean()) / values.std()
+    return normalized
+
+
+def test_a_zscore_model_is_fed_its_own_normalisation():
+    import torch
+
+    from latup_edge.infer.volume import torch_forward
+    from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
+
+    torch.manual_seed(0)
+    model = LATUPNet(LATUPNetConfig(base_filters=4, statistics="brain", normalization="zscore-brain")).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv3d):
+                module.bias.zero_()  # a random network with biases predicts one class everywhere
+    images = 200 + 700 * brain((44, 40, 36), seed=3)
+    images[:, (images[0] == 200)] = 0  # skull-stripped: zeros outside the brain
+    seen = []
+    network = torch_forward(model)
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        seen.append(x)
+        return network(x)
+
+    classes = predict_classes(images, forward, normalization=model.config.normalization)
+    crop = brain_box(images)
+    by_hand = apply_crop(zscore_by_hand(images), crop)[None]
+    np.testing.assert_allclose(seen[0], by_hand, atol=1e-5)
+    expected = undo_crop(np.argmax(network(by_hand)[0], axis=0).astype(np.uint8), crop)
+    assert len(np.unique(expected)) > 1 and (classes == expected).mean() > 0.999
+    predict_classes(images, forward, normalization="minmax")
+    assert not np.allclose(seen[1], by_hand, atol=1e-2)  # min-max would have fed another input

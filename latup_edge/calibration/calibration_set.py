@@ -1,14 +1,17 @@
 """Calibration sets: the model inputs INT8 quantization calibrates on, with their provenance.
 
 A calibration set is a folder: ``manifest.json`` plus one ``.npy`` per sample, each a float32
-(1, 3, D, H, W) model input preprocessed exactly as at inference (min-max per modality over the
-whole volume, then a crop). A sample is either the brain box (what one inference pass sees) or a
-``crop_size``^3 crop inside it, centred on a tumour voxel or on a random brain voxel. The manifest
-records the seed, every crop's coordinates and the sha256 of every source NIfTI and of every
-sample, so a set can be verified on read and rebuilt bit for bit from the same BraTS folder.
+(1, 3, D, H, W) model input preprocessed exactly as at inference (normalised with the model's own
+method, ``normalization`` in the manifest, then a crop). A set is for models of that normalisation
+only: ``read_calibration_set(path, normalization=...)`` refuses it for another. A sample is either
+the brain box (what one inference pass sees) or a ``crop_size``^3 crop inside it, centred on a
+tumour voxel or on a random brain voxel. The manifest records the seed, every crop's coordinates
+and the sha256 of every source NIfTI and of every sample, so a set can be verified on read and
+rebuilt bit for bit from the same BraTS folder.
 
->>> calibration = build_calibration_set("BraTS2021", "calib", cases=40, kind="mixed")  # doctest: +SKIP
->>> for sample in read_calibration_set("calib"):                                       # doctest: +SKIP
+>>> calibration = build_calibration_set(
+...     "BraTS2021", "calib", cases=40, kind="mixed", normalization="minmax")  # doctest: +SKIP
+>>> for sample in read_calibration_set("calib", normalization="minmax"):     # doctest: +SKIP
 ...     sample.shape
 (1, 3, 144, 176, 144)
 (1, 3, 128, 128, 128)
@@ -27,8 +30,9 @@ import numpy as np
 from latup_edge import __version__
 from latup_edge.data.cases import BratsCase, discover_cases, load_case_images, load_case_labels
 from latup_edge.data.naming import MODEL_MODALITIES
-from latup_edge.data.preprocess import Crop, apply_crop, brain_box, minmax_normalize
+from latup_edge.data.preprocess import NORMALIZATIONS, Crop, apply_crop, brain_box, normalize
 from latup_edge.fileio import atomic_write, sha256_file
+from latup_edge.infer.normalization import LEGACY_NORMALIZATION, describe_normalization
 from latup_edge.models.latup_net import SIZE_MULTIPLE
 
 FORMAT = "latup-edge-calibration/1"
@@ -63,15 +67,25 @@ class CalibrationSet:
         for sample in self.manifest["samples"]:
             yield np.load(self.path / sample["file"], mmap_mode="r")
 
+    @property
+    def normalization(self) -> str:
+        """The normalisation the samples were made with (a set from before the field: minmax)."""
+        return _normalization(self.manifest)
+
     def summary(self) -> dict[str, Any]:
         """What a bundle manifest records about its calibration: settings, cases, manifest hash."""
         keys = ("kind", "seed", "crop_size", "per_case", "tumour_share", "data_root")
         return {
             **{key: self.manifest[key] for key in keys},
+            "normalization": self.normalization,
             "samples": len(self),
             "cases": sorted({sample["case_id"] for sample in self.manifest["samples"]}),
             "manifest_sha256": sha256_file(self.path / MANIFEST),
         }
+
+
+def _normalization(manifest: dict[str, Any]) -> str:
+    return manifest.get("normalization", LEGACY_NORMALIZATION)
 
 
 def check_crop_size(crop_size: int) -> None:
@@ -147,9 +161,10 @@ def _case_samples(
     crop_flags: Sequence[bool],
     crop_size: int,
     rng: np.random.Generator,
+    normalization: str,
 ) -> Iterator[tuple[str, Crop, bool, np.ndarray]]:
     """(name, crop, tumour-centred, sample) for one case; ``crop_flags``: which crops aim at tumour."""
-    images = minmax_normalize(load_case_images(case)[0])
+    images = normalize(load_case_images(case)[0], normalization)
     box = brain_box(images)
     if kind in ("brainbox", "mixed"):
         yield "brainbox", box, False, apply_crop(images, box)[None]
@@ -192,8 +207,12 @@ def build_calibration_set(
     exclude: Sequence[str] = (),
     case_ids: Sequence[str] = (),
     progress: Callable[[int, int], None] | None = None,
+    *,
+    normalization: str,
 ) -> CalibrationSet:
     """Build a calibration set from the BraTS folder ``data_dir`` into the new folder ``out_dir``.
+
+    ``normalization`` is that of the model the set calibrates (its config's ``normalization``).
 
     Up to ``cases`` cases in a seeded random order (or exactly ``case_ids``), never those in
     ``exclude``. Per case: ``brainbox`` one brain box; ``crop`` ``per_case`` crops of
@@ -201,7 +220,7 @@ def build_calibration_set(
     (cases without a label file fall back to a brain voxel). ``progress(done, total)`` is called
     after each case. The manifest is written last, so an interrupted build leaves no readable set.
 
-    >>> build_calibration_set("BraTS2021", "calib", cases=8, per_case=2, seed=1)  # doctest: +SKIP
+    >>> build_calibration_set("BraTS2021", "calib", cases=8, seed=1, normalization="minmax")  # doctest: +SKIP
     """
     out_dir = Path(out_dir)
     check_crop_size(crop_size)
@@ -209,6 +228,8 @@ def build_calibration_set(
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not 0 <= tumour_share <= 1 or per_case < 1 or cases < 1:
         raise ValueError("need 0 <= tumour_share <= 1, per_case >= 1 and cases >= 1")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {normalization!r}: choose {' or '.join(NORMALIZATIONS)}")
     root = Path(data_dir).resolve()
     rng = np.random.default_rng(seed)
     chosen = _choose_cases(discover_cases(root), cases, rng, exclude, case_ids)
@@ -218,7 +239,7 @@ def build_calibration_set(
     samples = []
     for done, (case, case_flags) in enumerate(zip(chosen, flags, strict=True), start=1):
         sources = _sources(case, root, with_seg=bool(case_flags.any()))
-        for name, crop, on_tumour, sample in _case_samples(case, kind, case_flags, crop_size, rng):
+        for name, crop, on_tumour, sample in _case_samples(case, kind, case_flags, crop_size, rng, normalization):
             file = f"{len(samples):04d}_{case.case_id}_{name}.npy"
             used = sources if on_tumour else {k: v for k, v in sources.items() if k != "seg"}
             samples.append(_sample_entry(file, case.case_id, crop, on_tumour, used, sample, out_dir))
@@ -237,7 +258,8 @@ def build_calibration_set(
         "cases_requested": list(case_ids) or cases,
         "exclude": list(exclude),
         "modalities": list(MODEL_MODALITIES),
-        "preprocessing": "min-max to [0, 1] per modality over the whole volume, then the crop",
+        "normalization": normalization,
+        "preprocessing": f"{describe_normalization(normalization)}; then the crop",
         "samples": samples,
     }
     return _write_manifest(out_dir, manifest)
@@ -279,16 +301,23 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_calibration_set(path: Path | str) -> CalibrationSet:
+def read_calibration_set(path: Path | str, normalization: str | None = None) -> CalibrationSet:
     """Open a calibration set folder and verify every sample's sha256 against its manifest.
 
-    Raises CalibrationError naming the first missing or changed sample file.
+    With ``normalization`` (the model's), a set made with another normalisation is refused. Raises
+    CalibrationError naming that, or the first missing or changed sample file.
 
-    >>> [sample.shape for sample in read_calibration_set("calib")]  # doctest: +SKIP
+    >>> [sample.shape for sample in read_calibration_set("calib", normalization="minmax")]  # doctest: +SKIP
     [(1, 3, 128, 128, 128), ...]
     """
     path = Path(path)
     manifest = _read_manifest(path / MANIFEST)
+    made_with = _normalization(manifest)
+    if normalization is not None and made_with != normalization:
+        raise CalibrationError(
+            f"calibration set {path} was normalised with {made_with} but the model expects {normalization}: "
+            f"build a new set with `latup-edge calibrate --normalization {normalization}`"
+        )
     for sample in manifest["samples"]:
         file = path / sample["file"]
         if not file.is_file():
@@ -322,6 +351,7 @@ def rebuild_calibration_set(manifest_path: Path | str, data_dir: Path | str, out
     >>> rebuild_calibration_set("calib/manifest.json", "/data/BraTS2021", "calib-copy")  # doctest: +SKIP
     """
     manifest = _read_manifest(Path(manifest_path))
+    normalization = _normalization(manifest)
     out_dir = Path(out_dir)
     root = Path(data_dir).resolve()
     by_id = {case.case_id: case for case in discover_cases(root)}
@@ -333,7 +363,7 @@ def rebuild_calibration_set(manifest_path: Path | str, data_dir: Path | str, out
             raise CalibrationError(f"case {sample['case_id']} from {manifest_path} is not under {root}")
         _check_sources(case, sample["sources"])
         if loaded is None or loaded[0] != case.case_id:  # samples of one case are consecutive
-            loaded = case.case_id, minmax_normalize(load_case_images(case)[0])
+            loaded = case.case_id, normalize(load_case_images(case)[0], normalization)
         crop = Crop(sample["original_shape"], sample["start"], sample["stop"])
         if _save_sample(apply_crop(loaded[1], crop)[None], out_dir / sample["file"]) != sample["sha256"]:
             raise CalibrationError(
@@ -349,7 +379,7 @@ def read_recipe(path: Path | str) -> dict[str, Any]:
     ``calibration`` holds keyword arguments of ``build_calibration_set``; unknown keys are refused.
 
     >>> recipe = read_recipe("calibration/demo.json")                         # doctest: +SKIP
-    >>> build_calibration_set(data_dir, out_dir, **recipe["calibration"])     # doctest: +SKIP
+    >>> build_calibration_set(data_dir, out_dir, **recipe["calibration"], normalization="minmax")  # doctest: +SKIP
     """
     path = Path(path)
     recipe = json.loads(path.read_text())

@@ -55,6 +55,7 @@ def bundle_info(
 def show_bundle(manifest: dict[str, Any], path: Path, as_json: bool) -> None:
     """Print a verified bundle's manifest: as JSON, or as a table of its precisions."""
     from latup_edge.deploy.bundle import precision_size_mb
+    from latup_edge.infer.normalization import network_normalization
 
     if as_json:
         print_json({"bundle": str(path), "verified": True, **manifest})
@@ -83,3 +84,9 @@ def show_bundle(manifest: dict[str, Any], path: Path, as_json: bool) -> None:
     )
     if manifest.get("modalities"):
         console.print(f"modalities, in order: {', '.join(manifest['modalities'])}")
+    network = manifest.get("network") or {}
+    # A manifest from before these fields existed: the network used the paper's statistics and min-max.
+    console.print(
+        f"normalisation: {network_normalization(network)}; "
+        f"InstanceNorm/SE statistics: {network.get('statistics', 'volume')}"
+    )

@@ -31,13 +31,23 @@ def calibrate(
         list[str] | None,
         typer.Option(help="Use exactly these case ids (not a random choice); repeatable."),
     ] = None,
+    normalization: Annotated[
+        str,
+        typer.Option(
+            help="The normalisation of the model to calibrate (its config's; `bundle-info` shows it): "
+            "minmax or zscore-brain."
+        ),
+    ] = "minmax",
     as_json: JsonOption = False,
 ) -> None:
     """Build a calibration set: preprocessed model inputs plus a manifest that can rebuild and verify it."""
     from latup_edge.calibration.calibration_set import KINDS, build_calibration_set
+    from latup_edge.data.preprocess import NORMALIZATIONS
 
     if kind not in KINDS:
         raise typer.BadParameter(f"must be one of {', '.join(KINDS)}", param_hint="--kind")
+    if normalization not in NORMALIZATIONS:
+        raise typer.BadParameter(f"must be one of {', '.join(NORMALIZATIONS)}", param_hint="--normalization")
     with progress_bar() as bar:
         task = bar.add_task("calibration set", total=None)
         calibration = build_calibration_set(
@@ -52,6 +62,7 @@ def calibrate(
             exclude=exclude or (),
             case_ids=case or (),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            normalization=normalization,
         )
     summary = calibration.summary()
     if as_json:
@@ -62,4 +73,7 @@ def calibrate(
         for s in calibration.manifest["samples"]
     ]
     print_table(f"Calibration set {output}", ("sample", "case", "size", "tumour-centred"), rows)
-    console.print(f"{len(rows)} samples from {len(summary['cases'])} cases (seed {seed}, kind {kind})")
+    console.print(
+        f"{len(rows)} samples from {len(summary['cases'])} cases (seed {seed}, kind {kind}, "
+        f"normalisation {normalization})"
+    )

@@ -173,12 +173,19 @@ def train(
 
 @command("evaluate")
 def evaluate(
-    data_dir: Annotated[Path, typer.Argument(help="A BraTS-format folder with seg files.")],
+    data_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="BraTS-format folders with seg files; each is scored and summarised on its own."),
+    ],
     weights: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped demo weights).")] = None,
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast) PyTorch inference.")] = "fp32",
     as_json: JsonOption = False,
 ) -> None:
-    """Dice and HD95 per case and region (WT, TC, ET) over the full volume, with a summary."""
+    """Dice and HD95 per case and region (WT, TC, ET) over the full volume, with a summary per folder.
+
+    Pass the standard held-out set and the independent set side by side, e.g.
+    ``latup-edge evaluate heldout independent``.
+    """
     from latup_edge.data.cases import discover_cases
     from latup_edge.evaluate.evaluation import evaluate_cases
     from latup_edge.infer.volume import torch_forward
@@ -186,21 +193,51 @@ def evaluate(
 
     if precision not in ("fp32", "bf16"):
         raise typer.BadParameter("must be fp32 or bf16", param_hint="--precision")
-    cases = discover_cases(data_dir)
-    forward = torch_forward(load_model(weights), bf16=precision == "bf16")
+    folders = {str(folder): discover_cases(folder) for folder in data_dirs}
+    model = load_model(weights)
+    forward = torch_forward(model, bf16=precision == "bf16")
+    sets = {}
     with progress_bar() as bar:
-        task = bar.add_task("evaluating", total=len(cases))
-        result = evaluate_cases(cases, forward, progress=lambda case: bar.advance(task))
-    result["weights"] = str(weights or "shipped demo weights")
+        task = bar.add_task("evaluating", total=sum(len(cases) for cases in folders.values()))
+        for name, cases in folders.items():
+            sets[name] = evaluate_cases(
+                cases, forward, progress=lambda case: bar.advance(task), normalization=model.config.normalization
+            )
+    result = {
+        "weights": str(weights or "shipped demo weights"),
+        "precision": precision,
+        "statistics": model.config.statistics,
+        "normalization": model.config.normalization,
+        "sets": sets,
+    }
     if as_json:
         print_json(result)
     else:
-        print_evaluation(result)
-    if result["failures"]:
+        for name, one in sets.items():
+            print_evaluation(one, f"{name}: {result['weights']} ({precision}, full volume)")
+        if len(sets) > 1:
+            print_set_means(sets)
+    if any(one["failures"] for one in sets.values()):
         raise typer.Exit(1)
 
 
-def print_evaluation(result: dict) -> None:
+def print_set_means(sets: dict[str, dict]) -> None:
+    """One row per folder: mean Dice and HD95 per region, to compare data sets at a glance."""
+    regions = ("WT", "TC", "ET")
+    rows = [
+        (
+            name,
+            str(one["summary"]["WT"]["dice"]["n"]),
+            *(f"{one['summary'][r]['dice']['mean']:.4f}" for r in regions),
+            *(f"{one['summary'][r]['hd95']['mean']:.2f}" for r in regions),
+        )
+        for name, one in sets.items()
+    ]
+    columns = ("data", "cases", "Dice WT", "Dice TC", "Dice ET", "HD95 WT", "HD95 TC", "HD95 ET")
+    print_table("Mean per data set", columns, rows, caption="HD95 in mm")
+
+
+def print_evaluation(result: dict, title: str) -> None:
     regions = ("WT", "TC", "ET")
     rows = [
         (case, *(f"{m[r]['dice']:.4f}" for r in regions), *(f"{m[r]['hd95']:.2f}" for r in regions))
@@ -216,6 +253,6 @@ def print_evaluation(result: dict) -> None:
             )
         )
     columns = ("case", "Dice WT", "Dice TC", "Dice ET", "HD95 WT", "HD95 TC", "HD95 ET")
-    print_table(f"Evaluation of {result['weights']} (full volume)", columns, rows, caption="HD95 in mm")
+    print_table(title, columns, rows, caption="HD95 in mm")
     for case, message in result["failures"].items():
         err_console.print(f"[red]failed[/] {case}: {message}")

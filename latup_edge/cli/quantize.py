@@ -55,6 +55,7 @@ def quantize_command(
     from latup_edge.calibration.calibration_set import read_calibration_set
     from latup_edge.data.cases import discover_cases
     from latup_edge.deploy.build import SENSITIVITY_CASES, SENSITIVITY_SIZE, verdict
+    from latup_edge.deploy.compile import model_normalization
     from latup_edge.deploy.quantize import quantize
     from latup_edge.deploy.quantize.sensitivity import AgreementJudge
     from latup_edge.evaluate.drift import measure_drift, prepare_case
@@ -62,13 +63,15 @@ def quantize_command(
     from latup_edge.infer.openvino_backend import OpenVINOModel
 
     _check_engine(engine)
-    calibration = read_calibration_set(calib)
+    normalization = model_normalization(model)
+    calibration = read_calibration_set(calib, normalization=normalization)
     judge = None
     if sensitivity:
         # The search looks at calibration cases only, so the held-out drift stays unbiased.
         source = {c.case_id: c for c in discover_cases(calibration.manifest["data_root"])}
         chosen = calibration.summary()["cases"][:SENSITIVITY_CASES]
-        judge = AgreementJudge.from_float_model(model, [prepare_case(source[i], SENSITIVITY_SIZE) for i in chosen])
+        cases = [prepare_case(source[i], SENSITIVITY_SIZE, normalization=normalization) for i in chosen]
+        judge = AgreementJudge.from_float_model(model, cases)
     result = quantize(
         engine, model, list(calibration), output, keep_float=keep_float or (), judge=judge,
         mixed=mixed and sensitivity, progress=lambda message: err_console.print(message), screen=not full_ranking,
@@ -77,7 +80,8 @@ def quantize_command(
     report: dict[str, Any] = {"quantization": result.to_dict()}
     if eval_data is not None:
         forwards = {"fp32": OpenVINOModel(model, "fp32"), "int8": OpenVINOModel(result.path, "int8")}
-        drift = measure_drift([prepare_case(c) for c in discover_cases(eval_data)], forwards)
+        prepared = [prepare_case(c, normalization=normalization) for c in discover_cases(eval_data)]
+        drift = measure_drift(prepared, forwards)
         report["drift"] = drift | {"verdict": verdict(drift["summary"]["int8"], max_dice_drop)}
     text = json.dumps(report, indent=2, default=str) + "\n"
     atomic_write(output / "quantization.json", lambda tmp: tmp.write_text(text))

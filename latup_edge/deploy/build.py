@@ -22,6 +22,7 @@ from latup_edge.deploy.export import export_for_deploy
 from latup_edge.deploy.quantize import DEFAULT_AGREEMENT_TARGET, Engine, quantize
 from latup_edge.deploy.quantize.sensitivity import AgreementJudge
 from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_AGREEMENT, measure_drift, prepare_case
+from latup_edge.infer.normalization import network_normalization
 from latup_edge.infer.openvino_backend import OpenVINOModel, cpu_supports_bf16
 
 SENSITIVITY_CASES = 2
@@ -89,18 +90,20 @@ def build_bundle(
         progress("export")
         export = export_for_deploy(settings.weights, work / "model.onnx", data_dir)
         onnx_path = Path(export["onnx"])
+        # Calibration, the search and the gate see the cases as the model does.
+        normalization = network_normalization(export["metadata"]["config"])
 
         progress("calibrate")
         calibration = build_calibration_set(
             data_dir, work / "calibration", cases=settings.calibration_cases, per_case=settings.per_case,
             kind=settings.calibration_kind, crop_size=settings.crop_size, seed=settings.seed,
-            case_ids=candidates[: settings.calibration_cases],
+            case_ids=candidates[: settings.calibration_cases], normalization=normalization,
         )  # fmt: skip
         calibration_ids = calibration.summary()["cases"]
         judge = None
         if settings.sensitivity:
             chosen = calibration_ids[:SENSITIVITY_CASES]
-            sensitivity_cases = [prepare_case(cases[i], SENSITIVITY_SIZE) for i in chosen]
+            sensitivity_cases = [prepare_case(cases[i], SENSITIVITY_SIZE, normalization=normalization) for i in chosen]
             judge = AgreementJudge.from_float_model(onnx_path, sensitivity_cases, settings.threads)
 
         progress("quantize")
@@ -115,7 +118,7 @@ def build_bundle(
         if cpu_supports_bf16():
             forwards["bf16"] = OpenVINOModel(onnx_path, "bf16", threads=settings.threads)
         forwards["int8"] = OpenVINOModel(quantized.path, "int8", threads=settings.threads)
-        prepared = [prepare_case(cases[i]) for i in held_out]
+        prepared = [prepare_case(cases[i], normalization=normalization) for i in held_out]
         drift = measure_drift(prepared, forwards)
         bounds = (settings.max_dice_drop, settings.min_agreement)
         verdicts = {name: verdict(drift["summary"][name], *bounds) for name in forwards}

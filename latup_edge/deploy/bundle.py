@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from latup_edge.fileio import sha256_file
+from latup_edge.infer.normalization import network_normalization
 from latup_edge.infer.openvino_backend import OpenVINOModel, PerformanceHint, Precision, cpu_supports_bf16
 
 FORMAT = "latup-edge-bundle/1"
@@ -83,6 +84,14 @@ class Bundle:
     def precisions(self) -> dict[str, dict[str, Any]]:
         """Per precision: file, hint, kernels, latency, drift, verdict and eligibility."""
         return self.manifest["precisions"]
+
+    @property
+    def normalization(self) -> str:
+        """The intensity normalisation the bundle's network was trained with (an old manifest: minmax)."""
+        try:
+            return network_normalization(self.manifest.get("network"))
+        except ValueError as error:
+            raise BundleError(f"bundle {self.path}: {error}") from None
 
     @property
     def default_precision(self) -> str:

@@ -37,6 +37,7 @@ from latup_edge.deploy.bundle import (
     verdict_passes,
 )
 from latup_edge.fileio import atomic_write, sha256_file
+from latup_edge.infer.normalization import network_normalization
 from latup_edge.infer.openvino_backend import (
     PRECISION_HINTS,
     OpenVINOModel,
@@ -82,6 +83,20 @@ def read_model_metadata(onnx_path: Path) -> dict[str, Any]:
             except json.JSONDecodeError:
                 values[key.removeprefix(METADATA_PREFIX)] = text
     return values
+
+
+def model_normalization(onnx_path: Path) -> str:
+    """The intensity normalisation an exported ONNX model was trained with, from its metadata config.
+
+    A model exported before the config named it means minmax. Raises BundleError (one sentence) for a
+    file that is not a readable ONNX model or names an unknown normalisation.
+    """
+    try:
+        return network_normalization(read_model_metadata(Path(onnx_path)).get("config"))
+    except BundleError:
+        raise
+    except ValueError as error:
+        raise BundleError(f"{onnx_path}: {error}") from None
 
 
 def tool_versions() -> dict[str, str]:

@@ -6,7 +6,8 @@ with the kernel split along its input channels. In float the two forms agree to 
 they do not: post-training quantizers give one scale per tensor, so a concatenation forces the
 small-ranged skip (the stem's output, about [-0.1, 0.8]) onto the scale of the wide-ranged
 upsampled branch (tens), where one quantization step is wider than the skip's whole spread. Split,
-each input gets a quantizer with its own range.
+each input gets a quantizer with its own range. With ``statistics="brain"`` the level takes the brain
+mask on, as ``DecoderLevel`` does.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ class SplitSkipDecoderLevel(nn.Module):
         self.conv_upsampled = _conv_part(conv, conv.weight[:, :upsampled], conv.bias)
         self.conv_skip = _conv_part(conv, conv.weight[:, upsampled:], None)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.up_conv(self.upsample(x)))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm(self.up_conv(self.upsample(x)), mask)
         x = self.act(self.conv_upsampled(x) + self.conv_skip(skip))
-        return self.conv2(self.dropout(self.attention(x)))
+        return self.conv2(self.dropout(self.attention(x, mask)))
 
 
 def _conv_part(conv: nn.Conv3d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv3d:

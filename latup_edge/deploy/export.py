@@ -30,9 +30,10 @@ from latup_edge import __version__
 from latup_edge.data.cases import discover_cases, load_case_images
 from latup_edge.data.labels import CLASS_NAMES, ET_LABEL
 from latup_edge.data.naming import MODEL_MODALITIES
-from latup_edge.data.preprocess import apply_crop, minmax_normalize, paper_crop
+from latup_edge.data.preprocess import apply_crop, normalize, paper_crop
 from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.fileio import atomic_write, sha256_file
+from latup_edge.infer.normalization import describe_normalization
 from latup_edge.models.checkpoint import load_model, shipped_weights
 from latup_edge.models.latup_net import SIZE_MULTIPLE, LATUPNet
 
@@ -47,14 +48,6 @@ JSON_METADATA = ("config", "modalities", "preprocessing", "labels")
 ABS_TOLERANCE = 1e-3
 REL_TOLERANCE = 1e-3
 
-PREPROCESSING: dict[str, Any] = {
-    "modalities": list(MODEL_MODALITIES),
-    "layout": "input (N, 3, D, H, W) float32; D, H, W are the NIfTI voxel axes X, Y, Z",
-    "normalization": "min-max to [0, 1] per modality over the whole volume (a constant modality -> 0)",
-    "crop": "the bounding box of voxels non-zero in any modality, each side grown to a multiple of "
-    f"{SIZE_MULTIPLE} (centred; zero-padded where it leaves the image)",
-    "size_multiple": SIZE_MULTIPLE,
-}
 LABELS: dict[str, Any] = {
     "channels": dict(enumerate(CLASS_NAMES)),
     "brats_label": {
@@ -69,12 +62,28 @@ class ExportCheckError(ValueError):
     """The ONNX model does not reproduce the PyTorch network within tolerance."""
 
 
+def preprocessing(normalization: str) -> dict[str, Any]:
+    """How a model trained with ``normalization`` wants its input: the metadata's ``preprocessing``.
+
+    ``normalization`` is the method's name (what ``latup_edge.data.preprocess.normalize`` takes).
+    """
+    return {
+        "modalities": list(MODEL_MODALITIES),
+        "layout": "input (N, 3, D, H, W) float32; D, H, W are the NIfTI voxel axes X, Y, Z",
+        "normalization": normalization,
+        "normalization_description": describe_normalization(normalization),
+        "crop": "the bounding box of voxels non-zero in any modality, each side grown to a multiple of "
+        f"{SIZE_MULTIPLE} (centred; zero-padded where it leaves the image)",
+        "size_multiple": SIZE_MULTIPLE,
+    }
+
+
 def onnx_metadata(model: LATUPNet, weights_sha256: str | None = None) -> dict[str, str]:
     """The ``metadata_props`` an exported LATUP-Net carries (keys prefixed ``latup_edge.``)."""
     values: dict[str, Any] = {
         "config": model.config.to_dict(),
         "modalities": list(MODEL_MODALITIES),
-        "preprocessing": PREPROCESSING,
+        "preprocessing": preprocessing(model.config.normalization),
         "labels": LABELS,
         "version": __version__,
         "weights_sha256": weights_sha256 or "unknown",
@@ -106,9 +115,33 @@ def _onnx_model(model: LATUPNet, weights_sha256: str | None) -> onnx.ModelProto:
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: spatial, OUTPUT_NAME: spatial},
         )
-    proto = onnx.load_from_string(buffer.getvalue())
+    proto = _without_initializer_identities(onnx.load_from_string(buffer.getvalue()))
     for key, value in onnx_metadata(model, weights_sha256).items():
         proto.metadata_props.add(key=key, value=value)
+    return proto
+
+
+def _without_initializer_identities(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Read shared initializers directly instead of through the Identity nodes the exporter adds.
+
+    The exporter deduplicates equal weights (an untrained network's InstanceNorm scales are all ones) and
+    reads the copies through Identity nodes; ONNX Runtime's graph optimizer (1.32) drops such an Identity
+    in front of the brain-statistics Mul and then refuses the graph as invalid.
+    """
+    graph = proto.graph
+    initializers = {initializer.name for initializer in graph.initializer}
+    outputs = {output.name for output in graph.output}
+    source = {
+        node.output[0]: node.input[0]
+        for node in graph.node
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs
+    }
+    kept = [node for node in graph.node if not (node.op_type == "Identity" and node.output[0] in source)]
+    for node in kept:
+        for index, name in enumerate(node.input):
+            node.input[index] = source.get(name, name)
+    del graph.node[:]
+    graph.node.extend(kept)
     return proto
 
 
@@ -178,24 +211,24 @@ def check_failure(onnx_path: Path, check: dict[str, Any]) -> str:
     )
 
 
-def check_input(case_dir: Path, size: int = 128) -> np.ndarray:
-    """The first case under ``case_dir``, preprocessed as in the paper: min-max, centred ``size``^3 crop.
+def check_input(case_dir: Path, size: int = 128, *, normalization: str) -> np.ndarray:
+    """The first case under ``case_dir``, normalised with the model's ``normalization``, centred ``size``^3 crop.
 
     Returns a (1, 3, size, size, size) float32 array.
     """
     if size % SIZE_MULTIPLE or size <= 0:
         raise ValueError(f"the check crop size must be a positive multiple of {SIZE_MULTIPLE}, got {size}")
     images, _ = load_case_images(discover_cases(case_dir)[0])
-    normalized = minmax_normalize(images)
+    normalized = normalize(images, normalization)
     return apply_crop(normalized, paper_crop(normalized.shape[1:], size))[None]
 
 
-def _phantom_check_input(size: int) -> np.ndarray:
+def _phantom_check_input(size: int, normalization: str) -> np.ndarray:
     from latup_edge.data.phantom import write_phantoms
 
     with tempfile.TemporaryDirectory(prefix="latup-export-check-") as folder:
         write_phantoms(Path(folder), n=1, seed=0)
-        return check_input(Path(folder), size)
+        return check_input(Path(folder), size, normalization=normalization)
 
 
 def export_for_deploy(
@@ -210,16 +243,20 @@ def export_for_deploy(
     With ``deploy_form`` the exported graph is ``to_deploy_form(model)`` (decoder convolutions split
     per concat input: the same function, INT8-friendly); the check compares it with the paper form.
 
-    The check runs on the first case of ``check_case_dir`` (None: one generated phantom), paper
-    preprocessing with a ``check_size``^3 centre crop. The file appears at ``out`` only if the
-    check passes; otherwise ExportCheckError says by how much it failed. Returns a report with
-    the output path, its sha256, the metadata and the check.
+    The check runs on the first case of ``check_case_dir`` (None: one generated phantom), normalised
+    as the model was trained (its config's ``normalization``), with a ``check_size``^3 centre crop.
+    The file appears at ``out`` only if the check passes; otherwise ExportCheckError says by how
+    much it failed. Returns a report with the output path, its sha256, the metadata and the check.
 
     >>> export_for_deploy(Path("runs/demo/best.safetensors"), Path("model.onnx"), None)  # doctest: +SKIP
     """
     weights = Path(weights) if weights is not None else shipped_weights()
     model = load_model(weights)
-    x = check_input(check_case_dir, check_size) if check_case_dir else _phantom_check_input(check_size)
+    method = model.config.normalization
+    if check_case_dir:
+        x = check_input(check_case_dir, check_size, normalization=method)
+    else:
+        x = _phantom_check_input(check_size, method)
     proto = _onnx_model(to_deploy_form(model) if deploy_form else model, sha256_file(weights))
     report: dict[str, Any] = {"deploy_form": deploy_form}
 

@@ -255,7 +255,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
             spec.backend, spec.precision, bundle if spec.backend != "torch" else None,
             Path(spec.weights) if spec.weights else None, spec.threads, allow_failed=True,
         )  # fmt: skip
-    tiles = [prepare_case(case).inputs for case in cases]
+    tiles = [prepare_case(case, normalization=backend.normalization).inputs for case in cases]
     first_ms = _timed_ms(lambda: backend(tiles[0]))
     for _ in range(spec.warmup):
         for tile in tiles:
@@ -267,7 +267,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
 
         def whole_case(case) -> None:
             images, reference = load_case_images(case, modalities)
-            classes = predict_volume(images, backend).classes
+            classes = predict_volume(images, backend, normalization=backend.normalization).classes
             save_label_map(classes, reference, Path(out) / f"{case.case_id}.nii.gz", output_convention(case))
 
         case_ms = [_timed_ms(lambda case=case: whole_case(case)) for _ in range(spec.repeats) for case in cases]
@@ -305,11 +305,16 @@ def resolved_precision(resolved: dict[str, Any]) -> str:
 def check_same_network(weights: Path, manifest: dict[str, Any]) -> None:
     """Refuse a checkpoint whose network differs from the bundle's: its speed-up would compare two networks."""
     from latup_edge.models.checkpoint import read_checkpoint
+    from latup_edge.models.latup_net import LATUPNetConfig
 
     config = read_checkpoint(weights)[0].to_dict()
-    if manifest.get("network") and config != manifest["network"]:
+    if not manifest.get("network"):
+        return
+    # A manifest written before a config field existed holds that field's default.
+    network = LATUPNetConfig().to_dict() | manifest["network"]
+    if config != network:
         raise BenchmarkError(
-            f"{weights} holds a different network than the bundle ({config} vs {manifest['network']}): "
+            f"{weights} holds a different network than the bundle ({config} vs {network}): "
             "pass the checkpoint the bundle was built from with --weights"
         )
 

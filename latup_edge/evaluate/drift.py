@@ -17,7 +17,7 @@ import numpy as np
 
 from latup_edge.data.cases import BratsCase, load_case_images, load_case_labels
 from latup_edge.data.labels import REGIONS
-from latup_edge.data.preprocess import Crop, apply_crop, brain_box, minmax_normalize, paper_crop, undo_crop
+from latup_edge.data.preprocess import Crop, apply_crop, brain_box, normalize, paper_crop, undo_crop
 from latup_edge.evaluate.metrics import agreement, region_metrics
 from latup_edge.infer.volume import Forward
 
@@ -45,11 +45,14 @@ class PreparedCase:
         return undo_crop(np.argmax(scores[0], axis=0).astype(np.uint8), self.crop)
 
 
-def prepare_case(case: BratsCase, size: int | None = None) -> PreparedCase:
-    """The brain box the deployed model sees, or with ``size`` the paper's centred ``size``^3 crop."""
+def prepare_case(case: BratsCase, size: int | None = None, *, normalization: str) -> PreparedCase:
+    """The brain box the deployed model sees, or with ``size`` the paper's centred ``size``^3 crop.
+
+    ``normalization`` is the model's own (``Bundle.normalization``, ``model.config.normalization``).
+    """
     images, reference = load_case_images(case)
     truth = load_case_labels(case, reference)[0] if case.seg is not None else None
-    normalized = minmax_normalize(images)
+    normalized = normalize(images, normalization)
     crop = paper_crop(normalized.shape[1:], size) if size else brain_box(normalized)
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
     return PreparedCase(case.case_id, apply_crop(normalized, crop)[None], crop, truth, spacing)

@@ -17,8 +17,13 @@ def evaluate_cases(
     cases: list[BratsCase],
     forward: Forward,
     progress: Callable[[BratsCase], None] = lambda case: None,
+    *,
+    normalization: str,
 ) -> dict[str, Any]:
-    """Score every case that has a label map; cases that fail to load are listed, not fatal."""
+    """Score every case that has a label map; cases that fail to load are listed, not fatal.
+
+    ``normalization`` is the one the model behind ``forward`` was trained with (``model.config.normalization``).
+    """
     per_case: dict[str, dict[str, dict[str, float]]] = {}
     failures: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -31,7 +36,7 @@ def evaluate_cases(
             progress(case)
             continue
         started = time.perf_counter()
-        predicted = predict_classes(images, forward)
+        predicted = predict_classes(images, forward, normalization=normalization)
         seconds[case.case_id] = round(time.perf_counter() - started, 2)
         per_case[case.case_id] = region_metrics(predicted, truth, spacing=reference.header.get_zooms()[:3])
         progress(case)

@@ -140,7 +140,7 @@ def run_drift(
     per_case: dict[str, Any] = {}
     slices: list[CaseSlice] = []
     for case in discover_cases(data_dir):
-        prepared = prepare_case(case)
+        prepared = prepare_case(case, normalization=loaded.normalization)
         per_case |= measure_drift([prepared], recorded)["cases"]
         scores = {name: forward.take() for name, forward in recorded.items()}
         if report is not None:
@@ -193,7 +193,8 @@ def case_slice(
     reference, other = case.classes(reference_scores), case.classes(compared_scores)
     # The labels pick the slice when there are any: a poor prediction must not hide the tumour.
     z = tumour_slice(case.truth if case.truth is not None else reference)
-    flair = undo_crop(case.inputs[0, MODEL_MODALITIES.index("flair")], case.crop)
+    inputs = case.inputs[0]
+    flair = undo_crop(_displayable(inputs[MODEL_MODALITIES.index("flair")], np.any(inputs != 0, axis=0)), case.crop)
     # The display is transposed (rows are Y, columns X): show the brain box of the slice.
     x, y = (
         slice(max(low, 0), min(high, size))
@@ -204,6 +205,17 @@ def case_slice(
         case.truth[:, :, z] if case.truth is not None else None,
         reference[:, :, z], other[:, :, z], compared, (y, x), int(np.count_nonzero(reference != other)),
     )  # fmt: skip
+
+
+def _displayable(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """One network input channel with the brain shifted to start at zero: a z-scored brain is half
+    negative, and the display windows the positive voxels. A non-negative (min-max) channel is kept."""
+    low = float(image[brain].min(initial=0))
+    if low >= 0:
+        return image
+    shown = np.zeros_like(image)
+    shown[brain] = image[brain] - low
+    return shown
 
 
 def drift_tables(result: Mapping[str, Any]) -> list[Table]:

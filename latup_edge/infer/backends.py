@@ -2,8 +2,10 @@
 
 A ``Backend`` is a ``Forward`` (logits for a (1, C, D, H, W) float32 input) that also says what it
 is and what it resolved: ``name``, ``precision``, ``load_ms`` and ``resolved()`` (threads, streams,
-precision actually used). Pre- and post-processing are not here: ``latup_edge.infer.volume`` does
-them once for every backend, so all backends see identical inputs.
+precision actually used), and which intensity normalisation its model was trained with
+(``normalization``: the bundle's for openvino and onnxruntime, the checkpoint's for torch). Pre- and
+post-processing are not here: ``latup_edge.infer.volume`` does them once for every backend, so all
+backends see identical inputs.
 
 - ``openvino``: a bundle's IR at fp32, bf16 or int8 (default: the bundle's default precision).
 - ``onnxruntime``: the bundle's ``fp32.onnx`` at fp32 (ONNX Runtime INT8 gives no speed-up on these
@@ -43,6 +45,7 @@ class Backend(Protocol):
     name: str
     precision: str
     load_ms: float
+    normalization: str
 
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -54,10 +57,11 @@ class OpenVINOBackend:
 
     name = "openvino"
 
-    def __init__(self, model: OpenVINOModel) -> None:
+    def __init__(self, model: OpenVINOModel, normalization: str) -> None:
         self.model = model
         self.precision = model.precision
         self.load_ms = model.load_ms
+        self.normalization = normalization
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.model(x)
@@ -81,7 +85,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     precision = "fp32"
 
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None, normalization: str) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -91,6 +95,7 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.load_ms = (time.perf_counter() - start) * 1000
         self.path = path
+        self.normalization = normalization
         self._input = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -130,8 +135,10 @@ class TorchBackend:
         self.weights = Path(weights) if weights is not None else shipped_weights()
         self.precision = precision
         start = time.perf_counter()
-        self._forward = torch_forward(load_model(self.weights), bf16=precision == "bf16")
+        model = load_model(self.weights)
+        self._forward = torch_forward(model, bf16=precision == "bf16")
         self.load_ms = (time.perf_counter() - start) * 1000
+        self.normalization = model.config.normalization
         self._torch = torch
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -176,7 +183,7 @@ def open_backend(
     if bundle is None:
         raise BackendError(f"the {backend} backend runs a bundle: pass --bundle DIR ({MAKE_BUNDLE})")
     if backend == "openvino":
-        return OpenVINOBackend(bundle.model(precision, threads, hint, cache_dir, allow_failed))
+        return OpenVINOBackend(bundle.model(precision, threads, hint, cache_dir, allow_failed), bundle.normalization)
     if precision not in (None, "fp32"):
         raise BackendError(f"the onnxruntime backend runs fp32 only, not {precision}: use --backend openvino")
     if ONNX_FILE not in bundle.manifest.get("files", {}):
@@ -184,4 +191,4 @@ def open_backend(
             f"bundle {bundle.path} has no {ONNX_FILE}: rebuild it with the ONNX files included "
             f"(`latup-edge build` includes them) or use --backend openvino"
         )
-    return OnnxRuntimeBackend(bundle.path / ONNX_FILE, threads)
+    return OnnxRuntimeBackend(bundle.path / ONNX_FILE, threads, bundle.normalization)

@@ -1,11 +1,12 @@
 """Segment BraTS cases into label maps: one case at a time, atomically, with a JSON run log.
 
 ``segment_cases`` finds the cases under the inputs, opens one backend, and for each case loads and
-validates its images, predicts (``latup_edge.infer.volume``) and writes ``<case_id>.nii.gz`` (and,
-on request, ``<case_id>_probabilities.nii.gz``) on the input's grid. A bad case is recorded with
-one sentence and the batch goes on. Every output file, and the log after each case, is written
-through a hidden temporary file and renamed, so a run killed at any moment leaves only complete
-files; ``skip_existing`` then resumes it. Inputs are only read.
+validates its images, predicts (``latup_edge.infer.volume``, normalised as the backend's model was
+trained) and writes ``<case_id>.nii.gz`` (and, on request, ``<case_id>_probabilities.nii.gz``) on
+the input's grid. A bad case is recorded with one sentence and the batch goes on. Every output
+file, and the log after each case, is written through a hidden temporary file and renamed, so a run
+killed at any moment leaves only complete files; ``skip_existing`` then resumes it. Inputs are only
+read.
 
 >>> log = segment_cases([Path("BraTS2021")], Path("out"), SegmentSettings(bundle=Path("bundle")))  # doctest: +SKIP
 >>> log["summary"]                                                                                 # doctest: +SKIP
@@ -200,6 +201,7 @@ def segment_cases(
             "precision": backend.precision,
             "load_ms": round(backend.load_ms, 1),
             "resolved": backend.resolved(),
+            "normalization": backend.normalization,
         },
         "modalities": list(modalities),
         "warnings": [str(warning.message) for warning in caught],
@@ -264,8 +266,9 @@ def segment_case(
         seconds["load"] = _since(start)
         start = time.perf_counter()
         prediction: Prediction = predict_volume(
-            images, backend, settings.tiling, settings.window, settings.overlap, settings.probabilities
-        )
+            images, backend, settings.tiling, settings.window, settings.overlap, settings.probabilities,
+            normalization=backend.normalization,
+        )  # fmt: skip
         seconds["infer"] = _since(start)
         del images
         start = time.perf_counter()

@@ -12,10 +12,14 @@ Tiling over the brain box (padded to a multiple of 8):
   (``latup_edge.infer.tiling``); its peak memory is that of one window (1.36 GB against 1.96 GB for
   one bf16 pass over a 240x240x155 case).
 
->>> classes = predict_classes(images, forward)                              # doctest: +SKIP
->>> prediction = predict_volume(images, forward, "sliding", probabilities=True)  # doctest: +SKIP
+>>> classes = predict_classes(images, forward, normalization="minmax")        # doctest: +SKIP
+>>> prediction = predict_volume(images, forward, "sliding", probabilities=True,
+...                             normalization=model.config.normalization)   # doctest: +SKIP
 >>> prediction.probabilities.shape                                          # doctest: +SKIP
 (4, 240, 240, 155)
+
+The normalisation is always the one the model was trained with, so it has no default: a model's
+config names it (``model.config.normalization``; ``Bundle.normalization`` for a bundle).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from latup_edge.data.preprocess import apply_crop, brain_box, minmax_normalize, undo_crop
+from latup_edge.data.preprocess import apply_crop, brain_box, normalize, undo_crop
 from latup_edge.infer.tiling import Forward, sliding_window_scores, softmax
 
 Tiling = Literal["whole", "sliding"]
@@ -54,18 +58,20 @@ def predict_volume(
     window: int = DEFAULT_WINDOW,
     overlap: float = DEFAULT_OVERLAP,
     probabilities: bool = False,
+    *,
+    normalization: str,
 ) -> Prediction:
     """Predict raw (C, X, Y, Z) modality images: classes and, with ``probabilities``, the softmax.
 
-    The images are min-max normalised, cropped to the brain box (padded to a multiple of 8), run
-    in one pass (``whole``) or in ``window``^3 windows overlapping by ``overlap`` (``sliding``), and
-    put back into the full shape with background outside the box.
+    The images are normalised with ``normalization`` (the model's own), cropped to the brain box
+    (padded to a multiple of 8), run in one pass (``whole``) or in ``window``^3 windows overlapping
+    by ``overlap`` (``sliding``), and put back into the full shape with background outside the box.
     """
     if tiling not in TILINGS:
         raise ValueError(f"unknown tiling {tiling!r}: choose {' or '.join(TILINGS)}")
     if window < SIZE_MULTIPLE or window % SIZE_MULTIPLE:
         raise ValueError(f"the window must be a multiple of {SIZE_MULTIPLE}, got {window}")
-    normalized = minmax_normalize(images)
+    normalized = normalize(images, normalization)
     crop = brain_box(normalized, multiple=SIZE_MULTIPLE)
     box = apply_crop(normalized, crop)[None]
     del normalized  # a full-size copy of the images: drop it before the network's activations
@@ -90,9 +96,11 @@ def predict_classes(
     tiling: Tiling = DEFAULT_TILING,
     window: int = DEFAULT_WINDOW,
     overlap: float = DEFAULT_OVERLAP,
+    *,
+    normalization: str,
 ) -> np.ndarray:
     """Class map (uint8, 0-3) of the full input shape from raw (C, X, Y, Z) modality images."""
-    return predict_volume(images, forward, tiling, window, overlap).classes
+    return predict_volume(images, forward, tiling, window, overlap, normalization=normalization).classes
 
 
 def predict_probabilities(
@@ -101,9 +109,12 @@ def predict_probabilities(
     tiling: Tiling = DEFAULT_TILING,
     window: int = DEFAULT_WINDOW,
     overlap: float = DEFAULT_OVERLAP,
+    *,
+    normalization: str,
 ) -> np.ndarray:
     """Class probabilities (K, X, Y, Z) float32 of the full input shape; they sum to 1 per voxel."""
-    return predict_volume(images, forward, tiling, window, overlap, probabilities=True).probabilities
+    prediction = predict_volume(images, forward, tiling, window, overlap, True, normalization=normalization)
+    return prediction.probabilities
 
 
 def torch_forward(model, bf16: bool = False) -> Forward:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-# Operator types that stay float: activations, pooling, attention and normalisation.
+# Operator types that stay float: activations, pooling, attention and normalisation, and the brain mask
+# (statistics="brain": Abs and ReduceMax of the input; INC would otherwise requantize them with the
+# input's scale, and brain voxels within half a step of zero would leave the mask).
 FLOAT_OP_TYPES = (
     "LeakyRelu", "Relu", "Sigmoid", "MaxPool", "Concat", "GlobalAveragePool", "ReduceMean", "Mul",
-    "Add", "MatMul", "Gemm", "Resize", "InstanceNormalization", "Pad", "Softmax",
+    "Add", "MatMul", "Gemm", "Resize", "InstanceNormalization", "Pad", "Softmax", "Abs", "ReduceMax",
 )  # fmt: skip
 _FP32 = {"weight": {"dtype": ["fp32"]}, "activation": {"dtype": ["fp32"]}}
 

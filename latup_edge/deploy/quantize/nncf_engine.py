@@ -1,14 +1,20 @@
-"""INT8 with NNCF, OpenVINO's own quantizer, on the OpenVINO model read from the float ONNX."""
+"""INT8 with NNCF, OpenVINO's own quantizer, on the OpenVINO model read from the float ONNX.
+
+For a brain-statistics network the brain mask and the masked statistics stay float
+(``brain_statistics_ops``): the mask is computed from the unquantized input.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import openvino as ov
 
-from latup_edge.deploy.quantize.graph import friendly_names
+from latup_edge.deploy.quantize.graph import brain_statistics_ops, friendly_names
 
 if TYPE_CHECKING:
     from latup_edge.deploy.quantize.sensitivity import AgreementJudge
@@ -27,13 +33,14 @@ def quantize_nncf(onnx_path: str, samples: Sequence[np.ndarray], keep_float: Seq
     import nncf
 
     model = ov.Core().read_model(onnx_path)
-    return nncf.quantize(
-        model,
-        nncf.Dataset(list(samples)),
-        subset_size=len(samples),
-        preset=_preset(),
-        ignored_scope=_ignored(model, keep_float),
-    )
+    with _quiet():
+        return nncf.quantize(
+            model,
+            nncf.Dataset(list(samples)),
+            subset_size=len(samples),
+            preset=_preset(),
+            ignored_scope=_ignored(model, keep_float),
+        )
 
 
 def quantize_nncf_with_accuracy_control(
@@ -57,23 +64,37 @@ def quantize_nncf_with_accuracy_control(
         return float(np.mean(scores)), scores
 
     model = ov.Core().read_model(onnx_path)
-    return nncf.quantize_with_accuracy_control(
-        model,
-        nncf.Dataset(list(samples)),
-        nncf.Dataset(judge.cases, lambda case: case.inputs),
-        validate,
-        max_drop=max_drop,
-        drop_type=nncf.DropType.ABSOLUTE,
-        subset_size=len(samples),
-        preset=_preset(),
-        ignored_scope=_ignored(model, keep_float),
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=max_layers),
-    )
+    with _quiet():
+        return nncf.quantize_with_accuracy_control(
+            model,
+            nncf.Dataset(list(samples)),
+            nncf.Dataset(judge.cases, lambda case: case.inputs),
+            validate,
+            max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(samples),
+            preset=_preset(),
+            ignored_scope=_ignored(model, keep_float),
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=max_layers),
+        )
 
 
 def _ignored(model: ov.Model, keep_float: Sequence[str]):
     import nncf
 
-    if not keep_float:
+    names = friendly_names(model, keep_float) + brain_statistics_ops(model)
+    if not names:
         return None
-    return nncf.IgnoredScope(names=friendly_names(model, keep_float), validate=False)
+    return nncf.IgnoredScope(names=names, validate=False)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """NNCF logs a line per ignored operation (~170 for a brain-statistics network): keep its warnings only."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
