@@ -162,6 +162,13 @@ def build(
         bool, typer.Option(help="Let the engine's accuracy-aware search choose the float layers, by our Dice.")
     ] = False,
     threads: Annotated[int, typer.Option(help="OpenVINO threads (0: all cores).")] = 0,
+    gate_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Another labelled folder the drift gate must pass on too (repeatable), e.g. the independent "
+            "generator's cases; it is never calibrated on. The bundle records the numbers per folder."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Export, calibrate, quantize, gate on Dice drift and compile a bundle, in one command."""
@@ -173,7 +180,7 @@ def build(
     settings = BuildSettings(
         engine=engine, weights=weights, max_dice_drop=max_dice_drop, min_agreement=min_agreement, held_out=held_out,
         calibration_cases=calibration_cases, calibration_kind=calibration_kind, threads=threads or None,
-        accuracy_control=accuracy_control,
+        accuracy_control=accuracy_control, gate_data=tuple(gate_data or ()),
     )  # fmt: skip
     with Status("building", console=err_console) as status:
         report = build_bundle(calib_data, output, settings, progress=lambda stage: status.update(stage))
@@ -211,7 +218,22 @@ def print_build(report: dict[str, Any], manifest: dict[str, Any]) -> None:
     console.print(f"Default precision: {manifest['default_precision']} (the fastest that passed the gate)")
     for name, text in report["verdicts"].items():
         console.print(f"  {name}: {text}")
+    if len(report.get("gate", {})) > 1:
+        print_gate(report["gate"])
     console.print(f"Kept in float: {', '.join(report['keep_float']) or 'nothing'}")
+
+
+def print_gate(gate: dict[str, Any]) -> None:
+    """Per gate data set and precision: cases, worst Dice ratio, lowest agreement, verdict."""
+    rows = []
+    for data, entry in gate.items():
+        for name, text in entry["verdicts"].items():
+            summary = entry["summary"][name]
+            lowest = min((row["agreement_mean"] for row in summary.get("regions", {}).values()), default=float("nan"))
+            rows.append((data, str(len(entry["cases"])), name, f"{summary['worst_ratio']:.4f}", f"{lowest:.4f}",
+                         text.split(":")[0]))  # fmt: skip
+    columns = ("gate data", "cases", "precision", "worst Dice ratio", "lowest agreement", "verdict")
+    print_table("The gate, per data set", columns, rows)
 
 
 def _log(message: str) -> None:

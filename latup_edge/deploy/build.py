@@ -50,6 +50,8 @@ class BuildSettings:
     agreement_target: float = DEFAULT_AGREEMENT_TARGET
     threads: int | None = None
     latency_repeats: int = 3  # timed passes per precision for the manifest's latency
+    # More labelled folders the gate must pass on too (e.g. the independent generator's cases); never calibrated on.
+    gate_data: tuple[Path, ...] = ()
 
 
 def split_held_out(case_ids: list[str], held_out: int, seed: int) -> tuple[list[str], list[str]]:
@@ -77,6 +79,25 @@ def verdict(summary: dict[str, Any], max_dice_drop: float, min_agreement: float 
     if lowest < min_agreement:
         return f"fail: {region} agreement with fp32 {lowest:.4f} < {min_agreement:.4f} (Dice ratio {worst:.4f} passed)"
     return f"pass: worst region {basis} {worst:.4f} >= {bound:.4f}, agreement with fp32 >= {lowest:.4f}"
+
+
+def combined_verdict(per_data: dict[str, str]) -> str:
+    """One precision's verdict over every gate data set: it passes only where it passes on all of them."""
+    failed = {data: text for data, text in per_data.items() if not text.startswith("pass")}
+    if failed:
+        return "; ".join(f"{text} on {data}" for data, text in failed.items())
+    if len(per_data) == 1:
+        return next(iter(per_data.values()))
+    return "pass on " + " and ".join(f"{data} ({text.removeprefix('pass: ')})" for data, text in per_data.items())
+
+
+def _gate_entry(drift: dict[str, Any], forwards: dict[str, Any], bounds: tuple[float, float]) -> dict[str, Any]:
+    """What the bundle records of one gate data set: its cases, per-precision summary and verdict."""
+    return {
+        "cases": sorted(drift["cases"]),
+        "summary": drift["summary"],
+        "verdicts": {name: verdict(drift["summary"][name], *bounds) for name in forwards},
+    }
 
 
 def build_bundle(
@@ -121,7 +142,13 @@ def build_bundle(
         prepared = [prepare_case(cases[i], normalization=normalization) for i in held_out]
         drift = measure_drift(prepared, forwards)
         bounds = (settings.max_dice_drop, settings.min_agreement)
-        verdicts = {name: verdict(drift["summary"][name], *bounds) for name in forwards}
+        gate = {f"held-out split of {data_dir}": _gate_entry(drift, forwards, bounds)}
+        for folder in settings.gate_data:
+            extra = [prepare_case(case, normalization=normalization) for case in discover_cases(folder)]
+            gate[str(folder)] = _gate_entry(measure_drift(extra, forwards), forwards, bounds)
+        verdicts = {
+            name: combined_verdict({data: entry["verdicts"][name] for data, entry in gate.items()}) for name in forwards
+        }
 
         progress("compile")
         report = {
@@ -133,6 +160,7 @@ def build_bundle(
             "quantization": quantized.to_dict() | {"path": quantized.path.name},
             "keep_float": quantized.keep_float,
             "drift": drift,
+            "gate": gate,
             "verdicts": verdicts,
         }
         latency_shape = max((case.inputs.shape for case in prepared), key=np.prod)
