@@ -45,6 +45,7 @@ from latup_edge.data.labels import REGIONS, to_classes
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import normalize
 from latup_edge.deploy.bundle import Bundle, load_bundle
+from latup_edge.errors import LatupError, first_line, user_errors
 from latup_edge.evaluate.benchmark import (
     BenchmarkError,
     check_same_network,
@@ -78,7 +79,7 @@ TABLE_COLUMNS = (
 )
 
 
-class LatencyDriftError(ValueError):
+class LatencyDriftError(LatupError):
     """A run that cannot go on as asked; the message says what to do."""
 
 
@@ -417,9 +418,8 @@ def _path_main(spec_path: Path, result_path: Path) -> int:
     spec = PathSpec(**json.loads(spec_path.read_text()))
     try:
         result = run_path(spec)
-    except (ValueError, OSError, RuntimeError, MemoryError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        result = {"error": f"{spec.kind} {spec.precision}: {first_line}"}
+    except (LatupError, OSError, RuntimeError, MemoryError) as error:  # a bug exits with its traceback
+        result = {"error": f"{spec.kind} {spec.precision}: {first_line(error)}"}
     result_path.write_text(json.dumps(result, default=str))
     return 0 if "error" not in result else 1
 
@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.bundle, args.cases, args.repeats, args.warmup, args.threads, args.weights,
             progress=lambda message: err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}"),
         )  # fmt: skip
-    except ValueError as error:  # bad bundle, cases, settings: one sentence
+    except user_errors() as error:  # bad bundle, cases, settings, files: one sentence
         err.print(f"[red]error:[/] {error}")
         return 1
     write_benchmark(result, args.out)

@@ -1,15 +1,37 @@
-"""Fixtures shared across test files: a few phantom cases, generated once per test session."""
+"""Shared by the test files: a narrow LATUP-Net, and a few phantom cases generated once per session."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+
+from latup_edge.models import LATUPNet, LATUPNetConfig
+
+# What the tests run: the full network's code paths at base_filters=4.
+NARROW = LATUPNetConfig(base_filters=4)
+# The next shipped weights' settings: brain statistics, z-scores inside the brain.
+BRAIN = replace(NARROW, statistics="brain", normalization="zscore-brain")
+
+
+def narrow_network(config: LATUPNetConfig = NARROW, seed: int = 1) -> LATUPNet:
+    """A random narrow LATUP-Net (eval mode) with zero conv biases: then its argmax follows the input's
+    features and it predicts every class somewhere (with biases, a random network predicts one class)."""
+    torch.manual_seed(seed)
+    model = LATUPNet(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv3d):
+                module.bias.zero_()
+    return model
 
 
 @pytest.fixture(scope="session")
 def two_phantoms(tmp_path_factory) -> Path:
     """Two BraTS 2021-style phantom cases (240x240x155), one folder each."""
-    from latup_edge.data.phantom import NARROW, write_phantoms
+    from latup_edge.data.phantom import NARROW as NARROW_RANDOMISATION
+    from latup_edge.data.phantom import write_phantoms
 
     root = tmp_path_factory.mktemp("phantoms")
-    write_phantoms(root, n=2, seed=11, naming="2021", randomise=NARROW)
+    write_phantoms(root, n=2, seed=11, naming="2021", randomise=NARROW_RANDOMISATION)
     return root

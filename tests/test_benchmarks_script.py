@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_segment import narrow_network
+from conftest import narrow_network
 
 pytest.importorskip("monai")
 

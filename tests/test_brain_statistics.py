@@ -17,6 +17,7 @@ from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
 
 PAD = 16  # a multiple of 8: the padded box pools onto the same grid
 
+
 def brain_box_input(seed: int) -> np.ndarray:
     """(1, 3, D, H, W): z-scored noise in an ellipsoidal brain, cut to its brain box (the brain touches its faces)."""
     shape = (44, 52, 40)

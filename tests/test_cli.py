@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from latup_edge.cli import app
 from latup_edge.data.cases import discover_cases, load_case_labels
+from latup_edge.errors import LatupError
 from latup_edge.models import LATUPNet, LATUPNetConfig
 from latup_edge.models.checkpoint import save_checkpoint
 
@@ -31,7 +32,9 @@ def test_model_info_refuses_a_size_not_divisible_by_8():
 
 def test_phantom_2023_cases_are_discovered_with_every_label(tmp_path):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["phantom", str(out), "--n", "3", "--seed", "7", "--naming", "2023"])
+    result = runner.invoke(
+        app, ["phantom", str(out), "--n", "3", "--seed", "7", "--naming", "2023", "--randomise", "none"]
+    )
     assert result.exit_code == 0, result.output
     cases = discover_cases(out)
     assert len(cases) == 3
@@ -61,3 +64,31 @@ def test_evaluate_refuses_a_broken_checkpoint_in_one_sentence(two_phantoms, tmp_
     result = runner.invoke(app, ["evaluate", str(two_phantoms), "--weights", str(broken)])
     assert result.exit_code == 1
     assert "not a readable safetensors checkpoint" in result.output and "Traceback" not in result.output
+
+
+def test_a_user_error_is_its_own_sentence(monkeypatch):
+    import latup_edge.models.cost as cost
+
+    def refuse(*args, **kwargs):
+        raise LatupError("model.json is not a LATUP-Net config: export it again")
+
+    monkeypatch.setattr(cost, "model_cost", refuse)
+    result = runner.invoke(app, ["model-info", "--base-filters", "4"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: model.json is not a LATUP-Net config: export it again" in result.output
+    assert "LatupError" not in result.output and "unexpected" not in result.output
+
+
+def test_a_bug_is_not_passed_off_as_a_user_error(monkeypatch):
+    import latup_edge.models.cost as cost
+
+    def buggy(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together\nwith shapes (3,) (4,)")
+
+    monkeypatch.setattr(cost, "model_cost", buggy)
+    result = runner.invoke(app, ["model-info", "--base-filters", "4"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: unexpected ValueError: operands could not be broadcast together" in result.output
+    assert "with shapes" not in result.output and "--verbose for the traceback" in result.output
+    verbose = runner.invoke(app, ["--verbose", "model-info", "--base-filters", "4"])
+    assert verbose.exit_code == 1 and "Traceback" in verbose.output

@@ -1,6 +1,7 @@
 """ONNX export: file layout, metadata, dynamic axes, the check against PyTorch, and the CLI."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import BRAIN, NARROW, narrow_network
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
@@ -15,22 +17,12 @@ from latup_edge.data.preprocess import NORMALIZATIONS
 from latup_edge.deploy import export as export_module
 from latup_edge.deploy.compile import model_normalization
 from latup_edge.deploy.deploy_form import to_deploy_form
-from latup_edge.deploy.export import (
-    ExportCheckError,
-    check_onnx,
-    export_for_deploy,
-    export_onnx,
-    read_onnx_metadata,
-)
+from latup_edge.deploy.export import ExportCheckError, check_onnx, export_for_deploy, export_onnx
+from latup_edge.deploy.metadata import read_model_metadata
 from latup_edge.fileio import sha256_file
 from latup_edge.infer.openvino_backend import OpenVINOModel
 from latup_edge.models.checkpoint import save_checkpoint
-from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
-
-
-def narrow_network(seed: int, **config) -> LATUPNet:
-    torch.manual_seed(seed)
-    return LATUPNet(LATUPNetConfig(base_filters=4, **config)).eval()
+from latup_edge.models.latup_net import LATUPNet
 
 
 def skull_stripped(seed: int, shape: tuple[int, ...] = (1, 3, 32, 32, 32)) -> np.ndarray:
@@ -42,13 +34,13 @@ def skull_stripped(seed: int, shape: tuple[int, ...] = (1, 3, 32, 32, 32)) -> np
 
 @pytest.fixture(scope="module")
 def narrow_onnx(tmp_path_factory) -> tuple[LATUPNet, Path]:
-    model = narrow_network(0)
+    model = narrow_network(seed=0)
     return model, export_onnx(model, tmp_path_factory.mktemp("export") / "narrow.onnx", weights_sha256="ab12")
 
 
 @pytest.fixture(scope="module")
 def narrow_checkpoint(tmp_path_factory) -> Path:
-    return save_checkpoint(narrow_network(0), tmp_path_factory.mktemp("weights") / "narrow.safetensors")
+    return save_checkpoint(narrow_network(seed=0), tmp_path_factory.mktemp("weights") / "narrow.safetensors")
 
 
 def test_onnx_has_opset_17_names_and_native_instance_norm(narrow_onnx):
@@ -69,7 +61,7 @@ def test_batch_and_spatial_axes_are_dynamic(narrow_onnx, shape):
 
 def test_metadata_round_trip(narrow_onnx):
     model, path = narrow_onnx
-    metadata = read_onnx_metadata(path)
+    metadata = read_model_metadata(path)
     assert metadata["config"] == model.config.to_dict()
     assert metadata["modalities"] == ["flair", "t1ce", "t2"]
     assert metadata["preprocessing"]["size_multiple"] == 8
@@ -82,8 +74,8 @@ def test_metadata_round_trip(narrow_onnx):
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 def test_metadata_names_the_models_normalisation(normalization, tmp_path):
-    path = export_onnx(narrow_network(0, normalization=normalization), tmp_path / "model.onnx")
-    metadata = read_onnx_metadata(path)
+    path = export_onnx(narrow_network(replace(NARROW, normalization=normalization), seed=0), tmp_path / "model.onnx")
+    metadata = read_model_metadata(path)
     assert metadata["config"]["normalization"] == normalization
     assert metadata["preprocessing"]["normalization"] == normalization
     assert metadata["preprocessing"]["normalization_description"].startswith(normalization)
@@ -104,7 +96,7 @@ def test_an_onnx_model_from_before_the_field_means_minmax(narrow_onnx, tmp_path)
 @pytest.mark.parametrize("deploy_form", [False, True])
 def test_a_brain_statistics_network_exports_and_matches_pytorch_and_openvino(deploy_form, tmp_path):
     # Untrained: equal InstanceNorm scales, which the exporter shares through Identity nodes.
-    model = narrow_network(0, statistics="brain")
+    model = narrow_network(replace(NARROW, statistics="brain"), seed=0)
     path = export_onnx(to_deploy_form(model) if deploy_form else model, tmp_path / "brain.onnx")
     x = skull_stripped(2)
     check = check_onnx(model, path, x)
@@ -113,7 +105,7 @@ def test_a_brain_statistics_network_exports_and_matches_pytorch_and_openvino(dep
         reference = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(OpenVINOModel(path, "fp32")(x), reference, atol=1e-5)
     # The statistics are the brain's: the same network with volume statistics computes something else.
-    volume = narrow_network(0)
+    volume = narrow_network(seed=0)
     with torch.inference_mode():
         assert np.abs(volume(torch.from_numpy(x)).numpy() - reference).max() > 1e-3
 
@@ -129,7 +121,7 @@ def test_check_matches_pytorch(narrow_onnx):
 
 def test_check_fails_for_other_weights(narrow_onnx):
     x = np.random.default_rng(1).random((1, 3, 32, 32, 32), dtype=np.float32)
-    check = check_onnx(narrow_network(1), narrow_onnx[1], x)
+    check = check_onnx(narrow_network(seed=1), narrow_onnx[1], x)
     assert not check["passed"]
     assert check["max_abs_diff"] > check["tolerance"]
 
@@ -143,7 +135,7 @@ def test_export_for_deploy_checks_on_a_case(narrow_checkpoint, two_phantoms, tmp
 
 def test_export_for_deploy_keeps_no_file_when_the_check_fails(narrow_checkpoint, two_phantoms, tmp_path, monkeypatch):
     build = export_module._onnx_model
-    monkeypatch.setattr(export_module, "_onnx_model", lambda model, sha: build(narrow_network(1), sha))
+    monkeypatch.setattr(export_module, "_onnx_model", lambda model, sha: build(narrow_network(seed=1), sha))
     with pytest.raises(ExportCheckError, match="does not reproduce the PyTorch network.*re-export"):
         export_for_deploy(narrow_checkpoint, tmp_path / "model.onnx", two_phantoms, check_size=32)
     assert list(tmp_path.iterdir()) == []
@@ -171,9 +163,7 @@ def test_export_for_deploy_checks_on_a_generated_phantom(narrow_checkpoint, tmp_
 
 
 def test_export_for_deploy_checks_a_zscore_model_on_zscored_input(two_phantoms, tmp_path, monkeypatch):
-    weights = save_checkpoint(
-        narrow_network(0, statistics="brain", normalization="zscore-brain"), tmp_path / "brain.safetensors"
-    )
+    weights = save_checkpoint(narrow_network(BRAIN, seed=0), tmp_path / "brain.safetensors")
     inputs = []
     check = export_module.check_onnx
     monkeypatch.setattr(export_module, "check_onnx", lambda *args: inputs.append(args[2]) or check(*args))

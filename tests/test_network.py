@@ -59,7 +59,7 @@ def test_decoder_up_convolution_pads_after_only():
 def test_cost_at_128_is_within_2_percent_of_789_gmac():
     cost = model_cost(LATUPNet(), (3, 128, 128, 128))
     assert abs(cost.gmac - 789) / 789 < 0.02
-    # PAPER.md: FP32 activations peak around 1-2 GB at 128^3.
+    # The paper reports FP32 activations peaking around 1-2 GB at 128^3.
     assert 1_000 < cost.peak_activation_bytes / 2**20 < 2_500
 
 

@@ -52,8 +52,8 @@ def narrow_onnx(tmp_path_factory) -> Path:
             dynamic_axes={"image": axes, "logits": axes},
         )
     proto = onnx.load(path)
-    for key, value in NARROW_METADATA.items():
-        proto.metadata_props.add(key=f"latup_edge.{key}", value=json.dumps(value))
+    for key, value in NARROW_METADATA.items():  # as the exporter writes them: strings plain, the rest JSON
+        proto.metadata_props.add(key=f"latup_edge.{key}", value=value if isinstance(value, str) else json.dumps(value))
     onnx.save(proto, path)
     return path
 

@@ -42,7 +42,11 @@ def test_wheel_contains_every_module_the_shipped_weights_and_model_card(tmp_path
 
 
 def test_default_weights_load_from_the_package():
-    from latup_edge.models.checkpoint import load_model, shipped_weights
+    import latup_edge
+    from latup_edge.models.checkpoint import SHIPPED_NAME, load_model, shipped_weights
 
-    assert shipped_weights().parent.name in ("shipped", "models")
+    package = Path(latup_edge.__file__).parent
+    # Editable (this checkout): latup_edge.shipped is the repository's models/; installed: the package's shipped/.
+    expected = ROOT / "models" if package == ROOT / "latup_edge" else package / "shipped"
+    assert shipped_weights() == expected / SHIPPED_NAME and shipped_weights().is_file()
     assert sum(p.numel() for p in load_model().parameters()) == 3_069_060

@@ -6,6 +6,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
+from conftest import BRAIN, NARROW, narrow_network
 
 from latup_edge.data.preprocess import Crop
 from latup_edge.deploy.build import BuildSettings, build_bundle, verdict
@@ -15,27 +16,13 @@ from latup_edge.deploy.export import export_onnx
 from latup_edge.deploy.quantize import QuantizationResult, quantize, run_engine
 from latup_edge.deploy.quantize.graph import brain_statistics_ops, bypass, quantized_layers
 from latup_edge.deploy.quantize.sensitivity import MIN_GAIN, AgreementJudge, block_of, rank_blocks, rank_layers
-from latup_edge.evaluate.drift import PreparedCase, measure_drift
+from latup_edge.errors import LatupError
+from latup_edge.evaluate.drift import PreparedCase, measure_drift, summarise_drift
 from latup_edge.infer.openvino_backend import OpenVINOModel, int8_kernel_report
-from latup_edge.models import LATUPNet, LATUPNetConfig
 from latup_edge.models.checkpoint import save_checkpoint
 
-NARROW = LATUPNetConfig(base_filters=4)
-BRAIN = LATUPNetConfig(base_filters=4, statistics="brain", normalization="zscore-brain")
 SKIP_CONV = "/decoder1/conv_skip/Conv"
 STEM_NORM = "/encoder2/norm/InstanceNormalization"
-
-
-def narrow_network(seed: int = 1, config: LATUPNetConfig = NARROW) -> LATUPNet:
-    """A random narrow LATUP-Net with zero conv biases: then its argmax follows the input's features
-    and it predicts every class somewhere (with biases, a random network predicts one class)."""
-    torch.manual_seed(seed)
-    model = LATUPNet(config).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv3d):
-                module.bias.zero_()
-    return model
 
 
 def tiny_case(case_id: str, seed: int) -> PreparedCase:
@@ -208,6 +195,33 @@ def test_drift_verdicts_follow_the_bound():
     # A Dice ratio above 1 does not pass labels that disagree with fp32.
     disagreeing = summary | {"worst_ratio": 1.06, "regions": regions | {"WT": {"agreement_mean": 0.91}}}
     assert verdict(disagreeing, 0.001).startswith("fail: WT agreement")
+
+
+def test_a_drift_summary_without_regions_fails_the_gate():
+    text = verdict({"worst_ratio": 1.0, "basis": "dice_ratio", "regions": {}}, 0.001)
+    assert text == "fail: the drift summary has no regions, so nothing was compared with fp32"
+
+
+def labelled_scores(dice: dict[str, float], agreement: dict[str, float]) -> dict:
+    """One precision's scores on one case, as measure_drift records them."""
+    return {"agreement": agreement, "metrics": {r: {"dice": dice[r], "hd95": 1.0} for r in dice}}
+
+
+def test_a_region_fp32_misses_entirely_has_no_ratio_and_is_judged_by_agreement():
+    fp32 = labelled_scores({"WT": 0.9, "TC": 0.8, "ET": 0.0}, {"WT": 1.0, "TC": 1.0, "ET": 1.0})
+    int8 = labelled_scores({"WT": 0.9, "TC": 0.8, "ET": 0.3}, {"WT": 1.0, "TC": 1.0, "ET": 0.6})
+    summary = summarise_drift({"a": {"precisions": {"fp32": fp32, "int8": int8}}}, ["fp32", "int8"])["int8"]
+    # 0.3 / 0.0 is undefined, not perfect: ET's agreement (0.6) stands in, and the summary says so.
+    assert "ratio" not in summary["regions"]["ET"] and summary["regions"]["TC"]["ratio"] == 1.0
+    assert summary["worst_ratio"] == 0.6 and summary["ratio_undefined"] == ["ET"]
+    assert not summary["verdicts"]["99"]
+    text = verdict(summary, 0.001, min_agreement=0.5)
+    assert text.startswith("fail: worst region Dice ratio to fp32 (ET: fp32 Dice 0, no ratio") and "0.6000" in text
+
+
+def test_build_refuses_no_calibration_cases_before_any_work(tmp_path):
+    with pytest.raises(LatupError, match="at least 1 calibration case"):
+        build_bundle(tmp_path / "nowhere", tmp_path / "bundle", BuildSettings(calibration_cases=0))
 
 
 def break_int8(path, out):

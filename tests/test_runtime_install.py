@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
-from test_segment import SHAPE, narrow_network, write_case
+from conftest import narrow_network
+from test_segment import SHAPE, write_case
 
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx

@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
+from conftest import BRAIN, narrow_network
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
@@ -23,11 +23,12 @@ from latup_edge.data.naming import case_filename
 from latup_edge.deploy.bundle import Bundle
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
+from latup_edge.errors import LatupError
+from latup_edge.infer import segment as segment_module
 from latup_edge.infer.backends import BackendError, open_backend
 from latup_edge.infer.openvino_backend import OpenVINOModel
-from latup_edge.infer.segment import SegmentSettings, output_convention, segment_cases
+from latup_edge.infer.segment import SegmentError, SegmentSettings, output_convention, segment_cases
 from latup_edge.infer.volume import predict_classes
-from latup_edge.models import LATUPNet, LATUPNetConfig
 from latup_edge.models.checkpoint import save_checkpoint
 
 runner = CliRunner()
@@ -42,23 +43,6 @@ AFFINE = np.array(
         [0, 0, 0, 1],
     ]
 )
-
-
-NARROW = LATUPNetConfig(base_filters=4)
-# The next shipped weights' settings: brain statistics, z-scores inside the brain.
-BRAIN = LATUPNetConfig(base_filters=4, statistics="brain", normalization="zscore-brain")
-
-
-def narrow_network(config: LATUPNetConfig = NARROW) -> LATUPNet:
-    """A random narrow LATUP-Net with zero conv biases, so its argmax follows the input and it
-    predicts several classes (with biases, a random network predicts one class)."""
-    torch.manual_seed(1)
-    model = LATUPNet(config).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv3d):
-                module.bias.zero_()
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -368,10 +352,56 @@ def test_sliding_windows_run_through_segment(bundle, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "message"), [("--overlap", "1.0", "overlap"), ("--threads", "0", "threads")]
+    ("option", "value", "message"),
+    [
+        ("--overlap", "1.0", "overlap"),
+        ("--threads", "0", "threads"),
+        ("--window", "0", "positive multiple of 8"),
+        ("--window", "-8", "positive multiple of 8"),
+        ("--window", "100", "positive multiple of 8"),
+    ],
 )
 def test_bad_settings_fail_in_one_sentence(tmp_path, option, value, message):
     write_case(tmp_path / "data", "BraTS2021_00001")
     result = segment(tmp_path / "data", "-o", tmp_path / "out", option, value)
     assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("window", [0, -8])
+def test_the_library_refuses_a_window_that_is_not_positive(window):
+    with pytest.raises(SegmentError, match="positive multiple of 8"):
+        SegmentSettings(window=window)
+
+
+def test_a_user_error_in_one_case_is_its_sentence_and_the_batch_goes_on(bundle, tmp_path, monkeypatch):
+    write_case(tmp_path / "data", "BraTS2021_00001", seed=1)
+    write_case(tmp_path / "data", "BraTS2021_00002", seed=2)
+    predict = segment_module.predict_volume
+
+    def refuse_the_first(images, *args, **kwargs):
+        if not calls:
+            calls.append(1)
+            raise LatupError("this case cannot be predicted: fix it")
+        return predict(images, *args, **kwargs)
+
+    calls: list[int] = []
+    monkeypatch.setattr(segment_module, "predict_volume", refuse_the_first)
+    log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
+    assert log["summary"] == {"ok": 1, "failed": 1, "skipped": 0}
+    assert log["failures"] == {"BraTS2021_00001": "case BraTS2021_00001: this case cannot be predicted: fix it"}
+
+
+def test_a_bug_inside_a_case_is_not_a_case_failure_but_an_unexpected_error(bundle, tmp_path, monkeypatch):
+    write_case(tmp_path / "data", "BraTS2021_00001")
+
+    def buggy(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(segment_module, "predict_volume", buggy)
+    with pytest.raises(ValueError, match="broadcast"):
+        segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
+    result = segment(tmp_path / "data", "-o", tmp_path / "cli", "--bundle", bundle)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert squeeze("unexpected ValueError: operands could not be broadcast") in squeeze(result.stderr)
+    assert "--verbose" in result.stderr

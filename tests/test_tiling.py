@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from latup_edge.data.preprocess import apply_crop, brain_box, undo_crop
+from latup_edge.errors import LatupError
 from latup_edge.infer.tiling import gaussian_importance, sliding_window_scores, softmax, window_starts
 from latup_edge.infer.volume import predict_classes, predict_probabilities, predict_volume
 
@@ -149,9 +150,9 @@ def test_predict_classes_keeps_its_one_pass_behaviour_for_existing_callers():
     assert shapes == [(1, 3, *brain_box(images).shape)]
 
 
-@pytest.mark.parametrize(("tiling", "window"), [("tiles", 128), ("sliding", 100)])
-def test_predict_refuses_an_unknown_tiling_or_a_window_not_a_multiple_of_8(tiling, window):
-    with pytest.raises(ValueError, match="tiling|multiple of 8"):
+@pytest.mark.parametrize(("tiling", "window"), [("tiles", 128), ("sliding", 100), ("sliding", 0), ("sliding", -8)])
+def test_predict_refuses_an_unknown_tiling_or_a_window_not_a_positive_multiple_of_8(tiling, window):
+    with pytest.raises(LatupError, match="tiling|positive multiple of 8"):
         predict_classes(brain((24, 24, 24)), pointwise, tiling=tiling, window=window, normalization="minmax")
 
 

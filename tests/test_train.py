@@ -48,12 +48,13 @@ def test_split_is_seeded_and_disjoint():
 
 
 def test_tumour_centred_patches_contain_tumour(two_phantoms):
-    case = load_training_case(discover_cases(two_phantoms)[0])
+    case = load_training_case(discover_cases(two_phantoms)[0], "zscore-brain")
     rng = np.random.default_rng(0)
     for _ in range(5):
         images, classes = sample_patch(case, 32, rng, tumour_fraction=1.0)
         assert images.shape == (3, 32, 32, 32) and classes.shape == (32, 32, 32)
-        assert (classes > 0).any() and images.min() >= 0 and images.max() <= 1
+        # z-scored inside the brain (both signs), exact zeros outside it.
+        assert (classes > 0).any() and images.min() < 0 < images.max()
 
 
 def test_narrow_network_learns_on_two_phantoms_and_resumes(two_phantoms, tmp_path):
@@ -73,13 +74,13 @@ def test_narrow_network_learns_on_two_phantoms_and_resumes(two_phantoms, tmp_pat
     assert state.step == 16 and (tmp_path / "run" / "best.safetensors").exists()
 
     # The loss on fixed patches falls from the seeded initial network to the trained one.
-    case = load_training_case(discover_cases(two_phantoms)[0])
+    case = load_training_case(discover_cases(two_phantoms)[0], "zscore-brain")
     rng = np.random.default_rng(42)
     patches = [sample_patch(case, 32, rng, 1.0) for _ in range(4)]
     x = torch.from_numpy(np.stack([p[0] for p in patches]))
     y = torch.from_numpy(np.stack([p[1] for p in patches]))
     torch.manual_seed(settings.seed)
-    initial = LATUPNet(LATUPNetConfig(base_filters=4)).eval()
+    initial = LATUPNet(LATUPNetConfig(base_filters=4, statistics="brain", normalization="zscore-brain")).eval()
     trained = load_model(tmp_path / "run" / "last.safetensors")
     with torch.no_grad():
         before, after = weighted_dice_loss(initial(x), y).item(), weighted_dice_loss(trained(x), y).item()
@@ -94,3 +95,19 @@ def test_narrow_network_learns_on_two_phantoms_and_resumes(two_phantoms, tmp_pat
 def test_resume_without_a_run_is_refused(two_phantoms, tmp_path):
     with pytest.raises(ValueError, match="nothing to resume"):
         train(two_phantoms, tmp_path / "empty", TrainingSettings(patch=32, base_filters=4), resume=True)
+
+
+def test_training_with_augmentation_is_reproducible_and_recorded(two_phantoms, tmp_path):
+    import json
+
+    settings = TrainingSettings(patch=32, epochs=1, steps_per_epoch=3, l2=0.0, val_cases=1, seed=5, base_filters=4)
+    assert settings.augmentation.flip > 0 and settings.augmentation.gamma > 0  # on by default
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        train(two_phantoms, run, settings)
+    first, second = (load_model(run / "last.safetensors").state_dict() for run in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    provenance = json.loads((runs[0] / "last.json").read_text())
+    assert provenance["settings"]["augmentation"]["flip"] == settings.augmentation.flip
+    assert provenance["config"]["statistics"] == "brain"
+    assert provenance["config"]["normalization"] == "zscore-brain"

@@ -1,1 +1,1 @@
-"""Calibration sets: BraTS slices to calibrate INT8 quantization on."""
+"""Calibration sets: the 3-D crops and brain boxes INT8 quantization calibrates on."""

@@ -31,6 +31,7 @@ from latup_edge import __version__
 from latup_edge.data.cases import BratsCase, discover_cases, load_case_images, load_case_labels
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import NORMALIZATIONS, Crop, apply_crop, brain_box, normalize
+from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write, sha256_file
 from latup_edge.infer.normalization import LEGACY_NORMALIZATION, describe_normalization
 from latup_edge.models.latup_net import SIZE_MULTIPLE
@@ -43,7 +44,7 @@ KINDS: tuple[str, ...] = ("crop", "brainbox", "mixed")
 RECIPE_SETTINGS = ("cases", "per_case", "kind", "crop_size", "tumour_share", "seed", "exclude", "case_ids")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(LatupError):
     """A calibration set that cannot be built, read or rebuilt; the message names the file."""
 
 
@@ -89,9 +90,9 @@ def _normalization(manifest: dict[str, Any]) -> str:
 
 
 def check_crop_size(crop_size: int) -> None:
-    """Raise ValueError unless ``crop_size`` is a positive multiple of 8 (the network's constraint)."""
+    """Raise CalibrationError unless ``crop_size`` is a positive multiple of 8 (the network's constraint)."""
     if crop_size <= 0 or crop_size % SIZE_MULTIPLE:
-        raise ValueError(f"crop size must be a positive multiple of {SIZE_MULTIPLE}, got {crop_size}")
+        raise CalibrationError(f"crop size must be a positive multiple of {SIZE_MULTIPLE}, got {crop_size}")
 
 
 def crop_around(centre: Sequence[int], box: Crop, size: int) -> Crop:
@@ -225,11 +226,11 @@ def build_calibration_set(
     out_dir = Path(out_dir)
     check_crop_size(crop_size)
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise CalibrationError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not 0 <= tumour_share <= 1 or per_case < 1 or cases < 1:
-        raise ValueError("need 0 <= tumour_share <= 1, per_case >= 1 and cases >= 1")
+        raise CalibrationError("need 0 <= tumour_share <= 1, per_case >= 1 and cases >= 1")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalisation {normalization!r}: choose {' or '.join(NORMALIZATIONS)}")
+        raise CalibrationError(f"unknown normalisation {normalization!r}: choose {' or '.join(NORMALIZATIONS)}")
     root = Path(data_dir).resolve()
     rng = np.random.default_rng(seed)
     chosen = _choose_cases(discover_cases(root), cases, rng, exclude, case_ids)

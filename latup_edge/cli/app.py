@@ -6,11 +6,13 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from latup_edge.errors import first_line, user_errors
 
 app = typer.Typer(
     name="latup-edge",
@@ -35,36 +37,42 @@ def _options(
     _verbose = verbose
 
 
-class UserError(Exception):
-    """A failure the user can fix: printed as one sentence, without a traceback."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from latup_edge.data.cases import CaseError
-
-    return (UserError, CaseError, ValueError, OSError)
-
-
 def command(name: str, **kwargs: Any) -> Callable[[F], F]:
-    """Register a command whose user-facing failures print one sentence and exit 1."""
+    """Register a command whose failures print one line and exit 1.
+
+    A user-facing failure (``user_errors``: a LatupError, a file the system refuses, a checkpoint
+    that cannot be read) prints its own sentence. Anything else is a bug: it prints its type and
+    first line, and says where the traceback is.
+    """
 
     def register(func: F) -> F:
         @functools.wraps(func)
         def wrapper(*args: Any, **kw: Any) -> Any:
             try:
                 return func(*args, **kw)
-            except _user_errors() as error:
-                if _verbose:
-                    err_console.print_exception()
-                err_console.print(f"[bold red]Error:[/] {error}", highlight=False)
-                if not _verbose:
-                    err_console.print("[dim](run with --verbose for the traceback)[/]")
-                raise typer.Exit(1) from None
+            except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own exits and usage errors
+                raise
+            except user_errors() as error:
+                _fail(str(error), "run with --verbose for the traceback")
+            except Exception as error:
+                _fail(
+                    f"unexpected {type(error).__name__}: {first_line(error)}",
+                    "not a user error: run with --verbose for the traceback, and report it",
+                )
 
         app.command(name, **kwargs)(wrapper)
         return func
 
     return register
+
+
+def _fail(message: str, hint: str) -> NoReturn:
+    if _verbose:
+        err_console.print_exception()
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False)
+    if not _verbose:
+        err_console.print(f"[dim]({hint})[/]")
+    raise typer.Exit(1) from None
 
 
 def print_json(result: Any) -> None:

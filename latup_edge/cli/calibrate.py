@@ -1,4 +1,4 @@
-"""`latup-edge calibrate`: calibration sets of BraTS slices for INT8 quantization."""
+"""`latup-edge calibrate`: calibration sets of BraTS crops and brain boxes (3-D) for INT8 quantization."""
 
 from __future__ import annotations
 

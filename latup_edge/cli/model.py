@@ -17,6 +17,7 @@ from latup_edge.cli.app import (
     print_table,
     progress_bar,
 )
+from latup_edge.errors import LatupError
 
 
 @command("model-info")
@@ -34,7 +35,10 @@ def model_info(
     from latup_edge.models.cost import PAPER_GFLOPS, PAPER_PARAMETERS, model_cost
 
     config = LATUPNetConfig(base_filters=base_filters)
-    check_input_shape((1, config.in_channels, *size), config.in_channels)
+    try:
+        check_input_shape((1, config.in_channels, *size), config.in_channels)
+    except ValueError as error:  # the network's own shape check: here it is the user's --size
+        raise LatupError(str(error)) from None
     cost = model_cost(LATUPNet(config), (config.in_channels, *size)).to_dict()
     cost["paper"] = {"parameters": PAPER_PARAMETERS, "gflops_reported": PAPER_GFLOPS}
     if as_json:
@@ -104,22 +108,25 @@ def train(
         raise typer.BadParameter("must be brain or volume", param_hint="--statistics")
     if normalization not in NORMALIZATIONS:
         raise typer.BadParameter(f"must be one of {', '.join(NORMALIZATIONS)}", param_hint="--normalization")
-    augmentation = (
-        Augmentation(
-            flip=flip,
-            rotate_deg=rotate_deg,
-            scale=scale,
-            spatial_p=spatial_p,
-            gamma=gamma,
-            contrast=contrast,
-            brightness=brightness,
-            noise=noise,
-            blur_sigma=blur_sigma,
-            intensity_p=intensity_p,
+    try:
+        augmentation = (
+            Augmentation(
+                flip=flip,
+                rotate_deg=rotate_deg,
+                scale=scale,
+                spatial_p=spatial_p,
+                gamma=gamma,
+                contrast=contrast,
+                brightness=brightness,
+                noise=noise,
+                blur_sigma=blur_sigma,
+                intensity_p=intensity_p,
+            )
+            if augment
+            else Augmentation.off()
         )
-        if augment
-        else Augmentation.off()
-    )
+    except ValueError as error:  # Augmentation checks its own fields: here they are the user's flags
+        raise LatupError(str(error)) from None
 
     if patch % SIZE_MULTIPLE:
         raise typer.BadParameter(f"must be a multiple of {SIZE_MULTIPLE}, got {patch}", param_hint="--patch")

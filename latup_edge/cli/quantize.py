@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table
-from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_AGREEMENT
+from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_AGREEMENT, format_ratio
 
 EngineOption = Annotated[str, typer.Option(help="nncf (OpenVINO's NNCF) or inc (Intel Neural Compressor).")]
 MaxDropOption = Annotated[
@@ -138,7 +138,7 @@ def print_drift(drift: dict[str, Any]) -> None:
         regions = summary["regions"]
         rows.append(
             ("[bold]mean[/]", precision)
-            + tuple(f"{regions[r].get('ratio', float('nan')):.4f} (ratio)" for r in REGIONS)
+            + tuple(f"{format_ratio(regions[r])} (ratio)" for r in REGIONS)
             + tuple(f"{regions[r]['agreement_mean']:.4f}" for r in REGIONS)
         )
     columns = ("case", "precision", "Dice WT", "Dice TC", "Dice ET", "agree WT", "agree TC", "agree ET")
@@ -203,7 +203,7 @@ def print_build(report: dict[str, Any], manifest: dict[str, Any]) -> None:
         rows.append(
             (name, f"{precision_size_mb(manifest, name):.1f}")
             + tuple(
-                f"{regions[r]['dice']:.4f} ({regions[r]['ratio']:.4f})" if "dice" in regions.get(r, {}) else "-"
+                f"{regions[r]['dice']:.4f} ({format_ratio(regions[r])})" if "dice" in regions.get(r, {}) else "-"
                 for r in REGIONS
             )
             + (

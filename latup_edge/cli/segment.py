@@ -9,7 +9,7 @@ import typer
 from rich.progress import TextColumn
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
-from latup_edge.infer.volume import DEFAULT_OVERLAP, DEFAULT_TILING
+from latup_edge.infer.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW
 
 
 @command("segment")
@@ -36,8 +36,11 @@ def segment(
         bool, typer.Option("--skip-existing", help="Skip cases whose outputs exist (resume a run).")
     ] = False,
     tiling: Annotated[
-        Literal["whole", "sliding"], typer.Option(help="One pass over the brain box, or 128^3 sliding windows.")
+        Literal["whole", "sliding"], typer.Option(help="One pass over the brain box, or sliding windows.")
     ] = DEFAULT_TILING,
+    window: Annotated[
+        int, typer.Option(help="Window edge for --tiling sliding, in voxels (a positive multiple of 8).")
+    ] = DEFAULT_WINDOW,
     overlap: Annotated[float, typer.Option(help="Window overlap for --tiling sliding.")] = DEFAULT_OVERLAP,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: the engine's).")] = None,
     allow_failed_precision: Annotated[
@@ -51,7 +54,7 @@ def segment(
 
     settings = SegmentSettings(
         backend=backend, precision=precision, bundle=bundle, weights=weights, labels=labels,
-        probabilities=probabilities, skip_existing=skip_existing, tiling=tiling, overlap=overlap,
+        probabilities=probabilities, skip_existing=skip_existing, tiling=tiling, window=window, overlap=overlap,
         threads=threads, allow_failed_precision=allow_failed_precision, log=log,
     )  # fmt: skip
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:

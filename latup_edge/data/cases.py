@@ -33,6 +33,7 @@ from latup_edge.data.naming import (
     case_id_for,
     parse_filename,
 )
+from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write
 
 # Geometry tolerance on every entry of the 4x4 affine (mm for translations, ~rad for rotations).
@@ -42,7 +43,7 @@ AFFINE_ATOL = 1e-3
 _READ_ERRORS = (OSError, EOFError, zlib.error, ImageFileError, ValueError)
 
 
-class CaseError(ValueError):
+class CaseError(LatupError):
     """A case that cannot be used; the message is one sentence: case, file, problem, what to do."""
 
     def __init__(self, message: str, case_id: str = "", path: Path | None = None) -> None:
@@ -329,7 +330,7 @@ def save_label_map(
         raise ValueError(f"{path}: a label map must be saved as .nii or .nii.gz")
     reference_file = reference.get_filename()
     if reference_file is not None and path.resolve() == Path(reference_file).resolve():
-        raise ValueError(f"{path} is the input image itself: choose another output path")
+        raise LatupError(f"{path} is the input image itself: choose another output path")
     shape = reference.shape[:3]
     if classes.shape != shape:
         raise ValueError(f"{path}: label map is {_fmt(classes.shape)} but the reference is {_fmt(shape)}")

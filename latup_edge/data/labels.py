@@ -35,12 +35,18 @@ def from_classes(classes: np.ndarray, convention: LabelConvention) -> np.ndarray
     return labels
 
 
-def detect_convention(labels: np.ndarray) -> LabelConvention:
-    """Guess the convention from the values present: 4 means 2021, 3 means 2023 (neither: 2021)."""
-    found = {int(v) for v in np.unique(labels)}
-    if 3 in found and 4 in found:
+def detect_convention(labels: np.ndarray, default: LabelConvention = "2021") -> LabelConvention:
+    """The convention a label map's ET value shows: 4 means 2021, 3 means 2023; no ET: ``default``.
+
+    Raises ValueError for a map holding both 3 and 4.
+
+    >>> detect_convention(np.array([0, 2, 3])), detect_convention(np.array([0, 2]), default="2023")
+    ('2023', '2023')
+    """
+    present = [convention for convention, et in ET_LABEL.items() if (labels == et).any()]
+    if len(present) > 1:
         raise ValueError("label map holds both 3 and 4: it follows neither BraTS convention")
-    return "2023" if 3 in found else "2021"
+    return present[0] if present else default  # type: ignore[return-value]
 
 
 def region_masks(classes: np.ndarray) -> dict[str, np.ndarray]:

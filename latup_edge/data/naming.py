@@ -6,14 +6,13 @@ Canonical modality keys are ``t1``, ``t1ce``, ``t2`` and ``flair``; ``seg`` is t
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Literal
 
 Naming = Literal["2020", "2021", "2023", "nnunet"]
 NAMINGS: tuple[str, ...] = ("2020", "2021", "2023", "nnunet")
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-# LATUP-Net reads FLAIR, T1ce and T2, in this order (PAPER.md); T1 is not used.
+# LATUP-Net reads FLAIR, T1ce and T2, in this order (the paper's input); T1 is not used.
 MODEL_MODALITIES: tuple[str, ...] = ("flair", "t1ce", "t2")
 
 # BraTS 2023+ suffixes to canonical keys.
@@ -73,8 +72,3 @@ def case_id_for(index: int, naming: Naming) -> str:
     if naming == "nnunet":
         return f"BraTS_{index:05d}"
     return f"BraTS2021_{index:05d}"
-
-
-def nifti_stem(path: Path) -> str:
-    """A file name without ``.nii`` or ``.nii.gz``."""
-    return re.sub(NIFTI_SUFFIX + "$", "", path.name)

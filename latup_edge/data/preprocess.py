@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from latup_edge.errors import LatupError
+
 Shape3 = tuple[int, int, int]
 
 
@@ -106,7 +108,7 @@ def normalize(images: np.ndarray, method: str) -> np.ndarray:
         return minmax_normalize(images)
     if method == "zscore-brain":
         return zscore_brain_normalize(images)
-    raise ValueError(f"unknown normalisation {method!r}: choose {' or '.join(NORMALIZATIONS)}")
+    raise LatupError(f"unknown normalisation {method!r}: choose {' or '.join(NORMALIZATIONS)}")
 
 
 def _centred(shape: Sequence[int], size: Sequence[int]) -> Crop:

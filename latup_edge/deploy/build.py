@@ -21,7 +21,14 @@ from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_for_deploy
 from latup_edge.deploy.quantize import DEFAULT_AGREEMENT_TARGET, Engine, quantize
 from latup_edge.deploy.quantize.sensitivity import AgreementJudge
-from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_AGREEMENT, measure_drift, prepare_case
+from latup_edge.errors import LatupError
+from latup_edge.evaluate.drift import (
+    DEFAULT_MAX_DICE_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    describe_basis,
+    measure_drift,
+    prepare_case,
+)
 from latup_edge.infer.normalization import network_normalization
 from latup_edge.infer.openvino_backend import OpenVINOModel, cpu_supports_bf16
 
@@ -57,7 +64,7 @@ class BuildSettings:
 def split_held_out(case_ids: list[str], held_out: int, seed: int) -> tuple[list[str], list[str]]:
     """(calibration candidates, held-out) case ids, a seeded split."""
     if len(case_ids) <= held_out:
-        raise ValueError(f"need more than {held_out} cases (held out for the drift gate), found {len(case_ids)}")
+        raise LatupError(f"need more than {held_out} cases (held out for the drift gate), found {len(case_ids)}")
     order = np.random.default_rng(seed).permutation(len(case_ids))
     held = sorted(case_ids[i] for i in order[:held_out])
     return [c for c in case_ids if c not in held], held
@@ -66,16 +73,19 @@ def split_held_out(case_ids: list[str], held_out: int, seed: int) -> tuple[list[
 def verdict(summary: dict[str, Any], max_dice_drop: float, min_agreement: float = DEFAULT_MIN_AGREEMENT) -> str:
     """'pass ...' or 'fail: ...' for one precision's drift summary.
 
-    Passing takes both: the worst region's Dice ratio to fp32 (agreement when unlabelled) within
-    ``max_dice_drop``, and every region's mean agreement with fp32 at least ``min_agreement``.
+    Passing takes both: the worst region's Dice ratio to fp32 (agreement when unlabelled, or where
+    fp32's Dice is 0) within ``max_dice_drop``, and every region's mean agreement with fp32 at least
+    ``min_agreement``. A summary without regions fails: nothing was compared.
     """
+    agreements = {region: row["agreement_mean"] for region, row in summary.get("regions", {}).items()}
+    if not agreements:
+        return "fail: the drift summary has no regions, so nothing was compared with fp32"
     bound = 1 - max_dice_drop
     worst = summary["worst_ratio"]
-    basis = "Dice ratio to fp32" if summary["basis"] == "dice_ratio" else "agreement with fp32"
+    basis = describe_basis(summary)
     if worst < bound:
         return f"fail: worst region {basis} {worst:.4f} < {bound:.4f}"
-    agreements = {region: row["agreement_mean"] for region, row in summary.get("regions", {}).items()}
-    region, lowest = min(agreements.items(), key=lambda item: item[1], default=("-", 1.0))
+    region, lowest = min(agreements.items(), key=lambda item: item[1])
     if lowest < min_agreement:
         return f"fail: {region} agreement with fp32 {lowest:.4f} < {min_agreement:.4f} (Dice ratio {worst:.4f} passed)"
     return f"pass: worst region {basis} {worst:.4f} >= {bound:.4f}, agreement with fp32 >= {lowest:.4f}"
@@ -104,6 +114,8 @@ def build_bundle(
     data_dir: Path, out_dir: Path, settings: BuildSettings, progress: Callable[[str], None] = lambda stage: None
 ) -> dict[str, Any]:
     """Build a bundle at ``out_dir``; returns the build report (also stored in the manifest)."""
+    if settings.calibration_cases < 1:
+        raise LatupError(f"need at least 1 calibration case, got {settings.calibration_cases}: calibrate on 1 or more")
     cases = {case.case_id: case for case in discover_cases(data_dir)}
     candidates, held_out = split_held_out(sorted(cases), settings.held_out, settings.seed)
     with tempfile.TemporaryDirectory(prefix="latup-build-") as work_dir:
@@ -115,10 +127,11 @@ def build_bundle(
         normalization = network_normalization(export["metadata"]["config"])
 
         progress("calibrate")
+        # Exactly these cases (never a held-out one): build_calibration_set's own seeded pick is not used.
         calibration = build_calibration_set(
-            data_dir, work / "calibration", cases=settings.calibration_cases, per_case=settings.per_case,
-            kind=settings.calibration_kind, crop_size=settings.crop_size, seed=settings.seed,
-            case_ids=candidates[: settings.calibration_cases], normalization=normalization,
+            data_dir, work / "calibration", case_ids=candidates[: settings.calibration_cases],
+            per_case=settings.per_case, kind=settings.calibration_kind, crop_size=settings.crop_size,
+            seed=settings.seed, normalization=normalization,
         )  # fmt: skip
         calibration_ids = calibration.summary()["cases"]
         judge = None

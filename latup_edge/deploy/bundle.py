@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from latup_edge.errors import LatupError
 from latup_edge.fileio import sha256_file
 from latup_edge.infer.normalization import network_normalization
 from latup_edge.infer.openvino_backend import OpenVINOModel, PerformanceHint, Precision, cpu_supports_bf16
@@ -35,7 +36,7 @@ REFERENCE_PRECISION = "fp32"
 FIX = "rebuild or re-copy the bundle"
 
 
-class BundleError(ValueError):
+class BundleError(LatupError):
     """A bundle that cannot be used as asked; the message names the bundle, the file and what to do."""
 
 
@@ -90,7 +91,7 @@ class Bundle:
         """The intensity normalisation the bundle's network was trained with (an old manifest: minmax)."""
         try:
             return network_normalization(self.manifest.get("network"))
-        except ValueError as error:
+        except LatupError as error:
             raise BundleError(f"bundle {self.path}: {error}") from None
 
     @property

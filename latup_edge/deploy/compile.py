@@ -36,6 +36,8 @@ from latup_edge.deploy.bundle import (
     manifest_checksum,
     verdict_passes,
 )
+from latup_edge.deploy.metadata import read_model_metadata
+from latup_edge.errors import LatupError, first_line
 from latup_edge.fileio import atomic_write, sha256_file
 from latup_edge.infer.normalization import network_normalization
 from latup_edge.infer.openvino_backend import (
@@ -47,7 +49,6 @@ from latup_edge.infer.openvino_backend import (
     measure_latency,
 )
 
-METADATA_PREFIX = "latup_edge."
 # Tools that may have built or run the models; those not installed are left out.
 TOOLS = ("openvino", "onnxruntime", "numpy", "torch", "onnx", "nncf", "neural-compressor")
 # Where each metadata key lands in the manifest ("config" is the exporter's name for the network).
@@ -61,41 +62,16 @@ MANIFEST_FIELDS = {
 Progress = Callable[[str], None]
 
 
-def read_model_metadata(onnx_path: Path) -> dict[str, Any]:
-    """The ``latup_edge.*`` metadata_props of an ONNX file, prefix removed, JSON values parsed.
-
-    Read through onnxruntime, so a runtime-only install can read it; {} when there is none.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    # Only the metadata is wanted: skip graph optimisation.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception types for unreadable files
-        raise BundleError(f"{onnx_path} is not a readable ONNX model ({error}): re-export it") from None
-    values = {}
-    for key, text in session.get_modelmeta().custom_metadata_map.items():
-        if key.startswith(METADATA_PREFIX):
-            try:
-                values[key.removeprefix(METADATA_PREFIX)] = json.loads(text)
-            except json.JSONDecodeError:
-                values[key.removeprefix(METADATA_PREFIX)] = text
-    return values
-
-
 def model_normalization(onnx_path: Path) -> str:
     """The intensity normalisation an exported ONNX model was trained with, from its metadata config.
 
     A model exported before the config named it means minmax. Raises BundleError (one sentence) for a
     file that is not a readable ONNX model or names an unknown normalisation.
     """
+    config = read_model_metadata(onnx_path).get("config")
     try:
-        return network_normalization(read_model_metadata(Path(onnx_path)).get("config"))
-    except BundleError:
-        raise
-    except ValueError as error:
+        return network_normalization(config)
+    except LatupError as error:
         raise BundleError(f"{onnx_path}: {error}") from None
 
 
@@ -212,9 +188,7 @@ def _save_ir(core: ov.Core, source: Path, xml: Path) -> None:
     try:
         model = core.read_model(str(source))
     except RuntimeError as error:
-        # OpenVINO's messages run to many lines of C++ context: the first says what is wrong.
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise BundleError(f"OpenVINO cannot read {source} ({first_line}): re-export or re-quantize it") from None
+        raise BundleError(f"OpenVINO cannot read {source} ({first_line(error)}): re-export or re-quantize it") from None
     # Keep float weights exact: save_model would otherwise store them as fp16.
     ov.save_model(model, str(xml), compress_to_fp16=False)
 

@@ -5,7 +5,7 @@ convention) in its ``metadata_props``, so a bundle never depends on torch to kno
 
 >>> model = load_model("runs/demo/best.safetensors")               # doctest: +SKIP
 >>> export_onnx(model, Path("model.onnx"))                          # doctest: +SKIP
->>> read_onnx_metadata("model.onnx")["modalities"]                  # doctest: +SKIP
+>>> read_model_metadata("model.onnx")["modalities"]                 # doctest: +SKIP
 ['flair', 't1ce', 't2']
 >>> report = export_for_deploy(None, Path("model.onnx"), None)      # doctest: +SKIP
 >>> report["check"]["passed"], report["check"]["max_abs_diff"]      # doctest: +SKIP
@@ -32,6 +32,8 @@ from latup_edge.data.labels import CLASS_NAMES, ET_LABEL
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import apply_crop, normalize, paper_crop
 from latup_edge.deploy.deploy_form import to_deploy_form
+from latup_edge.deploy.metadata import JSON_METADATA, METADATA_PREFIX, read_model_metadata
+from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write, sha256_file
 from latup_edge.infer.normalization import describe_normalization
 from latup_edge.models.checkpoint import load_model, shipped_weights
@@ -40,9 +42,6 @@ from latup_edge.models.latup_net import SIZE_MULTIPLE, LATUPNet
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-METADATA_PREFIX = "latup_edge."
-# Metadata values stored as JSON text (the others are plain strings).
-JSON_METADATA = ("config", "modalities", "preprocessing", "labels")
 # Measured ORT vs PyTorch FP32, full net, 128^3 phantom crop: 4.3e-6 at max|logit| 0.17, 2.6e-4 at 10 (head
 # scaled like a trained net): <= 3e-5 x max|logit|, so 1e-3 + 1e-3 x max|logit| leaves a >= 30x margin.
 ABS_TOLERANCE = 1e-3
@@ -58,7 +57,7 @@ LABELS: dict[str, Any] = {
 }
 
 
-class ExportCheckError(ValueError):
+class ExportCheckError(LatupError):
     """The ONNX model does not reproduce the PyTorch network within tolerance."""
 
 
@@ -157,23 +156,6 @@ def export_onnx(model: LATUPNet, path: Path, weights_sha256: str | None = None) 
     return atomic_write(Path(path), lambda tmp: onnx.save(proto, tmp))
 
 
-def read_onnx_metadata(path: Path | str) -> dict[str, Any]:
-    """The ``latup_edge.*`` metadata of an exported model, without the prefix, JSON values parsed.
-
-    >>> read_onnx_metadata("model.onnx")["labels"]["channels"]["3"]  # doctest: +SKIP
-    'ET'
-    """
-    proto = onnx.load(str(path), load_external_data=False)
-    found = {
-        prop.key.removeprefix(METADATA_PREFIX): prop.value
-        for prop in proto.metadata_props
-        if prop.key.startswith(METADATA_PREFIX)
-    }
-    if not found:
-        raise ValueError(f"{path} has no latup_edge metadata: export it with `latup-edge export`")
-    return {key: json.loads(value) if key in JSON_METADATA else value for key, value in found.items()}
-
-
 def check_onnx(model: LATUPNet, onnx_path: Path, x: np.ndarray) -> dict[str, Any]:
     """Run ONNX Runtime (CPU) and PyTorch FP32 on ``x`` (N, 3, D, H, W) and compare their logits.
 
@@ -217,7 +199,7 @@ def check_input(case_dir: Path, size: int = 128, *, normalization: str) -> np.nd
     Returns a (1, 3, size, size, size) float32 array.
     """
     if size % SIZE_MULTIPLE or size <= 0:
-        raise ValueError(f"the check crop size must be a positive multiple of {SIZE_MULTIPLE}, got {size}")
+        raise LatupError(f"the check crop size must be a positive multiple of {SIZE_MULTIPLE}, got {size}")
     images, _ = load_case_images(discover_cases(case_dir)[0])
     normalized = normalize(images, normalization)
     return apply_crop(normalized, paper_crop(normalized.shape[1:], size))[None]
@@ -273,6 +255,6 @@ def export_for_deploy(
         weights=str(weights),
         check_data=str(check_case_dir) if check_case_dir else "generated phantom (seed 0)",
         opset=OPSET,
-        metadata=read_onnx_metadata(out),
+        metadata=read_model_metadata(out),
     )
     return report

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from latup_edge.deploy.bundle import load_bundle, precision_size_mb
+from latup_edge.errors import LatupError, first_line
 from latup_edge.fileio import atomic_write
 from latup_edge.infer.backends import BACKENDS, ONNX_FILE
 from latup_edge.infer.openvino_backend import cpu_name, cpu_supports_bf16
@@ -57,7 +58,7 @@ PHANTOM_SEED = 0
 _STDERR_TAIL = 400
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(LatupError):
     """A benchmark that cannot run as asked; the message says what to do."""
 
 
@@ -341,10 +342,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     spec = RowSpec(**json.loads(args.row.read_text()))
     try:
         result = measure_row(spec)
-    except (ValueError, OSError, RuntimeError, MemoryError) as error:
-        # The parent reports it as a note and goes on with the other rows.
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        result = {"error": f"{spec.backend} {spec.precision}: {first_line}"}
+    except (LatupError, OSError, RuntimeError, MemoryError) as error:
+        # The parent reports it as a note and goes on with the other rows; a bug exits with its traceback.
+        result = {"error": f"{spec.backend} {spec.precision}: {first_line(error)}"}
     text = json.dumps(result, default=str)
     atomic_write(args.out, lambda tmp: tmp.write_text(text))
     return 0 if "error" not in result else 1

@@ -85,7 +85,11 @@ def measure_drift(
 
 
 def summarise_drift(per_case: Mapping[str, Any], precisions: list[str]) -> dict[str, Any]:
-    """Per precision and region: mean Dice, ratio to fp32, mean and worst agreement, verdicts."""
+    """Per precision and region: mean Dice, ratio to fp32, mean and worst agreement, verdicts.
+
+    A region whose mean fp32 Dice is 0 has no ratio (it would divide by zero): its agreement with
+    fp32 stands in, as it does for unlabelled cases, and ``ratio_undefined`` names such regions.
+    """
     summary: dict[str, Any] = {}
     labelled = [c for c in per_case.values() if "metrics" in c["precisions"][REFERENCE]]
     for precision in precisions:
@@ -97,18 +101,36 @@ def summarise_drift(per_case: Mapping[str, Any], precisions: list[str]) -> dict[
                 dice = float(np.mean([c["precisions"][precision]["metrics"][region]["dice"] for c in labelled]))
                 ref = float(np.mean([c["precisions"][REFERENCE]["metrics"][region]["dice"] for c in labelled]))
                 hd95 = float(np.mean([c["precisions"][precision]["metrics"][region]["hd95"] for c in labelled]))
-                row |= {"dice": dice, "dice_fp32": ref, "ratio": dice / ref if ref else 1.0, "hd95": hd95}
+                row |= {"dice": dice, "dice_fp32": ref, "hd95": hd95} | ({"ratio": dice / ref} if ref > 0 else {})
             regions[region] = row
-        # Without labels the agreement with fp32 stands in for the Dice ratio.
+        # Without a ratio (no labels, or fp32 Dice 0) the agreement with fp32 stands in for it.
         worst = min(r.get("ratio", r["agreement_mean"]) for r in regions.values())
         summary[precision] = {
             "regions": regions,
             "worst_ratio": worst,
             "verdicts": {tier: bool(worst >= bound) for tier, bound in TIERS.items()},
             "basis": "dice_ratio" if labelled else "agreement",
+            "ratio_undefined": [name for name, r in regions.items() if "dice" in r and "ratio" not in r],
         }
     return summary
 
 
-def _mean_metric(cases: list[Mapping[str, Any]], precision: str, region: str, metric: str) -> float:
-    return float(np.mean([c["precisions"][precision]["metrics"][region][metric] for c in cases]))
+def describe_basis(summary: Mapping[str, Any]) -> str:
+    """What a precision's ``worst_ratio`` is: the Dice ratio to fp32, or the agreement where that has none.
+
+    >>> describe_basis({"basis": "dice_ratio", "ratio_undefined": ["ET"]})
+    'Dice ratio to fp32 (ET: fp32 Dice 0, no ratio; agreement with fp32 stands in)'
+    """
+    if summary["basis"] != "dice_ratio":
+        return "agreement with fp32"
+    undefined = summary.get("ratio_undefined") or []
+    if not undefined:
+        return "Dice ratio to fp32"
+    return f"Dice ratio to fp32 ({', '.join(undefined)}: fp32 Dice 0, no ratio; agreement with fp32 stands in)"
+
+
+def format_ratio(row: Mapping[str, Any]) -> str:
+    """A region's Dice ratio to fp32 for a table: four decimals, or why there is none."""
+    if "ratio" in row:
+        return f"{row['ratio']:.4f}"
+    return "- (fp32 Dice 0)" if "dice" in row else "-"

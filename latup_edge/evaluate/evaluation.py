@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from latup_edge.data.cases import BratsCase, CaseError, discover_cases, load_case_images, load_case_labels
+from latup_edge.data.cases import BratsCase, CaseError, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import region_metrics, summarise
 from latup_edge.infer.volume import Forward, predict_classes
 
@@ -41,7 +40,3 @@ def evaluate_cases(
         per_case[case.case_id] = region_metrics(predicted, truth, spacing=reference.header.get_zooms()[:3])
         progress(case)
     return {"cases": per_case, "summary": summarise(per_case), "failures": failures, "seconds": seconds}
-
-
-def evaluate_folder(data_dir: Path, forward: Forward, **kwargs: Any) -> dict[str, Any]:
-    return evaluate_cases(discover_cases(data_dir), forward, **kwargs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from latup_edge.data.labels import REGIONS, region_masks
 
@@ -146,9 +147,6 @@ def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
 
 def _pooled_surface_distances(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """Distances (mm) from each surface voxel of either non-empty mask to the other's surface, pooled."""
-    # scipy is a build extra, not a runtime dependency: import it only where HD95 needs it.
-    from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
-
     cross = generate_binary_structure(pred.ndim, 1)
     pred_surface = pred ^ binary_erosion(pred, structure=cross)
     truth_surface = truth ^ binary_erosion(truth, structure=cross)

@@ -30,7 +30,17 @@ from latup_edge.data.labels import REGIONS
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import undo_crop
 from latup_edge.deploy.bundle import Bundle, load_bundle
-from latup_edge.evaluate.drift import REFERENCE, TIERS, PreparedCase, measure_drift, prepare_case, summarise_drift
+from latup_edge.errors import LatupError
+from latup_edge.evaluate.drift import (
+    REFERENCE,
+    TIERS,
+    PreparedCase,
+    describe_basis,
+    format_ratio,
+    measure_drift,
+    prepare_case,
+    summarise_drift,
+)
 from latup_edge.fileio import atomic_write
 from latup_edge.infer.openvino_backend import cpu_name, cpu_supports_bf16
 from latup_edge.infer.volume import Forward
@@ -102,11 +112,11 @@ def reduced_precisions(bundle: Bundle, precisions: Sequence[str] | None = None) 
     if precisions is None:
         runnable = [p for p in REDUCED if p in bundle.precisions and (p != "bf16" or cpu_supports_bf16())]
         if not runnable:
-            raise ValueError(f"bundle {bundle.path} has no reduced precision this CPU runs: nothing to compare")
+            raise LatupError(f"bundle {bundle.path} has no reduced precision this CPU runs: nothing to compare")
         return runnable
     unknown = [p for p in precisions if p not in REDUCED]
     if unknown or not precisions:
-        raise ValueError(f"unknown precisions {unknown or '(none)'}: choose from {', '.join(REDUCED)}")
+        raise LatupError(f"unknown precisions {unknown or '(none)'}: choose from {', '.join(REDUCED)}")
     return list(dict.fromkeys(precisions))
 
 
@@ -243,7 +253,7 @@ def drift_tables(result: Mapping[str, Any]) -> list[Table]:
             labelled = "dice" in row
             regions.append((
                 name, region,
-                *((f"{row['dice']:.4f}", f"{row['dice_fp32']:.4f}", f"{row['ratio']:.4f}", f"{row['hd95']:.2f}")
+                *((f"{row['dice']:.4f}", f"{row['dice_fp32']:.4f}", format_ratio(row), f"{row['hd95']:.2f}")
                   if labelled else ("-",) * 4),
                 f"{row['agreement_mean']:.4f}", f"{row['agreement_min']:.4f}",
             ))  # fmt: skip
@@ -253,7 +263,7 @@ def drift_tables(result: Mapping[str, Any]) -> list[Table]:
         seconds = [entry["seconds"][name] for entry in result["cases"].values()]
         info = result["precisions"][name]
         verdicts.append((
-            name, f"{summary['worst_ratio']:.4f}", summary["basis"].replace("_", " "),
+            name, f"{summary['worst_ratio']:.4f}", describe_basis(summary),
             *("pass" if summary["verdicts"][tier] else "fail" for tier in TIERS),
             f"{float(np.median(seconds)):.2f}", str(info["resolved"].get("INFERENCE_PRECISION_HINT", "-")),
             "reference" if name == REFERENCE else ("yes" if info["approved"] else "no"),

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol, get_args
 import numpy as np
 
 from latup_edge.deploy.bundle import Bundle
+from latup_edge.errors import LatupError
 from latup_edge.infer.openvino_backend import OpenVINOModel, PerformanceHint, Precision
 
 BackendName = Literal["openvino", "onnxruntime", "torch"]
@@ -35,7 +36,7 @@ ONNX_FILE = "fp32.onnx"
 MAKE_BUNDLE = "make one with `latup-edge build` or `latup-edge demo`"
 
 
-class BackendError(ValueError):
+class BackendError(LatupError):
     """A backend that cannot run as asked; the message is one sentence saying what to do."""
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from latup_edge.data.preprocess import NORMALIZATIONS
+from latup_edge.errors import LatupError
 
 # What a config without the field was trained with: every model before the field existed used it.
 LEGACY_NORMALIZATION = "minmax"
@@ -30,11 +31,11 @@ DESCRIPTIONS: dict[str, str] = {
 def network_normalization(config: Mapping[str, Any] | None) -> str:
     """The normalisation a network config (a dict, as in ONNX metadata or a manifest) names.
 
-    Raises ValueError for a name this version does not know.
+    Raises LatupError for a name this version does not know.
     """
     method = (config or {}).get("normalization", LEGACY_NORMALIZATION)
     if method not in NORMALIZATIONS:
-        raise ValueError(
+        raise LatupError(
             f"the model was trained with normalisation {method!r}, which this version of latup-edge does not know "
             f"(it knows {', '.join(NORMALIZATIONS)}): upgrade latup-edge"
         )

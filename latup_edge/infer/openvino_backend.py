@@ -27,6 +27,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 import openvino as ov
 
+from latup_edge.errors import LatupError
+
 Precision = Literal["fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
@@ -46,7 +48,7 @@ RESOLVED_PROPERTIES = (
 )
 
 
-class OpenVINOError(ValueError):
+class OpenVINOError(LatupError):
     """A model OpenVINO cannot run as asked on this CPU; the message says which and what to do."""
 
 
@@ -185,7 +187,7 @@ def measure_latency(
     reported apart; ``warmup`` more untimed runs follow, then ``repeats`` timed ones.
     """
     if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
+        raise OpenVINOError(f"repeats must be at least 1, got {repeats}")
     x = np.random.default_rng(seed).random(tuple(shape), dtype=np.float32)
     start = time.perf_counter()
     model(x)

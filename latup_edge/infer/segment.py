@@ -39,9 +39,10 @@ from latup_edge.data.cases import (
     load_case_images,
     save_label_map,
 )
-from latup_edge.data.labels import ET_LABEL, LabelConvention
+from latup_edge.data.labels import LabelConvention, detect_convention
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.deploy.bundle import Bundle, load_bundle
+from latup_edge.errors import LatupError, first_line
 from latup_edge.fileio import atomic_write
 from latup_edge.infer.backends import Backend, BackendName, open_backend
 from latup_edge.infer.openvino_backend import Precision
@@ -59,14 +60,14 @@ from latup_edge.infer.volume import (
 LOG_FORMAT = "latup-edge-segment-log/1"
 LOG_NAME = "segment-log.json"
 PROBABILITIES_SUFFIX = "_probabilities"
-# Failures of one case that must not stop the batch: bad input files, OpenVINO runtime errors,
-# a full disk on write, a case too large for memory.
-CASE_ERRORS = (CaseError, ValueError, OSError, RuntimeError, MemoryError)
+# Failures of one case that must not stop the batch: bad input files (LatupError), OpenVINO runtime
+# errors, a full disk on write, a case too large for memory. Anything else is a bug and stops the run.
+CASE_ERRORS = (LatupError, OSError, RuntimeError, MemoryError)
 
 Report = Callable[[dict[str, Any]], None]
 
 
-class SegmentError(ValueError):
+class SegmentError(LatupError):
     """A run that cannot start (bad settings, unwritable output); one sentence saying what to do."""
 
 
@@ -92,6 +93,22 @@ class SegmentSettings:
     allow_failed_precision: bool = False
     log: Path | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot run with one SegmentError sentence, before any work."""
+        if self.labels not in (None, *get_args(LabelConvention)):
+            raise SegmentError(f"unknown label convention {self.labels!r}: choose 2021 or 2023")
+        if self.window < SIZE_MULTIPLE or self.window % SIZE_MULTIPLE:
+            raise SegmentError(
+                f"the window must be a positive multiple of {SIZE_MULTIPLE}, got {self.window}: "
+                f"{DEFAULT_WINDOW} is usual"
+            )
+        if not 0 <= self.overlap < 1:
+            raise SegmentError(f"the overlap must be at least 0 and below 1, got {self.overlap}: 0.5 is usual")
+        if self.tiling not in TILINGS:
+            raise SegmentError(f"unknown tiling {self.tiling!r}: choose {' or '.join(TILINGS)}")
+        if self.threads is not None and self.threads < 1:
+            raise SegmentError(f"threads must be at least 1, got {self.threads}")
+
 
 def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
     """Where a case's label map and probability map go: ``<case_id>.nii.gz``, ``<case_id>_probabilities.nii.gz``."""
@@ -101,20 +118,17 @@ def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
 def output_convention(case: BratsCase) -> LabelConvention:
     """The label convention a case's output follows when none is asked for: the case's own.
 
-    From its label file when that holds ET (4: 2021, 3: 2023); otherwise from its naming (BraTS
-    2023+ names: 2023), otherwise 2021. The label file is only a hint here: an unreadable one is
-    ignored, since segmentation does not need it.
+    From its label file when that holds ET (4: 2021, 3: 2023, see ``detect_convention``); otherwise
+    from its naming (BraTS 2023+ names: 2023), otherwise 2021. The label file is only a hint here:
+    an unreadable one, or one with both 3 and 4, is ignored, since segmentation does not need it.
     """
-    if case.seg is not None:
-        try:
-            labels = np.asanyarray(nib.load(case.seg).dataobj)
-        except (OSError, EOFError, ValueError, ImageFileError):
-            labels = None
-        if labels is not None:
-            for convention, et in ET_LABEL.items():
-                if (labels == et).any():
-                    return convention  # type: ignore[return-value]
-    return "2023" if case.naming == "2023" else "2021"
+    by_naming: LabelConvention = "2023" if case.naming == "2023" else "2021"
+    if case.seg is None:
+        return by_naming
+    try:
+        return detect_convention(np.asanyarray(nib.load(case.seg).dataobj), default=by_naming)
+    except (OSError, EOFError, ValueError, ImageFileError):
+        return by_naming
 
 
 def check_output_folder(folder: Path) -> None:
@@ -143,19 +157,6 @@ def save_probabilities(probabilities: np.ndarray, reference: nib.Nifti1Image, pa
     return atomic_write(path, lambda temporary: nib.save(image, temporary))
 
 
-def _check_settings(settings: SegmentSettings) -> None:
-    if settings.labels not in (None, *get_args(LabelConvention)):
-        raise SegmentError(f"unknown label convention {settings.labels!r}: choose 2021 or 2023")
-    if settings.window % SIZE_MULTIPLE:
-        raise SegmentError(f"the window must be a multiple of {SIZE_MULTIPLE}, got {settings.window}")
-    if not 0 <= settings.overlap < 1:
-        raise SegmentError(f"the overlap must be at least 0 and below 1, got {settings.overlap}: 0.5 is usual")
-    if settings.tiling not in TILINGS:
-        raise SegmentError(f"unknown tiling {settings.tiling!r}: choose {' or '.join(TILINGS)}")
-    if settings.threads is not None and settings.threads < 1:
-        raise SegmentError(f"threads must be at least 1, got {settings.threads}")
-
-
 def segment_cases(
     inputs: Sequence[Path],
     out_dir: Path,
@@ -165,14 +166,14 @@ def segment_cases(
     """Segment every case under ``inputs`` into ``out_dir``; returns the run log (also written as JSON).
 
     Before any case runs, raises SegmentError, CaseError, BackendError or BundleError (one sentence)
-    for bad settings, inputs with no case, an unwritable output folder or log, or a backend that
-    cannot open. Afterwards a failing case only marks that case ``failed``.
+    for inputs with no case, an unwritable output folder or log, or a backend that cannot open
+    (``SegmentSettings`` refuses bad settings itself). Afterwards a user-facing failure of one case
+    (``CASE_ERRORS``) only marks that case ``failed``; any other exception is a bug and propagates.
 
     ``report`` receives ``{"event": "start", "cases", "backend", "warnings"}`` once the backend is open,
     then ``{"event": "case", "index", ...the case's log entry}`` after each case.
     """
     out_dir = Path(out_dir)
-    _check_settings(settings)
     cases = discover_cases(*inputs)
     check_output_folder(out_dir)
     log_path = Path(settings.log) if settings.log is not None else out_dir / LOG_NAME
@@ -289,12 +290,13 @@ def _since(start: float) -> float:
 
 
 def _sentence(case: BratsCase, error: BaseException) -> str:
-    """One line for the log: CaseError messages already are; others get the case and error type."""
+    """One line for the log: CaseError messages already name the case, other LatupErrors get it;
+    the rest (runtime, disk and memory errors) also say their type."""
     if isinstance(error, CaseError):
         return str(error)
-    # OpenVINO's messages run to many lines of C++ context: the first says what is wrong.
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"case {case.case_id}: {type(error).__name__}: {first_line}"
+    if isinstance(error, LatupError):
+        return f"case {case.case_id}: {error}"
+    return f"case {case.case_id}: {type(error).__name__}: {first_line(error)}"
 
 
 def _bundle_summary(bundle: Bundle | None) -> dict[str, Any] | None:

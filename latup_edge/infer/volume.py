@@ -7,7 +7,7 @@ backend shares, so all of them see identical inputs.
 Tiling over the brain box (padded to a multiple of 8):
 
 - ``whole`` (default): one pass over the box, 3.5-5x faster than sliding windows (OpenVINO bf16);
-  on a trained network their Dice agreed within 0.01 (DESIGN.md, "Measured facts").
+  measured on a trained network, their Dice agreed within 0.01.
 - ``sliding``: 128^3 windows overlapping by half, blended with Gaussian weights
   (``latup_edge.infer.tiling``); its peak memory is that of one window (1.36 GB against 1.96 GB for
   one bf16 pass over a 240x240x155 case).
@@ -30,6 +30,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from latup_edge.data.preprocess import apply_crop, brain_box, normalize, undo_crop
+from latup_edge.errors import LatupError
 from latup_edge.infer.tiling import Forward, sliding_window_scores, softmax
 
 Tiling = Literal["whole", "sliding"]
@@ -68,9 +69,11 @@ def predict_volume(
     by ``overlap`` (``sliding``), and put back into the full shape with background outside the box.
     """
     if tiling not in TILINGS:
-        raise ValueError(f"unknown tiling {tiling!r}: choose {' or '.join(TILINGS)}")
+        raise LatupError(f"unknown tiling {tiling!r}: choose {' or '.join(TILINGS)}")
     if window < SIZE_MULTIPLE or window % SIZE_MULTIPLE:
-        raise ValueError(f"the window must be a multiple of {SIZE_MULTIPLE}, got {window}")
+        raise LatupError(
+            f"the window must be a positive multiple of {SIZE_MULTIPLE}, got {window}: {DEFAULT_WINDOW} is usual"
+        )
     normalized = normalize(images, normalization)
     crop = brain_box(normalized, multiple=SIZE_MULTIPLE)
     box = apply_crop(normalized, crop)[None]

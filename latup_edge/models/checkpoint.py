@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write, sha256_file
 from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
 
@@ -24,7 +25,7 @@ FORMAT = "latup-edge-checkpoint/1"
 SHIPPED_NAME = "latup-demo.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LatupError):
     """A file that is not a usable LATUP-Net checkpoint; the message says which and why."""
 
 

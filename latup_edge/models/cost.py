@@ -18,10 +18,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# The paper's own figures (shared/PAPER.md), shown beside the counted ones.
+# The paper's own figures, shown beside the counted ones.
 PAPER_PARAMETERS = 3_069_060
 PAPER_GFLOPS = 15.79  # from a TensorFlow profiler that skips 3-D convolutions: not comparable
-PAPER_GPU_MS = 168  # per 128^3 volume on an RTX 3060
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Alwadee, Sun, Qin, Langbein, "LATUP-Net: A Lightweight 3D Attention U-Net with Parallel Convolutions
 for Brain Tumor Segmentation", Computers in Biology and Medicine 184 (2025) 109353, arXiv 2404.05911.
 
-Ported from the paper's description (shared/PAPER.md), not from the authors' AGPL code. At the
+Ported from the paper's description, not from the authors' AGPL code. At the
 defaults the network has exactly 3,069,060 parameters. Where the paper and its code disagree the
 port follows the code that produced the published numbers: upsampling repeats voxels (nearest);
 ``upsample="trilinear"`` gives the variant the text describes.

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import region_masks
+from latup_edge.errors import LatupError
 from latup_edge.evaluate.metrics import dice
 from latup_edge.fileio import atomic_write
 from latup_edge.models.checkpoint import load_model, save_checkpoint
@@ -85,7 +86,7 @@ def use_bf16(precision: Precision, device: torch.device) -> bool:
 def split_cases(case_ids: list[str], val_cases: int, seed: int) -> tuple[list[str], list[str]]:
     """A seeded train/validation split of case ids (validation needs at least one training case left)."""
     if len(case_ids) < 2 and val_cases > 0:
-        raise ValueError(f"need at least 2 cases to hold some out for validation, found {len(case_ids)}")
+        raise LatupError(f"need at least 2 cases to hold some out for validation, found {len(case_ids)}")
     order = np.random.default_rng(seed).permutation(len(case_ids))
     n_val = min(val_cases, len(case_ids) - 1)
     val = sorted(case_ids[i] for i in order[:n_val])
@@ -238,10 +239,10 @@ def _save_optimizer(out_dir: Path, optimizer: torch.optim.Adam, state: TrainingS
 
 def _restore(out_dir: Path, model: LATUPNet, optimizer: torch.optim.Adam, settings: TrainingSettings) -> TrainingState:
     if not (out_dir / "state.json").exists():
-        raise ValueError(f"nothing to resume in {out_dir}: no state.json (start without --resume)")
+        raise LatupError(f"nothing to resume in {out_dir}: no state.json (start without --resume)")
     saved = load_model(out_dir / "last.safetensors")
     if saved.config != model.config:
-        raise ValueError(f"{out_dir}/last.safetensors has config {saved.config}, this run asks for {model.config}")
+        raise LatupError(f"{out_dir}/last.safetensors has config {saved.config}, this run asks for {model.config}")
     model.load_state_dict(saved.state_dict())
     tensors = load_file(str(out_dir / "optimizer.safetensors"))
     optimizer_state = optimizer.state_dict()
@@ -252,5 +253,5 @@ def _restore(out_dir: Path, model: LATUPNet, optimizer: torch.optim.Adam, settin
     optimizer.load_state_dict(optimizer_state)
     state = TrainingState(**json.loads((out_dir / "state.json").read_text()))
     if state.epoch >= settings.epochs:
-        raise ValueError(f"{out_dir} already finished {state.epoch} epochs; raise --epochs to train further")
+        raise LatupError(f"{out_dir} already finished {state.epoch} epochs; raise --epochs to train further")
     return state

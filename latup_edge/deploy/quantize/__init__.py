@@ -30,6 +30,7 @@ from latup_edge.deploy.quantize.sensitivity import (
     rank_blocks,
     rank_layers,
 )
+from latup_edge.errors import LatupError
 
 Engine = Literal["nncf", "inc"]
 ENGINES: tuple[str, ...] = ("nncf", "inc")
@@ -111,7 +112,7 @@ def run_engine(
 
             path = out_dir / "int8_inc.onnx"
             return quantize_inc(str(onnx_path), samples, path, keep_float, score=judge, max_drop=max_drop)
-    raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    raise LatupError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
 def quantize(

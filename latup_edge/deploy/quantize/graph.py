@@ -14,6 +14,8 @@ import re
 
 import openvino as ov
 
+from latup_edge.errors import LatupError
+
 # Suffixes the tools add to an ONNX node's name: OpenVINO's bias split, neural-compressor's QDQ rename.
 _SUFFIXES = ("/WithoutBiases", "_quant")
 # With statistics="brain" the network computes its brain mask at its root scope, outside every module
@@ -107,7 +109,7 @@ def bypass(model: ov.Model, labels: set[str] | list[str]) -> ov.Model:
     wanted = set(labels)
     unknown = wanted - set(quantized_inputs(clone))
     if unknown:
-        raise ValueError(f"no quantized layer named {sorted(unknown)} in this model")
+        raise LatupError(f"no quantized layer named {sorted(unknown)} in this model: check the names to keep in float")
     for label, inputs in quantized_inputs(clone).items():
         if label in wanted:
             for consumer, index, fq in inputs:

@@ -1,7 +1,7 @@
 """INT8 with Intel Neural Compressor on the ONNX model, QDQ format, placed for OpenVINO.
 
 INC's default placement quantizes almost every operator and their outputs; in OpenVINO that runs
-about 2x slower than quantizing the convolutions' inputs only (DESIGN.md). So: Conv only, no
+about 2x slower than quantizing the convolutions' inputs only (measured). So: Conv only, no
 quantizer on convolution outputs, every other operator type kept in float.
 """
 
@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from latup_edge.errors import LatupError
 
 # Operator types that stay float: activations, pooling, attention and normalisation, and the brain mask
 # (statistics="brain": Abs and ReduceMax of the input; INC would otherwise requantize them with the
@@ -85,7 +87,10 @@ def quantize_inc(
             eval_func=eval_func,
         )
     if quantized is None:
-        raise ValueError(f"neural-compressor found no INT8 model within {max_drop} of float Dice")
+        raise LatupError(
+            f"neural-compressor found no INT8 model within {max_drop} of float Dice: "
+            "allow a larger drop, or quantize without accuracy control"
+        )
     quantized.save(str(out_path))
     return out_path
 

@@ -2,8 +2,8 @@
 
 Each candidate is compiled by the OpenVINO CPU plugin and run on real (cropped) cases; its score is
 the agreement Dice (per region) of its labels with the float model's labels. Emulating the
-quantizers in float is not enough: DESIGN.md records a setting that agreed 0.99 emulated and 0.04
-in the CPU plugin.
+quantizers in float is not enough: one measured setting agreed 0.99 emulated and 0.04 in the CPU
+plugin.
 """
 
 from __future__ import annotations
