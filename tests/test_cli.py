@@ -58,6 +58,21 @@ def test_evaluate_reports_every_case_and_region(two_phantoms, tmp_path):
     assert report["summary"]["WT"]["dice"]["n"] == 2
 
 
+def test_evaluate_in_openvino_matches_pytorch_on_several_folders(two_phantoms, tmp_path):
+    torch.manual_seed(0)
+    weights = save_checkpoint(LATUPNet(LATUPNetConfig(base_filters=4, statistics="brain")), tmp_path / "narrow")
+    reports = {}
+    for backend in ("torch", "openvino"):
+        arguments = ["evaluate", str(two_phantoms), str(two_phantoms), "--weights", str(weights), "--json"]
+        result = runner.invoke(app, [*arguments, "--backend", backend])
+        assert result.exit_code == 0, result.output
+        reports[backend] = json.loads(result.stdout)
+    assert reports["openvino"]["backend"] == "openvino" and len(reports["openvino"]["sets"]) == 1  # one folder
+    torch_wt = reports["torch"]["sets"][str(two_phantoms)]["summary"]["WT"]["dice"]["mean"]
+    openvino_wt = reports["openvino"]["sets"][str(two_phantoms)]["summary"]["WT"]["dice"]["mean"]
+    assert abs(torch_wt - openvino_wt) < 1e-3
+
+
 def test_evaluate_refuses_a_broken_checkpoint_in_one_sentence(two_phantoms, tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 100)
