@@ -24,7 +24,7 @@ from latup_edge.deploy.bundle import Bundle
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
 from latup_edge.errors import LatupError
-from latup_edge.infer import segment as segment_module
+from latup_edge.infer import predictor as predictor_module
 from latup_edge.infer.backends import BackendError, open_backend
 from latup_edge.infer.openvino_backend import OpenVINOModel
 from latup_edge.infer.segment import SegmentError, SegmentSettings, output_convention, segment_cases
@@ -377,7 +377,7 @@ def test_the_library_refuses_a_window_that_is_not_positive(window):
 def test_a_user_error_in_one_case_is_its_sentence_and_the_batch_goes_on(bundle, tmp_path, monkeypatch):
     write_case(tmp_path / "data", "BraTS2021_00001", seed=1)
     write_case(tmp_path / "data", "BraTS2021_00002", seed=2)
-    predict = segment_module.predict_volume
+    predict = predictor_module.predict_volume
 
     def refuse_the_first(images, *args, **kwargs):
         if not calls:
@@ -386,7 +386,7 @@ def test_a_user_error_in_one_case_is_its_sentence_and_the_batch_goes_on(bundle, 
         return predict(images, *args, **kwargs)
 
     calls: list[int] = []
-    monkeypatch.setattr(segment_module, "predict_volume", refuse_the_first)
+    monkeypatch.setattr(predictor_module, "predict_volume", refuse_the_first)
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
     assert log["summary"] == {"ok": 1, "failed": 1, "skipped": 0}
     assert log["failures"] == {"BraTS2021_00001": "case BraTS2021_00001: this case cannot be predicted: fix it"}
@@ -398,7 +398,7 @@ def test_a_bug_inside_a_case_is_not_a_case_failure_but_an_unexpected_error(bundl
     def buggy(*args, **kwargs):
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setattr(segment_module, "predict_volume", buggy)
+    monkeypatch.setattr(predictor_module, "predict_volume", buggy)
     with pytest.raises(ValueError, match="broadcast"):
         segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
     result = segment(tmp_path / "data", "-o", tmp_path / "cli", "--bundle", bundle)

@@ -47,6 +47,14 @@ def segment(
         bool, typer.Option("--allow-failed-precision", help="Run a precision that failed the drift gate.")
     ] = False,
     log: Annotated[Path | None, typer.Option(help="JSON run log (default: OUTPUT/segment-log.json).")] = None,
+    shape_policy: Annotated[
+        Literal["exact", "bucket32"] | None,
+        typer.Option(
+            help="Network input shapes: each brain box as it is (exact), or zero-padded at its ends to a multiple of "
+            "32 (bucket32: fewer shapes, less kernel setup). Default: bucket32 for brain-statistics networks, "
+            "which compute the same labels on it; others always run exact."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Segment INPUTS into OUTPUT: one label map per case on the input's grid; bad cases are reported and skipped."""
@@ -55,7 +63,7 @@ def segment(
     settings = SegmentSettings(
         backend=backend, precision=precision, bundle=bundle, weights=weights, labels=labels,
         probabilities=probabilities, skip_existing=skip_existing, tiling=tiling, window=window, overlap=overlap,
-        threads=threads, allow_failed_precision=allow_failed_precision, log=log,
+        threads=threads, allow_failed_precision=allow_failed_precision, log=log, shape_policy=shape_policy,
     )  # fmt: skip
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("segmenting", total=None, status="loading the model")
@@ -66,6 +74,7 @@ def segment(
                 err_console.print(
                     f"{event['cases']} cases; {used['name']} {used['precision']}, "
                     f"{used['resolved'].get('threads') or 'default'} threads, loaded in {used['load_ms'] / 1000:.1f} s"
+                    f", shape policy {event['shape_policy']['resolved']}"
                 )
                 for warning in event["warnings"]:
                     err_console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)

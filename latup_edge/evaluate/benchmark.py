@@ -7,7 +7,8 @@ its own. A row measures:
 
 - ``size_mb``: the model files on disk; ``load_ms``: read + compile (or session / checkpoint load);
 - ``first_ms``: the first forward (OpenVINO compiles shape-specific kernels there);
-- ``tile_ms``: p50/p90/p99 of one forward over a case's brain box (the network input), after
+- ``tile_ms``: p50/p90/p99 of one forward over a case's brain box (the network input, padded as the
+  row's shape policy pads it; ``tile_shapes``), after
   ``warmup`` untimed forwards per case, ``repeats`` timed per case;
 - ``case_ms``: p50/p90/p99 of a whole case, files in to label file out (load NIfTI, preprocess,
   infer, postprocess, write), ``repeats`` per case, and ``cases_per_minute`` from its mean;
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from latup_edge.deploy.bundle import load_bundle, precision_size_mb
+from latup_edge.deploy.bundle import Bundle, load_bundle, precision_size_mb
 from latup_edge.errors import LatupError, first_line
 from latup_edge.fileio import atomic_write
 from latup_edge.infer.backends import BACKENDS, ONNX_FILE
@@ -77,7 +78,7 @@ class RowSpec:
 
 
 def run_benchmark(
-    bundle: Path,
+    bundle: Path | Bundle,
     cases: Path | None = None,
     backends: Sequence[str] = BACKENDS,
     repeats: int = DEFAULT_REPEATS,
@@ -94,6 +95,9 @@ def run_benchmark(
     units, a bundle without int8 or ONNX, torch not installed, weights not found) are left out with a
     note in ``skipped``; a row whose process fails is noted there too, so the other rows still report.
 
+    ``bundle`` is a path (read and verified here) or a loaded ``Bundle``; the row processes open it
+    without re-hashing its files.
+
     Returns ``{"format", "bundle", "cpu", "cases", "warmup", "repeats", "threads", "rows", "skipped"}``.
     """
     unknown = [name for name in backends if name not in BACKENDS]
@@ -103,7 +107,7 @@ def run_benchmark(
         raise BenchmarkError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     if threads is not None and threads < 1:
         raise BenchmarkError(f"threads must be at least 1, got {threads}")
-    loaded = load_bundle(bundle)
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
     plan, skipped = plan_rows(loaded.manifest, backends, weights, precisions)
     with tempfile.TemporaryDirectory(prefix="latup-benchmark-") as work:
         if cases is None:
@@ -118,7 +122,7 @@ def run_benchmark(
         rows = []
         for backend, precision, row_weights in plan:
             progress(f"{backend} {precision}")
-            spec = RowSpec(backend, precision, str(bundle), row_weights, str(cases), repeats, warmup, threads)
+            spec = RowSpec(backend, precision, str(loaded.path), row_weights, str(cases), repeats, warmup, threads)
             try:
                 rows.append(_run_row_process(spec, Path(work)))
             except BenchmarkError as error:
@@ -126,7 +130,7 @@ def run_benchmark(
     add_speedups(rows)
     return {
         "format": FORMAT,
-        "bundle": str(bundle),
+        "bundle": str(loaded.path),
         "cpu": cpu_name(),
         "cases": case_ids,
         "warmup": warmup,
@@ -241,38 +245,43 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     from latup_edge.data.cases import discover_cases, load_case_images, save_label_map
     from latup_edge.data.naming import MODEL_MODALITIES
     from latup_edge.evaluate.drift import prepare_case
-    from latup_edge.infer.backends import open_backend
+    from latup_edge.infer.predictor import Predictor
     from latup_edge.infer.segment import output_convention, process_peak_rss_mb
-    from latup_edge.infer.volume import predict_volume
+    from latup_edge.infer.volume import pad_to_shape
 
-    bundle = load_bundle(Path(spec.bundle))
+    # run_benchmark verified the bundle just before starting this process.
+    bundle = load_bundle(Path(spec.bundle), verify=False)
     if spec.backend == "torch":
         check_same_network(Path(spec.weights), bundle.manifest)
     cases = discover_cases(Path(spec.cases))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # A precision that failed the drift gate is still worth timing: the note says so.
-        backend = open_backend(
-            spec.backend, spec.precision, bundle if spec.backend != "torch" else None,
-            Path(spec.weights) if spec.weights else None, spec.threads, allow_failed=True,
+        predictor = Predictor.open(
+            spec.backend, spec.precision, bundle, Path(spec.weights) if spec.weights else None, spec.threads,
+            allow_failed=True,
         )  # fmt: skip
-    tiles = [prepare_case(case, normalization=backend.normalization).inputs for case in cases]
+    backend = predictor.backend
+    # Each brain box as the predictor feeds it to the network (padded to its bucket, if any).
+    boxes = [prepare_case(case, normalization=predictor.normalization).inputs for case in cases]
+    tiles = [pad_to_shape(box, predictor.input_shape(box.shape[2:])) for box in boxes]
+    del boxes
     first_ms = _timed_ms(lambda: backend(tiles[0]))
     for _ in range(spec.warmup):
         for tile in tiles:
             backend(tile)
     tile_ms = [_timed_ms(lambda tile=tile: backend(tile)) for _ in range(spec.repeats) for tile in tiles]
 
-    modalities = tuple(bundle.manifest.get("modalities") or MODEL_MODALITIES)
+    modalities = predictor.modalities or MODEL_MODALITIES
     with tempfile.TemporaryDirectory(prefix="latup-benchmark-case-") as out:
 
         def whole_case(case) -> None:
             images, reference = load_case_images(case, modalities)
-            classes = predict_volume(images, backend, normalization=backend.normalization).classes
+            classes = predictor.predict(images).classes
             save_label_map(classes, reference, Path(out) / f"{case.case_id}.nii.gz", output_convention(case))
 
         case_ms = [_timed_ms(lambda case=case: whole_case(case)) for _ in range(spec.repeats) for case in cases]
-    resolved = backend.resolved()
+    resolved = predictor.resolved()
     return {
         "backend": spec.backend,
         "precision": spec.precision,

@@ -43,6 +43,7 @@ from latup_edge.evaluate.drift import (
 )
 from latup_edge.fileio import atomic_write
 from latup_edge.infer.openvino_backend import cpu_name, cpu_supports_bf16
+from latup_edge.infer.predictor import Predictor
 from latup_edge.infer.volume import Forward
 
 if TYPE_CHECKING:
@@ -120,13 +121,31 @@ def reduced_precisions(bundle: Bundle, precisions: Sequence[str] | None = None) 
     return list(dict.fromkeys(precisions))
 
 
+def drift_predictors(
+    bundle: Bundle, names: Sequence[str], threads: int | None = None, opened: Mapping[str, Predictor] | None = None
+) -> dict[str, Predictor]:
+    """One Predictor per precision in ``names``, reusing those in ``opened``; the bundle is not re-read.
+
+    Precisions that failed the bundle's drift gate open too: measuring them is the point.
+    """
+    opened = opened or {}
+    with warnings.catch_warnings():
+        # The approval of each precision is reported in the result instead of as a warning.
+        warnings.simplefilter("ignore")
+        return {
+            name: opened[name] if name in opened else Predictor.from_bundle(bundle, name, threads, allow_failed=True)
+            for name in names
+        }
+
+
 def run_drift(
     data_dir: Path,
-    bundle: Path,
+    bundle: Path | Bundle,
     precisions: Sequence[str] | None = None,
     threads: int | None = None,
     report: Path | None = None,
     progress: Callable[[str], None] = lambda case_id: None,
+    opened: Mapping[str, Predictor] | None = None,
 ) -> dict[str, Any]:
     """Score fp32 and each reduced precision of ``bundle`` on every case under ``data_dir``.
 
@@ -134,18 +153,17 @@ def run_drift(
     differences from fp32, and the agreement Dice with fp32 (only the agreement without labels).
     The summary gives MLPerf-style verdicts per precision (mean Dice >= 99 % and >= 99.9 % of fp32).
     Precisions that failed the bundle's drift gate are run too: measuring them is the point.
-    With ``report``, also writes the report folder (``write_report``).
+    With ``report``, also writes the report folder (``write_report``). ``bundle`` is a path (read and
+    verified here) or a loaded ``Bundle``; ``opened`` holds predictors of it to reuse, by precision.
+    Each precision runs every brain box as its predictor shapes it (``Predictor.forward``).
 
     Returns ``{"bundle", "data_dir", "cpu", "threads", "precisions", "cases", "summary", "report"}``;
     ``precisions`` holds what each model resolved, its build verdict and whether the bundle approves it.
     """
-    loaded = load_bundle(bundle)
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
     names = [REFERENCE, *reduced_precisions(loaded, precisions)]
-    with warnings.catch_warnings():
-        # The approval of each precision is reported in the result instead of as a warning.
-        warnings.simplefilter("ignore")
-        models = {name: loaded.model(name, threads, allow_failed=True) for name in names}
-    recorded = {name: _Recorded(model) for name, model in models.items()}
+    predictors = drift_predictors(loaded, names, threads, opened)
+    recorded = {name: _Recorded(predictor.forward) for name, predictor in predictors.items()}
     compared = OVERLAY_PRECISION if OVERLAY_PRECISION in names else names[1]
     per_case: dict[str, Any] = {}
     slices: list[CaseSlice] = []
@@ -158,17 +176,18 @@ def run_drift(
         progress(case.case_id)
     add_differences(per_case)
     result = {
-        "bundle": str(bundle),
+        "bundle": str(loaded.path),
         "data_dir": str(data_dir),
         "cpu": cpu_name(),
         "threads": threads,
         "precisions": {
             name: {
-                "resolved": model.resolved(),
+                "resolved": predictor.backend.model.resolved(),
+                "shape_policy": predictor.shape_policy,
                 "build_verdict": loaded.precisions[name].get("verdict"),
                 "approved": name == REFERENCE or bool(loaded.precisions[name].get("eligible")),
             }
-            for name, model in models.items()
+            for name, predictor in predictors.items()
         },
         "cases": per_case,
         "summary": summarise_drift(per_case, names),

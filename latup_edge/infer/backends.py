@@ -140,6 +140,7 @@ class TorchBackend:
         self._forward = torch_forward(model, bf16=precision == "bf16")
         self.load_ms = (time.perf_counter() - start) * 1000
         self.normalization = model.config.normalization
+        self.network = model.config.to_dict()
         self._torch = torch
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

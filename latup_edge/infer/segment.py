@@ -1,12 +1,12 @@
 """Segment BraTS cases into label maps: one case at a time, atomically, with a JSON run log.
 
-``segment_cases`` finds the cases under the inputs, opens one backend, and for each case loads and
-validates its images, predicts (``latup_edge.infer.volume``, normalised as the backend's model was
-trained) and writes ``<case_id>.nii.gz`` (and, on request, ``<case_id>_probabilities.nii.gz``) on
-the input's grid. A bad case is recorded with one sentence and the batch goes on. Every output
-file, and the log after each case, is written through a hidden temporary file and renamed, so a run
-killed at any moment leaves only complete files; ``skip_existing`` then resumes it. Inputs are only
-read.
+``segment_cases`` finds the cases under the inputs, opens one ``Predictor`` (or uses the one it is
+given), and for each case loads and validates its images, predicts (``Predictor.predict``: normalised
+as the model was trained, brain boxes shaped by the shape policy) and writes ``<case_id>.nii.gz``
+(and, on request, ``<case_id>_probabilities.nii.gz``) on the input's grid. A bad case is recorded
+with one sentence and the batch goes on. Every output file, and the log after each case, is written
+through a hidden temporary file and renamed, so a run killed at any moment leaves only complete
+files; ``skip_existing`` then resumes it. Inputs are only read.
 
 >>> log = segment_cases([Path("BraTS2021")], Path("out"), SegmentSettings(bundle=Path("bundle")))  # doctest: +SKIP
 >>> log["summary"]                                                                                 # doctest: +SKIP
@@ -41,20 +41,22 @@ from latup_edge.data.cases import (
 )
 from latup_edge.data.labels import LabelConvention, detect_convention
 from latup_edge.data.naming import MODEL_MODALITIES
-from latup_edge.deploy.bundle import Bundle, load_bundle
+from latup_edge.deploy.bundle import Bundle
 from latup_edge.errors import LatupError, first_line
 from latup_edge.fileio import atomic_write
-from latup_edge.infer.backends import Backend, BackendName, open_backend
+from latup_edge.infer.backends import BackendName
 from latup_edge.infer.openvino_backend import Precision
+from latup_edge.infer.predictor import Predictor
 from latup_edge.infer.volume import (
     DEFAULT_OVERLAP,
     DEFAULT_TILING,
     DEFAULT_WINDOW,
+    SHAPE_POLICIES,
     SIZE_MULTIPLE,
     TILINGS,
     Prediction,
+    ShapePolicy,
     Tiling,
-    predict_volume,
 )
 
 LOG_FORMAT = "latup-edge-segment-log/1"
@@ -76,7 +78,8 @@ class SegmentSettings:
     """How ``segment_cases`` runs; the defaults are the CLI's.
 
     ``labels`` None writes each case in its own convention (see ``output_convention``); ``log``
-    None writes ``OUT_DIR/segment-log.json``.
+    None writes ``OUT_DIR/segment-log.json``; ``shape_policy`` None is the network's default
+    (``latup_edge.infer.predictor.resolve_shape_policy``).
     """
 
     backend: BackendName = "openvino"
@@ -92,6 +95,7 @@ class SegmentSettings:
     threads: int | None = None
     allow_failed_precision: bool = False
     log: Path | None = None
+    shape_policy: ShapePolicy | None = None
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot run with one SegmentError sentence, before any work."""
@@ -108,6 +112,8 @@ class SegmentSettings:
             raise SegmentError(f"unknown tiling {self.tiling!r}: choose {' or '.join(TILINGS)}")
         if self.threads is not None and self.threads < 1:
             raise SegmentError(f"threads must be at least 1, got {self.threads}")
+        if self.shape_policy not in (None, *SHAPE_POLICIES):
+            raise SegmentError(f"unknown shape policy {self.shape_policy!r}: choose {' or '.join(SHAPE_POLICIES)}")
 
 
 def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
@@ -162,16 +168,21 @@ def segment_cases(
     out_dir: Path,
     settings: SegmentSettings = SegmentSettings(),
     report: Report = lambda event: None,
+    predictor: Predictor | None = None,
 ) -> dict[str, Any]:
     """Segment every case under ``inputs`` into ``out_dir``; returns the run log (also written as JSON).
 
-    Before any case runs, raises SegmentError, CaseError, BackendError or BundleError (one sentence)
-    for inputs with no case, an unwritable output folder or log, or a backend that cannot open
-    (``SegmentSettings`` refuses bad settings itself). Afterwards a user-facing failure of one case
+    ``predictor`` None opens one from the settings' backend, precision, bundle, weights, threads,
+    tiling and shape policy; a given predictor runs as it was opened (``Predictor.segment`` passes
+    itself here) and those settings are not used.
+
+    Before any case runs, raises SegmentError, CaseError, BackendError, BundleError or PredictorError
+    (one sentence) for inputs with no case, an unwritable output folder or log, or a model that cannot
+    open (``SegmentSettings`` refuses bad settings itself). Afterwards a user-facing failure of one case
     (``CASE_ERRORS``) only marks that case ``failed``; any other exception is a bug and propagates.
 
-    ``report`` receives ``{"event": "start", "cases", "backend", "warnings"}`` once the backend is open,
-    then ``{"event": "case", "index", ...the case's log entry}`` after each case.
+    ``report`` receives ``{"event": "start", "cases", "backend", "shape_policy", "warnings"}`` once the
+    model is open, then ``{"event": "case", "index", ...the case's log entry}`` after each case.
     """
     out_dir = Path(out_dir)
     cases = discover_cases(*inputs)
@@ -181,14 +192,16 @@ def segment_cases(
         raise SegmentError(f"log file {log_path} is a folder: pass a file path to --log")
     check_output_folder(log_path.parent)
 
-    bundle = load_bundle(settings.bundle) if settings.bundle is not None else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        backend = open_backend(
-            settings.backend, settings.precision, bundle, settings.weights, settings.threads,
-            allow_failed=settings.allow_failed_precision,
-        )  # fmt: skip
-    modalities = tuple((bundle.manifest.get("modalities") if bundle else None) or MODEL_MODALITIES)
+        if predictor is None:
+            predictor = Predictor.open(
+                settings.backend, settings.precision, settings.bundle, settings.weights, settings.threads,
+                settings.tiling, settings.window, settings.overlap, shape_policy=settings.shape_policy,
+                allow_failed=settings.allow_failed_precision,
+            )  # fmt: skip
+    backend = predictor.backend
+    modalities = predictor.modalities or MODEL_MODALITIES
     log: dict[str, Any] = {
         "format": LOG_FORMAT,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -196,13 +209,18 @@ def segment_cases(
         "inputs": [str(path) for path in inputs],
         "out_dir": str(out_dir),
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
-        "bundle": _bundle_summary(bundle),
+        "bundle": _bundle_summary(predictor.bundle),
         "backend": {
             "name": backend.name,
             "precision": backend.precision,
             "load_ms": round(backend.load_ms, 1),
             "resolved": backend.resolved(),
-            "normalization": backend.normalization,
+            "normalization": predictor.normalization,
+        },
+        "shape_policy": {
+            "resolved": predictor.shape_policy,
+            "requested": predictor.requested_shape_policy,
+            "statistics": predictor.network.get("statistics", "volume"),
         },
         "modalities": list(modalities),
         "warnings": [str(warning.message) for warning in caught],
@@ -212,11 +230,14 @@ def segment_cases(
         "failures": {},
     }
     _write_log(log_path, log)
-    report({"event": "start", "cases": len(cases), "backend": log["backend"], "warnings": log["warnings"]})
+    report({
+        "event": "start", "cases": len(cases), "backend": log["backend"], "shape_policy": log["shape_policy"],
+        "warnings": log["warnings"],
+    })  # fmt: skip
 
     folders: dict[str, Path] = {}
     for index, case in enumerate(cases):
-        entry = segment_case(case, folders.get(case.case_id), backend, settings, out_dir, modalities)
+        entry = segment_case(case, folders.get(case.case_id), predictor, settings, out_dir, modalities)
         folders.setdefault(case.case_id, case.folder)
         log["cases"].append(entry)
         log["summary"][entry["status"]] += 1
@@ -232,7 +253,7 @@ def segment_cases(
 def segment_case(
     case: BratsCase,
     seen_in: Path | None,
-    backend: Backend,
+    predictor: Predictor,
     settings: SegmentSettings,
     out_dir: Path,
     modalities: Sequence[str],
@@ -266,10 +287,7 @@ def segment_case(
         images, reference = load_case_images(case, modalities)
         seconds["load"] = _since(start)
         start = time.perf_counter()
-        prediction: Prediction = predict_volume(
-            images, backend, settings.tiling, settings.window, settings.overlap, settings.probabilities,
-            normalization=backend.normalization,
-        )  # fmt: skip
+        prediction: Prediction = predictor.predict(images, settings.probabilities)
         seconds["infer"] = _since(start)
         del images
         start = time.perf_counter()

@@ -20,10 +20,21 @@ Tiling over the brain box (padded to a multiple of 8):
 
 The normalisation is always the one the model was trained with, so it has no default: a model's
 config names it (``model.config.normalization``; ``Bundle.normalization`` for a bundle).
+
+Shape buckets (``bucket``, whole tiling): OpenVINO sets up kernels (~1.8 s) the first time it sees an
+input shape, and every brain box has its own. ``bucket=32`` zero-pads the box at the end of each axis
+to the next multiple of 32 (``bucket_shape``) and crops the logits back (``bucketed``), so boxes
+share a few shapes. Only for networks with brain statistics: they compute the same function on the
+padded box; volume statistics average over the padding and change the labels. Sliding windows
+always run ``window``^3 inputs, so they need no bucket.
+
+>>> bucket_shape((152, 184, 160), 32)
+(160, 192, 160)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -40,8 +51,23 @@ DEFAULT_WINDOW = 128
 DEFAULT_OVERLAP = 0.5
 # LATUP-Net halves the resolution three times: every input side must be a multiple of 8.
 SIZE_MULTIPLE = 8
+# How brain boxes become network input shapes: each box as it is, or padded up to a multiple of 32.
+ShapePolicy = Literal["exact", "bucket32"]
+SHAPE_POLICIES: tuple[str, ...] = get_args(ShapePolicy)
+BUCKETS: dict[str, int | None] = {"exact": None, "bucket32": 32}
 
-__all__ = ["Forward", "Prediction", "predict_classes", "predict_probabilities", "predict_volume", "torch_forward"]
+__all__ = [
+    "Forward",
+    "Prediction",
+    "ShapePolicy",
+    "bucket_shape",
+    "bucketed",
+    "pad_to_shape",
+    "predict_classes",
+    "predict_probabilities",
+    "predict_volume",
+    "torch_forward",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +76,35 @@ class Prediction:
 
     classes: np.ndarray
     probabilities: np.ndarray | None = None  # (K, X, Y, Z) float32; background is 1 outside the box
+
+
+def bucket_shape(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
+    """Each side of ``shape`` rounded up to the next multiple of ``multiple`` (a side already on it stays)."""
+    if multiple < 1:
+        raise ValueError(f"multiple must be positive, got {multiple}")
+    return tuple(-(-int(side) // multiple) * multiple for side in shape)
+
+
+def pad_to_shape(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``x`` (..., D, H, W) zero-padded at the end of its last three axes to ``shape`` (``x`` itself if equal)."""
+    spatial = x.shape[-3:]
+    if any(target < side for side, target in zip(spatial, shape, strict=True)):
+        raise ValueError(f"cannot pad {spatial} to the smaller {tuple(shape)}")
+    if tuple(spatial) == tuple(shape):
+        return x
+    after = [(0, target - side) for side, target in zip(spatial, shape, strict=True)]
+    return np.pad(x, [(0, 0)] * (x.ndim - 3) + after)
+
+
+def bucketed(forward: Forward, multiple: int) -> Forward:
+    """A Forward that pads its input to ``bucket_shape(..., multiple)`` at the end and crops the logits back."""
+
+    def forward_in_bucket(x: np.ndarray) -> np.ndarray:
+        spatial = x.shape[-3:]
+        scores = forward(pad_to_shape(x, bucket_shape(spatial, multiple)))
+        return np.ascontiguousarray(scores[(..., *(slice(0, side) for side in spatial))])
+
+    return forward_in_bucket
 
 
 def predict_volume(
@@ -61,12 +116,15 @@ def predict_volume(
     probabilities: bool = False,
     *,
     normalization: str,
+    bucket: int | None = None,
 ) -> Prediction:
     """Predict raw (C, X, Y, Z) modality images: classes and, with ``probabilities``, the softmax.
 
     The images are normalised with ``normalization`` (the model's own), cropped to the brain box
     (padded to a multiple of 8), run in one pass (``whole``) or in ``window``^3 windows overlapping
     by ``overlap`` (``sliding``), and put back into the full shape with background outside the box.
+    ``bucket`` (whole only; a multiple of 8) runs the box zero-padded at its ends to a multiple of
+    ``bucket`` (see the module docstring: only for brain-statistics networks).
     """
     if tiling not in TILINGS:
         raise LatupError(f"unknown tiling {tiling!r}: choose {' or '.join(TILINGS)}")
@@ -74,12 +132,14 @@ def predict_volume(
         raise LatupError(
             f"the window must be a positive multiple of {SIZE_MULTIPLE}, got {window}: {DEFAULT_WINDOW} is usual"
         )
+    if bucket is not None and (bucket < SIZE_MULTIPLE or bucket % SIZE_MULTIPLE):
+        raise LatupError(f"the bucket must be a positive multiple of {SIZE_MULTIPLE}, got {bucket}: 32 is usual")
     normalized = normalize(images, normalization)
     crop = brain_box(normalized, multiple=SIZE_MULTIPLE)
     box = apply_crop(normalized, crop)[None]
     del normalized  # a full-size copy of the images: drop it before the network's activations
     if tiling == "whole":
-        scores = forward(box)[0]
+        scores = (bucketed(forward, bucket) if bucket else forward)(box)[0]
     else:
         scores = sliding_window_scores(box, forward, window, overlap)[0]
     del box
