@@ -30,11 +30,10 @@ import numpy as np
 from latup_edge import __version__
 from latup_edge.data.cases import BratsCase, discover_cases, load_case_images, load_case_labels
 from latup_edge.data.naming import MODEL_MODALITIES
-from latup_edge.data.preprocess import NORMALIZATIONS, Crop, apply_crop, brain_box, normalize
+from latup_edge.data.preprocess import NORMALIZATIONS, SIZE_MULTIPLE, Crop, apply_crop, brain_box, normalize
 from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write, sha256_file
 from latup_edge.infer.normalization import LEGACY_NORMALIZATION, describe_normalization
-from latup_edge.models.latup_net import SIZE_MULTIPLE
 
 FORMAT = "latup-edge-calibration/1"
 MANIFEST = "manifest.json"

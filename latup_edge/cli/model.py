@@ -99,8 +99,7 @@ def train(
     intensity_p: Annotated[float, typer.Option(help="Probability of each intensity augmentation.")] = 0.5,
 ) -> None:
     """Train LATUP-Net with the paper's loss; keeps the last and the best checkpoint by validation Dice."""
-    from latup_edge.data.preprocess import NORMALIZATIONS
-    from latup_edge.models.latup_net import SIZE_MULTIPLE
+    from latup_edge.data.preprocess import NORMALIZATIONS, SIZE_MULTIPLE
     from latup_edge.train.augment import Augmentation
     from latup_edge.train.loop import TrainingSettings
     from latup_edge.train.loop import train as run_training

@@ -21,6 +21,9 @@ import numpy as np
 from latup_edge.errors import LatupError
 
 Shape3 = tuple[int, int, int]
+# LATUP-Net pools three times (2**3): every network input side, so every brain box, is a multiple of 8.
+# It lives here, below the network, so that code without torch (the runtime, calibration) can read it.
+SIZE_MULTIPLE = 8
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def paper_crop(shape: Sequence[int], size: int = 128) -> Crop:
     return _centred(shape, (size,) * 3)
 
 
-def brain_box(images: np.ndarray, multiple: int = 8, margin: int = 0) -> Crop:
+def brain_box(images: np.ndarray, multiple: int = SIZE_MULTIPLE, margin: int = 0) -> Crop:
     """The box around the voxels that are non-zero in any channel (skull-stripped brain).
 
     Works on ``(..., X, Y, Z)``. The box is grown by ``margin`` voxels (within the image), then

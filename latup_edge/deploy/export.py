@@ -30,14 +30,14 @@ from latup_edge import __version__
 from latup_edge.data.cases import discover_cases, load_case_images
 from latup_edge.data.labels import CLASS_NAMES, ET_LABEL
 from latup_edge.data.naming import MODEL_MODALITIES
-from latup_edge.data.preprocess import apply_crop, normalize, paper_crop
+from latup_edge.data.preprocess import SIZE_MULTIPLE, apply_crop, normalize, paper_crop
 from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.metadata import JSON_METADATA, METADATA_PREFIX, read_model_metadata
 from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write, sha256_file
 from latup_edge.infer.normalization import describe_normalization
 from latup_edge.models.checkpoint import load_model, shipped_weights
-from latup_edge.models.latup_net import SIZE_MULTIPLE, LATUPNet
+from latup_edge.models.latup_net import LATUPNet
 
 OPSET = 17
 INPUT_NAME = "image"

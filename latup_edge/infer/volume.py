@@ -40,7 +40,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from latup_edge.data.preprocess import apply_crop, brain_box, normalize, undo_crop
+from latup_edge.data.preprocess import SIZE_MULTIPLE, apply_crop, brain_box, normalize, undo_crop
 from latup_edge.errors import LatupError
 from latup_edge.infer.tiling import Forward, sliding_window_scores, softmax
 
@@ -49,8 +49,6 @@ TILINGS: tuple[str, ...] = get_args(Tiling)
 DEFAULT_TILING: Tiling = "whole"
 DEFAULT_WINDOW = 128
 DEFAULT_OVERLAP = 0.5
-# LATUP-Net halves the resolution three times: every input side must be a multiple of 8.
-SIZE_MULTIPLE = 8
 # How brain boxes become network input shapes: each box as it is, or padded up to a multiple of 32.
 ShapePolicy = Literal["exact", "bucket32"]
 SHAPE_POLICIES: tuple[str, ...] = get_args(ShapePolicy)

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# Three max-pools: every spatial size must divide by 2**3 (SIZE_MULTIPLE, kept with the preprocessing).
+from latup_edge.data.preprocess import SIZE_MULTIPLE
+
 Upsample = Literal["nearest", "trilinear"]
 Statistics = Literal["volume", "brain"]
-# Three max-pools: every spatial size must divide by 2**3.
-SIZE_MULTIPLE = 8
 
 
 @dataclass(frozen=True)
