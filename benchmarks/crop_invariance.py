@@ -35,7 +35,7 @@ TARGET = 0.995
 def _forward(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     """A (1, C, D, H, W) -> logits function, the model's normalisation, and what was run."""
     if args.bundle:
-        from latup_edge.deploy.bundle import load_bundle
+        from latup_edge.runtime.bundle import load_bundle
 
         bundle = load_bundle(args.bundle)
         model = bundle.model(args.precision, threads=args.threads, allow_failed=True)
@@ -43,8 +43,8 @@ def _forward(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
         return model, bundle.normalization, {"bundle": str(args.bundle), "precision": args.precision, **network}
     import torch
 
-    from latup_edge.infer.volume import torch_forward
     from latup_edge.models.checkpoint import load_model
+    from latup_edge.runtime.volume import torch_forward
 
     if args.threads:
         torch.set_num_threads(args.threads)

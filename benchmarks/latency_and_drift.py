@@ -8,7 +8,7 @@ peak RSS is its own):
   ``monai.inferers.sliding_window_inference`` (128^3 windows, overlap 0.5, Gaussian blending,
   ``sw_batch_size`` 1) with LATUP-Net in PyTorch fp32 eager and the weights the bundle was built
   from, argmax, and the label map written (``save_label_map``).
-- ``bundle``: ``latup-edge segment``'s per-case code (``latup_edge.infer.segment``) with the bundle's
+- ``bundle``: ``latup-edge segment``'s per-case code (``latup_edge.runtime.segment``) with the bundle's
   OpenVINO model at each precision the bundle has and this CPU runs (fp32, bf16, int8).
 
 Both paths share the NIfTI reading, the normalisation and the writing; they differ in how the network
@@ -44,18 +44,18 @@ from latup_edge.data.cases import BratsCase, discover_cases, load_case_images, l
 from latup_edge.data.labels import REGIONS, to_classes
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import normalize
-from latup_edge.deploy.bundle import Bundle, load_bundle
 from latup_edge.errors import LatupError, first_line, user_errors
-from latup_edge.evaluate.benchmark import (
+from latup_edge.evaluate.metrics import agreement, region_metrics
+from latup_edge.runtime.benchmark import (
     BenchmarkError,
     check_same_network,
     plan_rows,
     run_in_fresh_process,
     write_benchmark,
 )
-from latup_edge.evaluate.metrics import agreement, region_metrics
-from latup_edge.infer.openvino_backend import cpu_name, cpu_supports_bf16
-from latup_edge.infer.segment import output_convention, output_paths, process_peak_rss_mb
+from latup_edge.runtime.bundle import Bundle, load_bundle
+from latup_edge.runtime.openvino_backend import cpu_name, cpu_supports_bf16
+from latup_edge.runtime.segment import output_convention, output_paths, process_peak_rss_mb
 
 FORMAT = "latup-edge-latency-and-drift/1"
 ROI = 128
@@ -175,8 +175,8 @@ class BundlePath:
     """Ours: ``latup-edge segment``'s per-case code with the bundle's OpenVINO model at one precision."""
 
     def __init__(self, spec: PathSpec, bundle: Bundle, modalities: Sequence[str]) -> None:
-        from latup_edge.infer.backends import open_backend
-        from latup_edge.infer.segment import SegmentSettings
+        from latup_edge.runtime.backends import open_backend
+        from latup_edge.runtime.segment import SegmentSettings
 
         self.spec, self.bundle, self.modalities = spec, bundle, tuple(modalities)
         self.settings = SegmentSettings(bundle=bundle.path, precision=spec.precision, threads=spec.threads)
@@ -185,7 +185,7 @@ class BundlePath:
 
     def segment(self, case: BratsCase, folder: Path) -> None:
         # The per-case step of segment_cases (load, validate, predict, write atomically), without its run log.
-        from latup_edge.infer.segment import segment_case
+        from latup_edge.runtime.segment import segment_case
 
         entry = segment_case(case, None, self.backend, self.settings, folder, self.modalities)
         if entry["status"] != "ok":

@@ -16,10 +16,10 @@ from typing import Any
 
 from latup_edge.data.phantom import write_phantoms
 from latup_edge.deploy.build import BuildSettings, build_bundle
-from latup_edge.deploy.bundle import load_bundle
-from latup_edge.evaluate.benchmark import run_benchmark
-from latup_edge.evaluate.report import run_drift
-from latup_edge.infer.predictor import Predictor
+from latup_edge.runtime.benchmark import run_benchmark
+from latup_edge.runtime.bundle import load_bundle
+from latup_edge.runtime.drift import run_drift
+from latup_edge.runtime.predictor import Predictor
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ from test_quantize import tiny_case
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
-from latup_edge.deploy.bundle import load_bundle
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.export import export_onnx
 from latup_edge.deploy.quantize import run_engine
-from latup_edge.evaluate.benchmark import BenchmarkError, add_speedups, check_same_network, percentiles, plan_rows
-from latup_edge.infer.openvino_backend import cpu_supports_bf16
 from latup_edge.models.checkpoint import save_checkpoint
+from latup_edge.runtime.benchmark import BenchmarkError, add_speedups, check_same_network, percentiles, plan_rows
+from latup_edge.runtime.bundle import load_bundle
+from latup_edge.runtime.openvino_backend import cpu_supports_bf16
 
 runner = CliRunner()
 ROW_KEYS = {

@@ -11,9 +11,9 @@ import torch
 
 from latup_edge.data.preprocess import apply_crop, brain_box
 from latup_edge.deploy.export import export_onnx
-from latup_edge.infer.openvino_backend import OpenVINOModel
-from latup_edge.infer.volume import torch_forward
 from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
+from latup_edge.runtime.openvino_backend import OpenVINOModel
+from latup_edge.runtime.volume import torch_forward
 
 PAD = 16  # a multiple of 8: the padded box pools onto the same grid
 

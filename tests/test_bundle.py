@@ -15,9 +15,9 @@ from test_openvino_backend import NARROW_METADATA, NARROW_SHAPE, narrow_int8, na
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
-from latup_edge.deploy.bundle import MANIFEST, Bundle, BundleError, choose_default, load_bundle
 from latup_edge.deploy.compile import compile_bundle
-from latup_edge.infer.openvino_backend import OpenVINOModel, cpu_supports_bf16
+from latup_edge.runtime.bundle import MANIFEST, Bundle, BundleError, choose_default, load_bundle
+from latup_edge.runtime.openvino_backend import OpenVINOModel, cpu_supports_bf16
 
 VERDICTS = {"int8": "pass", "bf16": "pass"}
 FAST = {"probe_shape": NARROW_SHAPE, "threads": 1, "repeats": 1}
@@ -175,9 +175,9 @@ def test_a_folder_that_is_not_a_bundle_is_not_overwritten(narrow_onnx, tmp_path)
 def test_runtime_modules_import_without_torch_or_onnx():
     code = (
         "import sys\n"
-        "import latup_edge.infer.openvino_backend, latup_edge.deploy.compile, latup_edge.deploy.bundle\n"
-        "import latup_edge.cli, latup_edge.infer.segment, latup_edge.infer.backends, latup_edge.evaluate.drift\n"
-        "banned = {'torch', 'onnx', 'nncf', 'neural_compressor'} & set(sys.modules)\n"
+        "import latup_edge.runtime.segment, latup_edge.runtime.drift, latup_edge.runtime.benchmark\n"
+        "import latup_edge.runtime.evaluation, latup_edge.deploy.compile, latup_edge.cli\n"
+        "banned = {'torch', 'onnx', 'nncf', 'neural_compressor', 'nilearn', 'PIL'} & set(sys.modules)\n"
         "assert not banned, banned\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,9 +20,9 @@ from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.export import ExportCheckError, check_onnx, export_for_deploy, export_onnx
 from latup_edge.deploy.metadata import read_model_metadata
 from latup_edge.fileio import sha256_file
-from latup_edge.infer.openvino_backend import OpenVINOModel
 from latup_edge.models.checkpoint import save_checkpoint
 from latup_edge.models.latup_net import LATUPNet
+from latup_edge.runtime.openvino_backend import OpenVINOModel
 
 
 def skull_stripped(seed: int, shape: tuple[int, ...] = (1, 3, 32, 32, 32)) -> np.ndarray:

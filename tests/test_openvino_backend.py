@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latup_edge.infer.openvino_backend import (
+from latup_edge.runtime.openvino_backend import (
     OpenVINOError,
     OpenVINOModel,
     cpu_supports_bf16,
@@ -112,7 +112,7 @@ def test_bf16_is_close_to_fp32(narrow_onnx):
 
 
 def test_bf16_refused_without_bf16_units(narrow_onnx, monkeypatch):
-    monkeypatch.setattr("latup_edge.infer.openvino_backend.cpu_supports_bf16", lambda core=None: False)
+    monkeypatch.setattr("latup_edge.runtime.openvino_backend.cpu_supports_bf16", lambda core=None: False)
     with pytest.raises(OpenVINOError, match="no bf16 units"):
         OpenVINOModel(narrow_onnx, "bf16")
 

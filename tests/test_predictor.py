@@ -12,13 +12,13 @@ from test_segment import write_case
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
-from latup_edge.deploy import bundle as bundle_module
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
-from latup_edge.infer import predictor as predictor_module
-from latup_edge.infer.openvino_backend import OpenVINOModel
-from latup_edge.infer.predictor import Predictor, PredictorError, resolve_shape_policy
-from latup_edge.infer.volume import bucket_shape, bucketed, pad_to_shape, predict_volume, torch_forward
+from latup_edge.runtime import bundle as bundle_module
+from latup_edge.runtime import predictor as predictor_module
+from latup_edge.runtime.openvino_backend import OpenVINOModel
+from latup_edge.runtime.predictor import Predictor, PredictorError, resolve_shape_policy
+from latup_edge.runtime.volume import bucket_shape, bucketed, pad_to_shape, predict_volume, torch_forward
 
 runner = CliRunner()
 
@@ -152,8 +152,8 @@ def test_segment_writes_the_same_labels_with_bucket_and_exact_shapes(brain_bundl
 
 
 def test_drift_reuses_a_loaded_bundle_and_its_open_predictors(volume_bundle, tmp_path, monkeypatch):
-    from latup_edge.evaluate import report as report_module
-    from latup_edge.evaluate.report import run_drift
+    from latup_edge.runtime import drift as drift_module
+    from latup_edge.runtime.drift import run_drift
 
     loaded = bundle_module.load_bundle(volume_bundle)
     fp32 = Predictor.from_bundle(loaded, "fp32", threads=1)
@@ -164,7 +164,7 @@ def test_drift_reuses_a_loaded_bundle_and_its_open_predictors(volume_bundle, tmp
         opened.append(precision)
         return from_bundle(cls, bundle, precision, *args, **kwargs)
 
-    monkeypatch.setattr(report_module, "load_bundle", lambda *a, **k: pytest.fail("drift re-read the bundle"))
+    monkeypatch.setattr(drift_module, "load_bundle", lambda *a, **k: pytest.fail("drift re-read the bundle"))
     monkeypatch.setattr(Predictor, "from_bundle", classmethod(counted))
     write_case(tmp_path / "data", "BraTS2021_00001", seed=6)
     result = run_drift(tmp_path / "data", loaded, ["int8"], threads=1, opened={"fp32": fp32})

@@ -10,7 +10,6 @@ from conftest import BRAIN, NARROW, narrow_network
 
 from latup_edge.data.preprocess import Crop
 from latup_edge.deploy.build import BuildSettings, build_bundle, verdict
-from latup_edge.deploy.bundle import load_bundle
 from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.export import export_onnx
 from latup_edge.deploy.quantize import QuantizationResult, quantize, run_engine
@@ -18,8 +17,9 @@ from latup_edge.deploy.quantize.graph import brain_statistics_ops, bypass, quant
 from latup_edge.deploy.quantize.sensitivity import MIN_GAIN, AgreementJudge, block_of, rank_blocks, rank_layers
 from latup_edge.errors import LatupError
 from latup_edge.evaluate.drift import PreparedCase, measure_drift, summarise_drift
-from latup_edge.infer.openvino_backend import OpenVINOModel, int8_kernel_report
 from latup_edge.models.checkpoint import save_checkpoint
+from latup_edge.runtime.bundle import load_bundle
+from latup_edge.runtime.openvino_backend import OpenVINOModel, int8_kernel_report
 
 SKIP_CONV = "/decoder1/conv_skip/Conv"
 STEM_NORM = "/encoder2/norm/InstanceNormalization"

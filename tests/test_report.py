@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 from latup_edge.cli import app
 from latup_edge.data.cases import discover_cases
 from latup_edge.data.preprocess import Crop
-from latup_edge.deploy.bundle import load_bundle
 from latup_edge.evaluate.drift import PreparedCase, prepare_case
 from latup_edge.evaluate.metrics import region_metrics
-from latup_edge.evaluate.report import case_slice, drift_tables, run_drift
-from latup_edge.infer.openvino_backend import cpu_supports_bf16
+from latup_edge.evaluate.report import case_slice, drift_tables
+from latup_edge.runtime.bundle import load_bundle
+from latup_edge.runtime.drift import run_drift
+from latup_edge.runtime.openvino_backend import cpu_supports_bf16
 
 runner = CliRunner()
 REGIONS = ("WT", "TC", "ET")

@@ -85,7 +85,7 @@ def test_a_bundle_segments_a_case_with_the_runtime_install_alone(tmp_path):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from latup_edge.infer.segment import SegmentSettings, segment_cases\n"
+        "from latup_edge.runtime.segment import SegmentSettings, segment_cases\n"
         f"log = segment_cases([Path({str(case)!r})], Path({str(tmp_path / 'out-api')!r}), "
         f"SegmentSettings(bundle=Path({str(bundle)!r})))\n"
         "assert log['summary'] == {'ok': 1, 'failed': 0, 'skipped': 0}, log['failures']\n"

@@ -20,16 +20,16 @@ from typer.testing import CliRunner
 from latup_edge.cli import app
 from latup_edge.data.cases import discover_cases, load_case_images
 from latup_edge.data.naming import case_filename
-from latup_edge.deploy.bundle import Bundle
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
 from latup_edge.errors import LatupError
-from latup_edge.infer import predictor as predictor_module
-from latup_edge.infer.backends import BackendError, open_backend
-from latup_edge.infer.openvino_backend import OpenVINOModel
-from latup_edge.infer.segment import SegmentError, SegmentSettings, output_convention, segment_cases
-from latup_edge.infer.volume import predict_classes
 from latup_edge.models.checkpoint import save_checkpoint
+from latup_edge.runtime import predictor as predictor_module
+from latup_edge.runtime.backends import BackendError, open_backend
+from latup_edge.runtime.bundle import Bundle
+from latup_edge.runtime.openvino_backend import OpenVINOModel
+from latup_edge.runtime.segment import SegmentError, SegmentSettings, output_convention, segment_cases
+from latup_edge.runtime.volume import predict_classes
 
 runner = CliRunner()
 SHAPE = (40, 44, 36)

@@ -5,8 +5,8 @@ import pytest
 
 from latup_edge.data.preprocess import apply_crop, brain_box, undo_crop
 from latup_edge.errors import LatupError
-from latup_edge.infer.tiling import gaussian_importance, sliding_window_scores, softmax, window_starts
-from latup_edge.infer.volume import predict_classes, predict_probabilities, predict_volume
+from latup_edge.runtime.tiling import gaussian_importance, sliding_window_scores, softmax, window_starts
+from latup_edge.runtime.volume import predict_classes, predict_probabilities, predict_volume
 
 
 def pointwise(x: np.ndarray) -> np.ndarray:
@@ -176,8 +176,8 @@ def zscore_by_hand(images: np.ndarray) -> np.ndarray:
 def test_a_zscore_model_is_fed_its_own_normalisation():
     import torch
 
-    from latup_edge.infer.volume import torch_forward
     from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
+    from latup_edge.runtime.volume import torch_forward
 
     torch.manual_seed(0)
     model = LATUPNet(LATUPNetConfig(base_filters=4, statistics="brain", normalization="zscore-brain")).eval()

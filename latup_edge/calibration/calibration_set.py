@@ -33,7 +33,7 @@ from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import NORMALIZATIONS, SIZE_MULTIPLE, Crop, apply_crop, brain_box, normalize
 from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write, sha256_file
-from latup_edge.infer.normalization import LEGACY_NORMALIZATION, describe_normalization
+from latup_edge.runtime.normalization import LEGACY_NORMALIZATION, describe_normalization
 
 FORMAT = "latup-edge-calibration/1"
 MANIFEST = "manifest.json"

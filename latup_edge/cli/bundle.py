@@ -25,8 +25,8 @@ def compile_command(
     as_json: JsonOption = False,
 ) -> None:
     """Compile MODEL (and --int8) for OpenVINO on this CPU into a bundle with a verified manifest."""
-    from latup_edge.deploy.bundle import load_bundle
     from latup_edge.deploy.compile import compile_bundle
+    from latup_edge.runtime.bundle import load_bundle
 
     shape = (1, 3, *size)
     path = compile_bundle(
@@ -47,15 +47,15 @@ def bundle_info(
     as_json: JsonOption = False,
 ) -> None:
     """Verify a bundle's files against its manifest and summarise it."""
-    from latup_edge.deploy.bundle import load_bundle
+    from latup_edge.runtime.bundle import load_bundle
 
     show_bundle(load_bundle(bundle).manifest, bundle, as_json)
 
 
 def show_bundle(manifest: dict[str, Any], path: Path, as_json: bool) -> None:
     """Print a verified bundle's manifest: as JSON, or as a table of its precisions."""
-    from latup_edge.deploy.bundle import precision_size_mb
-    from latup_edge.infer.normalization import network_normalization
+    from latup_edge.runtime.bundle import precision_size_mb
+    from latup_edge.runtime.normalization import network_normalization
 
     if as_json:
         print_json({"bundle": str(path), "verified": True, **manifest})

@@ -197,8 +197,8 @@ def evaluate(
     ``latup-edge evaluate heldout independent``.
     """
     from latup_edge.data.cases import discover_cases
-    from latup_edge.infer.volume import torch_forward
     from latup_edge.models.checkpoint import load_model
+    from latup_edge.runtime.volume import torch_forward
 
     if precision not in ("fp32", "bf16"):
         raise typer.BadParameter("must be fp32 or bf16", param_hint="--precision")
@@ -209,7 +209,7 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="latup-evaluate-") as work:
         if backend == "openvino":
             from latup_edge.deploy.export import export_onnx
-            from latup_edge.infer.openvino_backend import OpenVINOModel
+            from latup_edge.runtime.openvino_backend import OpenVINOModel
 
             forward = OpenVINOModel(export_onnx(model, Path(work) / "model.onnx"), precision)
         else:
@@ -235,7 +235,7 @@ def evaluate(
 
 
 def _evaluate_sets(folders: dict, forward, normalization: str) -> dict[str, dict]:
-    from latup_edge.evaluate.evaluation import evaluate_cases
+    from latup_edge.runtime.evaluation import evaluate_cases
 
     sets = {}
     with progress_bar() as bar:

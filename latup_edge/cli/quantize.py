@@ -60,7 +60,7 @@ def quantize_command(
     from latup_edge.deploy.quantize.sensitivity import AgreementJudge
     from latup_edge.evaluate.drift import measure_drift, prepare_case
     from latup_edge.fileio import atomic_write
-    from latup_edge.infer.openvino_backend import OpenVINOModel
+    from latup_edge.runtime.openvino_backend import OpenVINOModel
 
     _check_engine(engine)
     normalization = model_normalization(model)
@@ -187,14 +187,14 @@ def build(
     if as_json:
         print_json(report | {"bundle": str(output)})
         return
-    from latup_edge.deploy.bundle import load_bundle
+    from latup_edge.runtime.bundle import load_bundle
 
     print_build(report, load_bundle(output).manifest)
     console.print(f"Bundle: {output}")
 
 
 def print_build(report: dict[str, Any], manifest: dict[str, Any]) -> None:
-    from latup_edge.deploy.bundle import precision_size_mb
+    from latup_edge.runtime.bundle import precision_size_mb
 
     summary = report["drift"]["summary"]
     rows = []
@@ -257,7 +257,7 @@ def demo(
     settings = DemoSettings(cases=cases, seed=seed, threads=threads or None)
     with Status("demo", console=err_console) as status:
         result = run_demo(output, settings, progress=lambda stage: (status.update(stage), _log(stage)))
-    from latup_edge.deploy.bundle import load_bundle
+    from latup_edge.runtime.bundle import load_bundle
 
     print_build(result["build"], load_bundle(output / "bundle").manifest)
     failures = [c for c in result["segment"]["cases"] if c["status"] == "failed"]

@@ -32,7 +32,8 @@ def drift(
 ) -> None:
     """Dice, HD95 and agreement of each reduced precision against fp32, per case and region, with verdicts."""
     from latup_edge.data.cases import discover_cases
-    from latup_edge.evaluate.report import drift_tables, run_drift
+    from latup_edge.evaluate.report import drift_tables
+    from latup_edge.runtime.drift import run_drift
 
     total = len(discover_cases(data_dir))
     with progress_bar() as bar:
@@ -68,7 +69,7 @@ def benchmark(
     as_json: JsonOption = False,
 ) -> None:
     """Latency, memory and size per backend and precision: one table, the same columns for each."""
-    from latup_edge.evaluate.benchmark import run_benchmark, write_benchmark
+    from latup_edge.runtime.benchmark import run_benchmark, write_benchmark
 
     with err_console.status("benchmarking") as status:
         result = run_benchmark(

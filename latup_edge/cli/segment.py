@@ -9,7 +9,7 @@ import typer
 from rich.progress import TextColumn
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
-from latup_edge.infer.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW
+from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW
 
 
 @command("segment")
@@ -58,7 +58,7 @@ def segment(
     as_json: JsonOption = False,
 ) -> None:
     """Segment INPUTS into OUTPUT: one label map per case on the input's grid; bad cases are reported and skipped."""
-    from latup_edge.infer.segment import SegmentSettings, segment_cases
+    from latup_edge.runtime.segment import SegmentSettings, segment_cases
 
     settings = SegmentSettings(
         backend=backend, precision=precision, bundle=bundle, weights=weights, labels=labels,

@@ -29,8 +29,8 @@ from latup_edge.evaluate.drift import (
     measure_drift,
     prepare_case,
 )
-from latup_edge.infer.normalization import network_normalization
-from latup_edge.infer.openvino_backend import OpenVINOModel, cpu_supports_bf16
+from latup_edge.runtime.normalization import network_normalization
+from latup_edge.runtime.openvino_backend import OpenVINOModel, cpu_supports_bf16
 
 SENSITIVITY_CASES = 2
 # The search compiles and runs one model per quantized layer: on 128^3 crops it costs ~3x less

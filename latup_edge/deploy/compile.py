@@ -5,7 +5,8 @@ runs INT8 convolution kernels, measures each precision's latency, chooses the de
 writes ``manifest.json`` last. It builds in a temporary folder beside the destination and renames
 it into place only when complete, so a failed compile leaves no half bundle.
 
-Part of the runtime: imports numpy, openvino and onnxruntime only (no torch, no onnx package).
+Runs on the base install: imports numpy, openvino and onnxruntime only (no torch, no onnx package); it
+writes the bundle that ``latup_edge.runtime.bundle`` reads.
 
 >>> compile_bundle(Path("model.onnx"), Path("int8.xml"), Path("bundle"),
 ...                extra={"verdicts": {"int8": "pass"}})      # doctest: +SKIP
@@ -27,20 +28,19 @@ from typing import Any
 import openvino as ov
 
 from latup_edge import __version__
-from latup_edge.deploy.bundle import (
+from latup_edge.deploy.metadata import read_model_metadata
+from latup_edge.errors import LatupError, first_line
+from latup_edge.fileio import atomic_write, sha256_file
+from latup_edge.runtime.bundle import (
     FORMAT,
     MANIFEST,
     REFERENCE_PRECISION,
     BundleError,
     choose_default,
     manifest_checksum,
-    verdict_passes,
 )
-from latup_edge.deploy.metadata import read_model_metadata
-from latup_edge.errors import LatupError, first_line
-from latup_edge.fileio import atomic_write, sha256_file
-from latup_edge.infer.normalization import network_normalization
-from latup_edge.infer.openvino_backend import (
+from latup_edge.runtime.normalization import network_normalization
+from latup_edge.runtime.openvino_backend import (
     PRECISION_HINTS,
     OpenVINOModel,
     cpu_name,
@@ -230,6 +230,11 @@ def _measure(
         )
     entry["eligible"] = entry["status"] == "ok" and verdict_passes(verdict)
     return entry
+
+
+def verdict_passes(verdict: str | None) -> bool:
+    """A drift-gate verdict passes when it is ``pass`` (optionally followed by details)."""
+    return isinstance(verdict, str) and verdict.strip().lower().startswith("pass")
 
 
 def _move_into_place(work: Path, out_dir: Path) -> None:

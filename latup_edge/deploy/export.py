@@ -35,9 +35,9 @@ from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.metadata import JSON_METADATA, METADATA_PREFIX, read_model_metadata
 from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write, sha256_file
-from latup_edge.infer.normalization import describe_normalization
 from latup_edge.models.checkpoint import load_model, shipped_weights
 from latup_edge.models.latup_net import LATUPNet
+from latup_edge.runtime.normalization import describe_normalization
 
 OPSET = 17
 INPUT_NAME = "image"

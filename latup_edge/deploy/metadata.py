@@ -1,8 +1,8 @@
 """The ``latup_edge.*`` metadata an exported ONNX model carries, and the one reader of it.
 
 The exporter (``latup_edge.deploy.export``) writes it; the bundle compiler and anything that needs a
-model's config, preprocessing or label convention read it here. Part of the runtime: reads through
-onnxruntime (no torch, no onnx package).
+model's config, preprocessing or label convention read it here. Needs only the base install: reads
+through onnxruntime (no torch, no onnx package).
 
 >>> read_model_metadata("model.onnx")["modalities"]   # doctest: +SKIP
 ['flair', 't1ce', 't2']
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from latup_edge.deploy.bundle import BundleError
+from latup_edge.runtime.bundle import BundleError
 
 METADATA_PREFIX = "latup_edge."
 # Metadata values stored as JSON text (the others are plain strings).

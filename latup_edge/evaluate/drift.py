@@ -19,7 +19,6 @@ from latup_edge.data.cases import BratsCase, load_case_images, load_case_labels
 from latup_edge.data.labels import REGIONS
 from latup_edge.data.preprocess import Crop, apply_crop, brain_box, normalize, paper_crop, undo_crop
 from latup_edge.evaluate.metrics import agreement, region_metrics
-from latup_edge.infer.volume import Forward
 
 REFERENCE = "fp32"
 # The drift gate's default: MLPerf's high-accuracy tier, >= 99.9 % of the fp32 Dice per region.
@@ -60,10 +59,14 @@ def prepare_case(case: BratsCase, size: int | None = None, *, normalization: str
 
 def measure_drift(
     cases: Iterable[PreparedCase],
-    forwards: Mapping[str, Forward],
+    forwards: Mapping[str, Callable[[np.ndarray], np.ndarray]],
     progress: Callable[[str], None] = lambda case_id: None,
 ) -> dict[str, Any]:
-    """Score every precision in ``forwards`` (which must include "fp32") on every case."""
+    """Score every precision in ``forwards`` (which must include "fp32") on every case.
+
+    Each forward maps a case's ``inputs`` to class logits, as every backend does
+    (``latup_edge.runtime.tiling.Forward``).
+    """
     if REFERENCE not in forwards:
         raise ValueError(f"drift needs the {REFERENCE} reference among the precisions, got {list(forwards)}")
     per_case: dict[str, dict[str, Any]] = {}

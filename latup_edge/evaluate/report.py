@@ -1,15 +1,15 @@
-"""The drift of a bundle's reduced precisions against fp32 on a folder of cases, and its report.
+"""The report of a drift run: its tables, overlay figures and the report folder.
 
-``run_drift`` runs every precision of a bundle on every case (``measure_drift`` does the scoring) and
-adds, per case and region, the differences of Dice and HD95 from fp32. ``drift_tables`` turns the
-result into the tables every output shows (terminal, Markdown, HTML); ``write_report`` writes a
-folder with ``report.md``, a self-contained ``report.html`` (images embedded as data URIs), one
-overlay PNG per case (FLAIR, labels of fp32 and of the compared precision, where they differ) and
-``latency.png`` (seconds per case of each precision during the run).
+``latup_edge.runtime.drift.run_drift`` runs a bundle's precisions on a folder of cases; here
+``add_differences`` adds, per case and region, the differences of Dice and HD95 from fp32, and
+``drift_tables`` turns the result into the tables every output shows (terminal, Markdown, HTML);
+``write_report`` writes a folder with ``report.md``, a self-contained ``report.html`` (images
+embedded as data URIs), one overlay PNG per case (FLAIR, labels of fp32 and of the compared
+precision, where they differ) and ``latency.png`` (seconds per case of each precision during the run).
 
->>> result = run_drift(Path("BraTS2021"), Path("bundle"), report=Path("drift-report"))  # doctest: +SKIP
->>> result["summary"]["int8"]["verdicts"]                                                # doctest: +SKIP
-{'99': True, '99.9': False}
+>>> tables = drift_tables(run_drift(Path("BraTS2021"), Path("bundle")))   # doctest: +SKIP
+>>> [table.title for table in tables][-1]                                 # doctest: +SKIP
+'Verdicts (MLPerf tiers: mean Dice >= 99 % / 99.9 % of fp32 in every region)'
 """
 
 from __future__ import annotations
@@ -17,41 +17,22 @@ from __future__ import annotations
 import base64
 import html
 import io
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import REGIONS
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import undo_crop
-from latup_edge.deploy.bundle import Bundle, load_bundle
-from latup_edge.errors import LatupError
-from latup_edge.evaluate.drift import (
-    REFERENCE,
-    TIERS,
-    PreparedCase,
-    describe_basis,
-    format_ratio,
-    measure_drift,
-    prepare_case,
-    summarise_drift,
-)
+from latup_edge.evaluate.drift import REFERENCE, TIERS, PreparedCase, describe_basis, format_ratio
 from latup_edge.fileio import atomic_write
-from latup_edge.infer.openvino_backend import cpu_name, cpu_supports_bf16
-from latup_edge.infer.predictor import Predictor
-from latup_edge.infer.volume import Forward
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-REDUCED = ("bf16", "int8")
-# The precision the overlay compares with fp32 when it was run (the one a bundle most often defaults to).
-OVERLAY_PRECISION = "int8"
 # Difference-map colours: tumour in fp32 only, in the compared precision only, another tumour class.
 DIFFERENCE_COLOURS: dict[str, tuple[int, int, int]] = {
     "only_reference": (0, 190, 255),
@@ -90,112 +71,6 @@ class CaseSlice:
     compared_name: str
     view: tuple[slice, slice]  # rows, columns of the display to show: the brain box
     disagreeing_voxels: int  # in the whole volume
-
-
-class _Recorded:
-    """A Forward that keeps its last output, so the report can draw exactly what drift scored."""
-
-    def __init__(self, forward: Forward) -> None:
-        self.forward = forward
-        self.last: np.ndarray | None = None
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.last = self.forward(x)
-        return self.last
-
-    def take(self) -> np.ndarray:
-        scores, self.last = self.last, None  # free the scores before the next case
-        return scores
-
-
-def reduced_precisions(bundle: Bundle, precisions: Sequence[str] | None = None) -> list[str]:
-    """The precisions to compare with fp32: those asked for, or every one the bundle has and this CPU runs."""
-    if precisions is None:
-        runnable = [p for p in REDUCED if p in bundle.precisions and (p != "bf16" or cpu_supports_bf16())]
-        if not runnable:
-            raise LatupError(f"bundle {bundle.path} has no reduced precision this CPU runs: nothing to compare")
-        return runnable
-    unknown = [p for p in precisions if p not in REDUCED]
-    if unknown or not precisions:
-        raise LatupError(f"unknown precisions {unknown or '(none)'}: choose from {', '.join(REDUCED)}")
-    return list(dict.fromkeys(precisions))
-
-
-def drift_predictors(
-    bundle: Bundle, names: Sequence[str], threads: int | None = None, opened: Mapping[str, Predictor] | None = None
-) -> dict[str, Predictor]:
-    """One Predictor per precision in ``names``, reusing those in ``opened``; the bundle is not re-read.
-
-    Precisions that failed the bundle's drift gate open too: measuring them is the point.
-    """
-    opened = opened or {}
-    with warnings.catch_warnings():
-        # The approval of each precision is reported in the result instead of as a warning.
-        warnings.simplefilter("ignore")
-        return {
-            name: opened[name] if name in opened else Predictor.from_bundle(bundle, name, threads, allow_failed=True)
-            for name in names
-        }
-
-
-def run_drift(
-    data_dir: Path,
-    bundle: Path | Bundle,
-    precisions: Sequence[str] | None = None,
-    threads: int | None = None,
-    report: Path | None = None,
-    progress: Callable[[str], None] = lambda case_id: None,
-    opened: Mapping[str, Predictor] | None = None,
-) -> dict[str, Any]:
-    """Score fp32 and each reduced precision of ``bundle`` on every case under ``data_dir``.
-
-    Per case, region and precision: Dice and HD95 against the labels when the case has them, their
-    differences from fp32, and the agreement Dice with fp32 (only the agreement without labels).
-    The summary gives MLPerf-style verdicts per precision (mean Dice >= 99 % and >= 99.9 % of fp32).
-    Precisions that failed the bundle's drift gate are run too: measuring them is the point.
-    With ``report``, also writes the report folder (``write_report``). ``bundle`` is a path (read and
-    verified here) or a loaded ``Bundle``; ``opened`` holds predictors of it to reuse, by precision.
-    Each precision runs every brain box as its predictor shapes it (``Predictor.forward``).
-
-    Returns ``{"bundle", "data_dir", "cpu", "threads", "precisions", "cases", "summary", "report"}``;
-    ``precisions`` holds what each model resolved, its build verdict and whether the bundle approves it.
-    """
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
-    names = [REFERENCE, *reduced_precisions(loaded, precisions)]
-    predictors = drift_predictors(loaded, names, threads, opened)
-    recorded = {name: _Recorded(predictor.forward) for name, predictor in predictors.items()}
-    compared = OVERLAY_PRECISION if OVERLAY_PRECISION in names else names[1]
-    per_case: dict[str, Any] = {}
-    slices: list[CaseSlice] = []
-    for case in discover_cases(data_dir):
-        prepared = prepare_case(case, normalization=loaded.normalization)
-        per_case |= measure_drift([prepared], recorded)["cases"]
-        scores = {name: forward.take() for name, forward in recorded.items()}
-        if report is not None:
-            slices.append(case_slice(prepared, scores[REFERENCE], scores[compared], compared))
-        progress(case.case_id)
-    add_differences(per_case)
-    result = {
-        "bundle": str(loaded.path),
-        "data_dir": str(data_dir),
-        "cpu": cpu_name(),
-        "threads": threads,
-        "precisions": {
-            name: {
-                "resolved": predictor.backend.model.resolved(),
-                "shape_policy": predictor.shape_policy,
-                "build_verdict": loaded.precisions[name].get("verdict"),
-                "approved": name == REFERENCE or bool(loaded.precisions[name].get("eligible")),
-            }
-            for name, predictor in predictors.items()
-        },
-        "cases": per_case,
-        "summary": summarise_drift(per_case, names),
-        "report": str(report) if report is not None else None,
-    }
-    if report is not None:
-        write_report(result, slices, report)
-    return result
 
 
 def add_differences(per_case: Mapping[str, Any]) -> None:

@@ -18,7 +18,7 @@ import openvino as ov
 from latup_edge.deploy.quantize.graph import bypass, quantized_layers
 from latup_edge.evaluate.drift import PreparedCase
 from latup_edge.evaluate.metrics import agreement
-from latup_edge.infer.openvino_backend import OpenVINOModel
+from latup_edge.runtime.openvino_backend import OpenVINOModel
 
 
 @dataclass

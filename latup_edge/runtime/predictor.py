@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from latup_edge.data.labels import LabelConvention
-from latup_edge.deploy.bundle import Bundle, load_bundle
 from latup_edge.errors import LatupError
-from latup_edge.infer.backends import Backend, BackendName, open_backend
-from latup_edge.infer.openvino_backend import PerformanceHint, Precision
-from latup_edge.infer.volume import (
+from latup_edge.runtime.backends import Backend, BackendName, open_backend
+from latup_edge.runtime.bundle import Bundle, load_bundle
+from latup_edge.runtime.openvino_backend import PerformanceHint, Precision
+from latup_edge.runtime.volume import (
     BUCKETS,
     DEFAULT_OVERLAP,
     DEFAULT_TILING,
@@ -41,7 +41,7 @@ from latup_edge.infer.volume import (
 )
 
 if TYPE_CHECKING:
-    from latup_edge.infer.segment import Report
+    from latup_edge.runtime.segment import Report
 
 # What a brain-statistics network runs by default: padding its box changes nothing but the shape.
 BRAIN_DEFAULT_POLICY: ShapePolicy = "bucket32"
@@ -79,7 +79,7 @@ class Predictor:
         normalization: the model's intensity normalisation (None: the backend's own).
         network: the model's network config (None: the backend's ``network``, if it has one); its
             ``statistics`` decides the shape policy.
-        tiling, window, overlap: as in ``latup_edge.infer.volume.predict_volume``.
+        tiling, window, overlap: as in ``latup_edge.runtime.volume.predict_volume``.
         shape_policy: ``exact`` or ``bucket32``; None picks the network's default (``resolve_shape_policy``).
         bundle: the bundle the backend runs, if any (its manifest names the modalities).
     """
@@ -204,9 +204,9 @@ class Predictor:
     ) -> dict[str, Any]:
         """Case folders (or folders of cases) -> ``<case_id>.nii.gz`` in ``out_dir``; returns the run log.
 
-        What ``latup_edge.infer.segment.segment_cases`` does, with this predictor's model.
+        What ``latup_edge.runtime.segment.segment_cases`` does, with this predictor's model.
         """
-        from latup_edge.infer.segment import SegmentSettings, segment_cases
+        from latup_edge.runtime.segment import SegmentSettings, segment_cases
 
         settings = SegmentSettings(
             backend=self.backend.name, precision=self.precision,

@@ -27,8 +27,8 @@ from typing import Any
 
 from latup_edge.errors import LatupError
 from latup_edge.fileio import sha256_file
-from latup_edge.infer.normalization import network_normalization
-from latup_edge.infer.openvino_backend import OpenVINOModel, PerformanceHint, Precision, cpu_supports_bf16
+from latup_edge.runtime.normalization import network_normalization
+from latup_edge.runtime.openvino_backend import OpenVINOModel, PerformanceHint, Precision, cpu_supports_bf16
 
 FORMAT = "latup-edge-bundle/1"
 MANIFEST = "manifest.json"
@@ -38,11 +38,6 @@ FIX = "rebuild or re-copy the bundle"
 
 class BundleError(LatupError):
     """A bundle that cannot be used as asked; the message names the bundle, the file and what to do."""
-
-
-def verdict_passes(verdict: str | None) -> bool:
-    """A drift-gate verdict passes when it is ``pass`` (optionally followed by details)."""
-    return isinstance(verdict, str) and verdict.strip().lower().startswith("pass")
 
 
 def choose_default(precisions: dict[str, dict[str, Any]]) -> str:

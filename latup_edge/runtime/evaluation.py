@@ -9,7 +9,7 @@ from typing import Any
 
 from latup_edge.data.cases import BratsCase, CaseError, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import region_metrics, summarise
-from latup_edge.infer.volume import Forward, predict_classes
+from latup_edge.runtime.volume import Forward, predict_classes
 
 
 def evaluate_cases(

@@ -20,7 +20,7 @@ its own. A row measures:
 [('openvino', 'fp32', 9712.3), ('openvino', 'bf16', 1803.1), ...]
 
 Run one row by hand (what ``run_benchmark`` does per row):
-``python -m latup_edge.evaluate.benchmark --row spec.json --out result.json``.
+``python -m latup_edge.runtime.benchmark --row spec.json --out result.json``.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from latup_edge.deploy.bundle import Bundle, load_bundle, precision_size_mb
 from latup_edge.errors import LatupError, first_line
 from latup_edge.fileio import atomic_write
-from latup_edge.infer.backends import BACKENDS, ONNX_FILE
-from latup_edge.infer.openvino_backend import cpu_name, cpu_supports_bf16
+from latup_edge.runtime.backends import BACKENDS, ONNX_FILE
+from latup_edge.runtime.bundle import Bundle, load_bundle, precision_size_mb
+from latup_edge.runtime.openvino_backend import cpu_name, cpu_supports_bf16
 
 FORMAT = "latup-edge-benchmark/1"
 REFERENCE = ("torch", "fp32")
@@ -245,9 +245,9 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     from latup_edge.data.cases import discover_cases, load_case_images, save_label_map
     from latup_edge.data.naming import MODEL_MODALITIES
     from latup_edge.evaluate.drift import prepare_case
-    from latup_edge.infer.predictor import Predictor
-    from latup_edge.infer.segment import output_convention, process_peak_rss_mb
-    from latup_edge.infer.volume import pad_to_shape
+    from latup_edge.runtime.predictor import Predictor
+    from latup_edge.runtime.segment import output_convention, process_peak_rss_mb
+    from latup_edge.runtime.volume import pad_to_shape
 
     # run_benchmark verified the bundle just before starting this process.
     bundle = load_bundle(Path(spec.bundle), verify=False)

@@ -41,18 +41,18 @@ from latup_edge.data.cases import (
 )
 from latup_edge.data.labels import LabelConvention, detect_convention
 from latup_edge.data.naming import MODEL_MODALITIES
-from latup_edge.deploy.bundle import Bundle
+from latup_edge.data.preprocess import SIZE_MULTIPLE
 from latup_edge.errors import LatupError, first_line
 from latup_edge.fileio import atomic_write
-from latup_edge.infer.backends import BackendName
-from latup_edge.infer.openvino_backend import Precision
-from latup_edge.infer.predictor import Predictor
-from latup_edge.infer.volume import (
+from latup_edge.runtime.backends import BackendName
+from latup_edge.runtime.bundle import Bundle
+from latup_edge.runtime.openvino_backend import Precision
+from latup_edge.runtime.predictor import Predictor
+from latup_edge.runtime.volume import (
     DEFAULT_OVERLAP,
     DEFAULT_TILING,
     DEFAULT_WINDOW,
     SHAPE_POLICIES,
-    SIZE_MULTIPLE,
     TILINGS,
     Prediction,
     ShapePolicy,
@@ -79,7 +79,7 @@ class SegmentSettings:
 
     ``labels`` None writes each case in its own convention (see ``output_convention``); ``log``
     None writes ``OUT_DIR/segment-log.json``; ``shape_policy`` None is the network's default
-    (``latup_edge.infer.predictor.resolve_shape_policy``).
+    (``latup_edge.runtime.predictor.resolve_shape_policy``).
     """
 
     backend: BackendName = "openvino"

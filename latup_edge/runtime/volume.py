@@ -9,7 +9,7 @@ Tiling over the brain box (padded to a multiple of 8):
 - ``whole`` (default): one pass over the box, 3.5-5x faster than sliding windows (OpenVINO bf16);
   measured on a trained network, their Dice agreed within 0.01.
 - ``sliding``: 128^3 windows overlapping by half, blended with Gaussian weights
-  (``latup_edge.infer.tiling``); its peak memory is that of one window (1.36 GB against 1.96 GB for
+  (``latup_edge.runtime.tiling``); its peak memory is that of one window (1.36 GB against 1.96 GB for
   one bf16 pass over a 240x240x155 case).
 
 >>> classes = predict_classes(images, forward, normalization="minmax")        # doctest: +SKIP
@@ -42,7 +42,7 @@ import numpy as np
 
 from latup_edge.data.preprocess import SIZE_MULTIPLE, apply_crop, brain_box, normalize, undo_crop
 from latup_edge.errors import LatupError
-from latup_edge.infer.tiling import Forward, sliding_window_scores, softmax
+from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
 
 Tiling = Literal["whole", "sliding"]
 TILINGS: tuple[str, ...] = get_args(Tiling)

@@ -4,7 +4,7 @@ A ``Backend`` is a ``Forward`` (logits for a (1, C, D, H, W) float32 input) that
 is and what it resolved: ``name``, ``precision``, ``load_ms`` and ``resolved()`` (threads, streams,
 precision actually used), and which intensity normalisation its model was trained with
 (``normalization``: the bundle's for openvino and onnxruntime, the checkpoint's for torch). Pre- and
-post-processing are not here: ``latup_edge.infer.volume`` does them once for every backend, so all
+post-processing are not here: ``latup_edge.runtime.volume`` does them once for every backend, so all
 backends see identical inputs.
 
 - ``openvino``: a bundle's IR at fp32, bf16 or int8 (default: the bundle's default precision).
@@ -26,9 +26,9 @@ from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 
-from latup_edge.deploy.bundle import Bundle
 from latup_edge.errors import LatupError
-from latup_edge.infer.openvino_backend import OpenVINOModel, PerformanceHint, Precision
+from latup_edge.runtime.bundle import Bundle
+from latup_edge.runtime.openvino_backend import OpenVINOModel, PerformanceHint, Precision
 
 BackendName = Literal["openvino", "onnxruntime", "torch"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
@@ -128,8 +128,8 @@ class TorchBackend:
                 "the torch backend needs PyTorch, which this install does not have: "
                 "install torch or use --backend openvino"
             ) from None
-        from latup_edge.infer.volume import torch_forward
         from latup_edge.models.checkpoint import load_model, shipped_weights
+        from latup_edge.runtime.volume import torch_forward
 
         if threads is not None:
             torch.set_num_threads(int(threads))  # torch's thread pool is per process
