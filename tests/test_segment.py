@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -123,7 +124,9 @@ def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_p
     assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()
     for entry in log["cases"]:
         assert entry["status"] == "ok" and entry["error"] is None
-        assert set(entry["seconds"]) == {"load", "infer", "write"} and entry["process_peak_rss_mb"] > 0
+        seconds = entry["seconds"]
+        assert set(seconds) == {"load", "infer", "pre", "network", "post", "write"} and entry["process_peak_rss_mb"] > 0
+        assert seconds["pre"] + seconds["network"] + seconds["post"] <= seconds["infer"] + 0.01
     assert {entry["case_id"]: entry["labels"] for entry in log["cases"]} == {
         "BraTS2021_00001": "2021",
         "BraTS-GLI-00002-000": "2023",
@@ -405,3 +408,43 @@ def test_a_bug_inside_a_case_is_not_a_case_failure_but_an_unexpected_error(bundl
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert squeeze("unexpected ValueError: operands could not be broadcast") in squeeze(result.stderr)
     assert "--verbose" in result.stderr
+
+
+def test_the_next_case_is_read_and_the_previous_written_while_the_network_runs(bundle, tmp_path, monkeypatch):
+    from latup_edge.runtime import segment as segment_module
+
+    for index in (1, 2, 3):
+        write_case(tmp_path / "data", f"BraTS2021_0000{index}", seed=index)
+    started_reading: dict[str, threading.Event] = {f"BraTS2021_0000{i}": threading.Event() for i in (1, 2, 3)}
+    load, predict = segment_module.load_case_images, predictor_module.predict_volume
+    predicted: list[int] = []
+
+    def recorded_load(case, modalities):
+        started_reading[case.case_id].set()
+        return load(case, modalities)
+
+    def predict_while_the_next_is_read(images, *args, **kwargs):
+        predicted.append(1)
+        upcoming = f"BraTS2021_0000{len(predicted) + 1}"
+        if upcoming in started_reading:  # the pipeline reads it on its own thread, now
+            assert started_reading[upcoming].wait(timeout=30), f"{upcoming} was not read during the network"
+        return predict(images, *args, **kwargs)
+
+    def refuse_to_write_the_second(classes, reference, path, convention="2021"):
+        if "00002" in str(path):
+            raise OSError(28, "No space left on device")
+        return save(classes, reference, path, convention)
+
+    save = segment_module.save_label_map
+    monkeypatch.setattr(segment_module, "load_case_images", recorded_load)
+    monkeypatch.setattr(predictor_module, "predict_volume", predict_while_the_next_is_read)
+    monkeypatch.setattr(segment_module, "save_label_map", refuse_to_write_the_second)
+    log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
+    assert [entry["case_id"] for entry in log["cases"]] == ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"]
+    assert log["summary"] == {"ok": 2, "failed": 1, "skipped": 0}
+    assert "No space left on device" in log["failures"]["BraTS2021_00002"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "BraTS2021_00001.nii.gz",
+        "BraTS2021_00003.nii.gz",
+        "segment-log.json",
+    ]  # no partial or temporary file of the failed write

@@ -34,7 +34,7 @@ from latup_edge.data.naming import (
     parse_filename,
 )
 from latup_edge.errors import LatupError
-from latup_edge.fileio import atomic_write
+from latup_edge.fileio import atomic_write, gunzip_file, gzip_bytes
 
 # Geometry tolerance on every entry of the 4x4 affine (mm for translations, ~rad for rotations).
 AFFINE_ATOL = 1e-3
@@ -191,6 +191,8 @@ def _read(case: BratsCase, path: Path, image: nib.Nifti1Image, dtype: type | Non
     shape = _shape3(case, path, image)
     # Reading the data here is what makes a truncated file fail at load, not later.
     try:
+        if path.name.endswith(".gz"):  # decompressed in one call (ISA-L), not streamed through zlib
+            image = type(image).from_bytes(gunzip_file(path))
         return np.asanyarray(image.dataobj, dtype=dtype).reshape(shape)
     except _READ_ERRORS as error:
         raise _fail(case, path, f"is truncated or damaged ({error}): re-copy or re-download it") from error
@@ -338,7 +340,15 @@ def save_label_map(
         raise ValueError(f"{path}: classes must be 0-3, found {int(classes.max())}")
 
     image = image_on_grid(from_classes(classes, convention), reference, np.uint8, display_max=0)
-    return atomic_write(path, lambda temporary: nib.save(image, temporary))
+    return save_nifti(image, path)
+
+
+def save_nifti(image: nib.Nifti1Image, path: Path | str) -> Path:
+    """Write ``image`` atomically; ``.nii.gz`` is compressed in one call (ISA-L where installed)."""
+    path = Path(path)
+    if not path.name.endswith(".gz"):
+        return atomic_write(path, lambda temporary: nib.save(image, temporary))
+    return atomic_write(path, lambda temporary: temporary.write_bytes(gzip_bytes(image.to_bytes())))
 
 
 def image_on_grid(data: np.ndarray, reference: nib.Nifti1Image, dtype: type, display_max: float) -> nib.Nifti1Image:

@@ -22,6 +22,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ from latup_edge.data.cases import (
     image_on_grid,
     load_case_images,
     save_label_map,
+    save_nifti,
 )
 from latup_edge.data.labels import LabelConvention, detect_convention
 from latup_edge.data.naming import MODEL_MODALITIES
@@ -160,7 +162,7 @@ def process_peak_rss_mb() -> float:
 def save_probabilities(probabilities: np.ndarray, reference: nib.Nifti1Image, path: Path) -> Path:
     """Write (K, X, Y, Z) probabilities as a float32 X x Y x Z x K NIfTI on the reference's grid, atomically."""
     image = image_on_grid(np.moveaxis(probabilities, 0, -1), reference, np.float32, display_max=1)
-    return atomic_write(path, lambda temporary: nib.save(image, temporary))
+    return save_nifti(image, path)
 
 
 def segment_cases(
@@ -236,71 +238,146 @@ def segment_cases(
     })  # fmt: skip
 
     folders: dict[str, Path] = {}
-    for index, case in enumerate(cases):
-        entry = segment_case(case, folders.get(case.case_id), predictor, settings, out_dir, modalities)
+    jobs = []
+    for case in cases:
+        jobs.append(_CaseJob(case, folders.get(case.case_id), out_dir, settings))
         folders.setdefault(case.case_id, case.folder)
+
+    def finish(index: int, job: _CaseJob) -> None:
+        entry = job.finish()
         log["cases"].append(entry)
         log["summary"][entry["status"]] += 1
         if entry["status"] == "failed":
-            log["failures"][case.case_id] = entry["error"]
+            log["failures"][job.case.case_id] = entry["error"]
         _write_log(log_path, log)
         report({"event": "case", "index": index, **entry})
+
+    # The next case is read and the previous one written on helper threads while the network runs
+    # (OpenVINO releases the GIL); at most one case waits on each side, which bounds the memory.
+    with ThreadPoolExecutor(1, "latup-read") as reader, ThreadPoolExecutor(1, "latup-write") as writer:
+        runnable = [job for job in jobs if job.runnable]
+        if runnable:
+            runnable[0].start_loading(reader, modalities)
+        following = dict(zip(map(id, runnable), runnable[1:], strict=False))
+        previous: tuple[int, _CaseJob] | None = None
+        for index, job in enumerate(jobs):
+            if job.runnable:
+                loaded = job.wait_for_images()
+                if id(job) in following:
+                    following[id(job)].start_loading(reader, modalities)
+                if loaded is not None:
+                    job.predict(predictor, *loaded)
+                    del loaded  # this case's images are no longer needed
+                job.start_writing(writer)
+            if previous is not None:
+                finish(*previous)
+            previous = (index, job)
+        if previous is not None:
+            finish(*previous)
     log["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     _write_log(log_path, log)
     return log
 
 
-def segment_case(
-    case: BratsCase,
-    seen_in: Path | None,
-    predictor: Predictor,
-    settings: SegmentSettings,
-    out_dir: Path,
-    modalities: Sequence[str],
-) -> dict[str, Any]:
-    """One case's log entry; its arrays are local, so they are freed before the next case."""
-    labels_path, probabilities_path = output_paths(out_dir, case.case_id)
-    wanted = [labels_path, *([probabilities_path] if settings.probabilities else [])]
-    entry: dict[str, Any] = {
-        "case_id": case.case_id,
-        "folder": str(case.folder),
-        "status": "ok",
-        "error": None,
-        "outputs": [str(path) for path in wanted],
-        "labels": None,
-        "seconds": {},
-        "process_peak_rss_mb": None,
-    }
-    if seen_in is not None:
-        entry.update(
-            status="failed",
-            error=f"case {case.case_id} is in both {seen_in} and {case.folder}: its outputs would overwrite "
-            "each other, so segment these folders into separate output folders",
-        )
-        return entry
-    if settings.skip_existing and all(path.exists() for path in wanted):
-        entry["status"] = "skipped"
-        return entry
-    seconds = entry["seconds"]
-    try:
-        start = time.perf_counter()
-        images, reference = load_case_images(case, modalities)
-        seconds["load"] = _since(start)
-        start = time.perf_counter()
-        prediction: Prediction = predictor.predict(images, settings.probabilities)
-        seconds["infer"] = _since(start)
-        del images
-        start = time.perf_counter()
-        convention = settings.labels or output_convention(case)
+class _CaseJob:
+    """One case through the pipeline: read (reader thread), predict (caller), write (writer thread).
+
+    Its arrays live only between stages, so a case's images are freed once predicted and its
+    labels once written. Every user-facing failure (``CASE_ERRORS``) of any stage ends in its entry.
+    """
+
+    def __init__(self, case: BratsCase, seen_in: Path | None, out_dir: Path, settings: SegmentSettings) -> None:
+        self.case = case
+        self.settings = settings
+        self.labels_path, self.probabilities_path = output_paths(out_dir, case.case_id)
+        wanted = [self.labels_path, *([self.probabilities_path] if settings.probabilities else [])]
+        self.entry: dict[str, Any] = {
+            "case_id": case.case_id,
+            "folder": str(case.folder),
+            "status": "ok",
+            "error": None,
+            "outputs": [str(path) for path in wanted],
+            "labels": None,
+            "seconds": {},
+            "process_peak_rss_mb": None,
+        }
+        self.loading: Future | None = None
+        self.writing: Future | None = None
+        self.prediction: Prediction | None = None
+        self.reference: nib.Nifti1Image | None = None
+        if seen_in is not None:
+            self.entry.update(
+                status="failed",
+                error=f"case {case.case_id} is in both {seen_in} and {case.folder}: its outputs would overwrite "
+                "each other, so segment these folders into separate output folders",
+            )
+        elif settings.skip_existing and all(path.exists() for path in wanted):
+            self.entry["status"] = "skipped"
+        self.ran = self.runnable
+
+    @property
+    def runnable(self) -> bool:
+        return self.entry["status"] == "ok"
+
+    def start_loading(self, reader: ThreadPoolExecutor, modalities: Sequence[str]) -> None:
+        self.loading = reader.submit(_timed, load_case_images, self.case, modalities)
+
+    def wait_for_images(self) -> tuple[np.ndarray, nib.Nifti1Image] | None:
+        """This case's images and reference, once read; None (and the entry failed) if they cannot be."""
+        assert self.loading is not None
+        try:
+            loaded, self.entry["seconds"]["load"] = self.loading.result()
+            return loaded
+        except CASE_ERRORS as error:
+            self._fail(error)
+            return None
+        finally:
+            self.loading = None
+
+    def predict(self, predictor: Predictor, images: np.ndarray, reference: nib.Nifti1Image) -> None:
+        try:
+            self.prediction, self.entry["seconds"]["infer"] = _timed(
+                predictor.predict, images, self.settings.probabilities
+            )
+            self.entry["seconds"].update(self.prediction.seconds)  # pre, network, post within infer
+            self.reference = reference
+        except CASE_ERRORS as error:
+            self._fail(error)
+
+    def start_writing(self, writer: ThreadPoolExecutor) -> None:
+        if self.runnable:
+            self.writing = writer.submit(_timed, self._write)
+
+    def _write(self) -> None:
+        prediction, self.prediction = self.prediction, None
+        assert prediction is not None and self.reference is not None
+        convention = self.settings.labels or output_convention(self.case)
         if prediction.probabilities is not None:
-            save_probabilities(prediction.probabilities, reference, probabilities_path)
-        save_label_map(prediction.classes, reference, labels_path, convention)
-        seconds["write"] = _since(start)
-        entry["labels"] = convention
-    except CASE_ERRORS as error:
-        entry.update(status="failed", error=_sentence(case, error))
-    entry["process_peak_rss_mb"] = process_peak_rss_mb()
-    return entry
+            save_probabilities(prediction.probabilities, self.reference, self.probabilities_path)
+        save_label_map(prediction.classes, self.reference, self.labels_path, convention)
+        self.entry["labels"] = convention
+
+    def finish(self) -> dict[str, Any]:
+        """The case's log entry, once its outputs are written (or it failed)."""
+        if self.writing is not None:
+            try:
+                _, self.entry["seconds"]["write"] = self.writing.result()
+            except CASE_ERRORS as error:
+                self._fail(error)
+            self.writing = None
+        self.prediction = self.reference = None
+        if self.ran:
+            self.entry["process_peak_rss_mb"] = process_peak_rss_mb()
+        return self.entry
+
+    def _fail(self, error: BaseException) -> None:
+        self.entry.update(status="failed", error=_sentence(self.case, error))
+
+
+def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = function(*args)
+    return result, _since(start)
 
 
 def _since(start: float) -> float:

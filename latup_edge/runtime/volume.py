@@ -34,8 +34,9 @@ always run ``window``^3 inputs, so they need no bucket.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import numpy as np
@@ -74,6 +75,7 @@ class Prediction:
 
     classes: np.ndarray
     probabilities: np.ndarray | None = None  # (K, X, Y, Z) float32; background is 1 outside the box
+    seconds: dict[str, float] = field(default_factory=dict)  # pre, network, post
 
 
 def bucket_shape(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
@@ -132,23 +134,41 @@ def predict_volume(
         )
     if bucket is not None and (bucket < SIZE_MULTIPLE or bucket % SIZE_MULTIPLE):
         raise LatupError(f"the bucket must be a positive multiple of {SIZE_MULTIPLE}, got {bucket}: 32 is usual")
+    clock = _Clock()
     normalized = normalize(images, normalization)
     crop = brain_box(normalized, multiple=SIZE_MULTIPLE)
     box = apply_crop(normalized, crop)[None]
     del normalized  # a full-size copy of the images: drop it before the network's activations
+    clock.lap("pre")
     if tiling == "whole":
         scores = (bucketed(forward, bucket) if bucket else forward)(box)[0]
     else:
         scores = sliding_window_scores(box, forward, window, overlap)[0]
     del box
+    clock.lap("network")
     # Softmax is monotone: the argmax of logits (whole) and of probabilities (sliding) agree.
     classes = undo_crop(np.argmax(scores, axis=0).astype(np.uint8), crop)
     if not probabilities:
-        return Prediction(classes)
+        clock.lap("post")
+        return Prediction(classes, seconds=clock.seconds)
     box_probabilities = softmax(scores, axis=0) if tiling == "whole" else scores
     full = undo_crop(box_probabilities, crop)
     full[0] = undo_crop(box_probabilities[0], crop, fill=1)  # outside the brain box is background
-    return Prediction(classes, full)
+    clock.lap("post")
+    return Prediction(classes, full, clock.seconds)
+
+
+class _Clock:
+    """Seconds per stage, each lap measured from the previous one."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 3)
+        self._last = now
 
 
 def predict_classes(
