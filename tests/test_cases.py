@@ -141,6 +141,43 @@ def test_two_files_for_one_modality_is_an_error(tmp_path: Path) -> None:
         discover_cases(tmp_path)
 
 
+def test_follows_symlinked_case_folders_and_files(tmp_path: Path) -> None:
+    # An archive assembled as people do: links to case folders kept elsewhere, and a case of linked files.
+    real = tmp_path / "real"
+    first = write_case(real / "one", "BraTS2021_00001", "2021")
+    write_case(real / "two", "BraTS2021_00002", "2021")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "BraTS2021_00001").symlink_to(real / "one", target_is_directory=True)
+    (archive / "BraTS2021_00002").symlink_to(real / "two", target_is_directory=True)
+    linked = archive / "BraTS2021_00003"
+    linked.mkdir()
+    for key, path in first.items():
+        (linked / case_filename("BraTS2021_00003", key, "2021")).symlink_to(path)
+    (archive / "BraTS2021_00004_t1.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")  # a dangling link
+    found = discover_cases(archive)
+    assert [case.case_id for case in found] == ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"]
+    assert found[0].folder == archive / "BraTS2021_00001"  # the path as the archive names it
+    assert found[0].files["t1"] == archive / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz"
+    assert found[2].files["flair"].resolve() == first["flair"] and found[2].missing() == []
+    images, _ = load_case_images(found[2])
+    assert np.array_equal(images, load_case_images(found[0])[0])
+
+
+def test_a_symlink_cycle_ends_and_each_case_is_found_once(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    write_case(root / "a", "BraTS2021_00001", "2021")
+    write_case(root / "b", "BraTS2021_00002", "2021")
+    (root / "a" / "back-to-root").symlink_to(root, target_is_directory=True)  # a cycle through the root
+    (root / "b" / "self").symlink_to(root / "b", target_is_directory=True)  # a folder linking to itself
+    (root / "again").symlink_to(root / "a", target_is_directory=True)  # one real folder reached twice
+    found = discover_cases(root)
+    assert [(case.case_id, case.folder) for case in found] == [
+        ("BraTS2021_00001", root / "a"),
+        ("BraTS2021_00002", root / "b"),
+    ]
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 

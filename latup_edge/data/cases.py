@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +78,39 @@ def _expected_names() -> str:
 
 
 def _nifti_files(root: Path) -> list[Path]:
-    found = []
-    for folder, subfolders, names in os.walk(root):
-        # Hidden entries are macOS resource forks ("._x.nii.gz") and tool caches, never cases.
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        found += [Path(folder, name) for name in sorted(names) if not name.startswith(".")]
+    """The visible files under ``root``, following symbolic links to folders and files, as ``os.walk``
+    lists them top-down (each folder's files, then its subfolders, in name order).
+
+    Archives are often assembled from links to the real case folders. Each real folder, identified by
+    ``(st_dev, st_ino)``, is entered once, so a link cycle (or a folder reached through two links)
+    ends there; links that lead nowhere and folders that cannot be read are skipped.
+    """
+    found: list[Path] = []
+    entered: set[tuple[int, int]] = set()
+    pending = [Path(root)]
+    while pending:
+        folder = pending.pop()
+        try:
+            status = folder.stat()
+            if (status.st_dev, status.st_ino) in entered:
+                continue
+            entered.add((status.st_dev, status.st_ino))
+            with os.scandir(folder) as scan:
+                # Hidden entries are macOS resource forks ("._x.nii.gz") and tool caches, never cases.
+                entries = sorted((entry for entry in scan if not entry.name.startswith(".")), key=lambda e: e.name)
+        except OSError:
+            continue
+        found += [folder / entry.name for entry in entries if _is(entry.is_file)]
+        pending += reversed([folder / entry.name for entry in entries if _is(entry.is_dir)])
     return found
+
+
+def _is(check: Callable[[], bool]) -> bool:
+    """``DirEntry.is_file``/``is_dir`` (which follow links), False for an entry that vanished or cannot be read."""
+    try:
+        return check()
+    except OSError:
+        return False
 
 
 def _nnunet_seg(folder: Path, case_id: str) -> Path | None:
@@ -103,7 +130,8 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
     """Find every BraTS case under ``roots``, sorted by case id.
 
     A root may be one case's folder, a folder of case folders, or a flat folder holding the
-    files of many cases side by side; folders are searched recursively. Files that follow no
+    files of many cases side by side; folders are searched recursively, following symbolic links
+    to folders and files (each real folder once, so a link cycle ends). Files that follow no
     naming convention are ignored. A case missing a modality is still returned (``missing()``
     reports it, loading raises), so a batch can go on past it.
 
@@ -113,7 +141,7 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
     if not roots:
         raise CaseError("no folder given: pass one or more BraTS folders")
     groups: dict[tuple[Path, str, Naming], dict[str, Path]] = {}
-    seen: set[Path] = set()
+    seen: set[tuple[Path, str]] = set()
     for root in map(Path, roots):
         if not root.exists():
             raise CaseError(f"{root} does not exist: check the path to the BraTS folder", path=root)
@@ -128,9 +156,11 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
             if key not in MODALITIES and key != "seg":
                 continue
             found_here = True
-            if path.resolve() in seen:  # the same file reached through two overlapping roots
+            # The same file under the same name, reached through overlapping roots or two links, counts
+            # once; a file linked under another case's name is that case's file.
+            if (path.resolve(), path.name) in seen:
                 continue
-            seen.add(path.resolve())
+            seen.add((path.resolve(), path.name))
             files = groups.setdefault((path.parent, case_id, naming), {})
             if key in files:
                 raise CaseError(
