@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from latup_edge.errors import first_line, user_errors
@@ -69,7 +70,7 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
 def _fail(message: str, hint: str) -> NoReturn:
     if _verbose:
         err_console.print_exception()
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False)  # "[x]" in a message is text
     if not _verbose:
         err_console.print(f"[dim]({hint})[/]")
     raise typer.Exit(1) from None

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from rich.markup import escape
 from rich.progress import TextColumn
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
@@ -42,7 +43,13 @@ def segment(
         int, typer.Option(help="Window edge for --tiling sliding, in voxels (a positive multiple of 8).")
     ] = DEFAULT_WINDOW,
     overlap: Annotated[float, typer.Option(help="Window overlap for --tiling sliding.")] = DEFAULT_OVERLAP,
-    threads: Annotated[int | None, typer.Option(help="Inference threads (default: the engine's).")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Inference threads (default: the engine's); with --cluster, each worker's "
+            "(default for local:N: the CPUs / N)."
+        ),
+    ] = None,
     allow_failed_precision: Annotated[
         bool, typer.Option("--allow-failed-precision", help="Run a precision that failed the drift gate.")
     ] = False,
@@ -55,9 +62,17 @@ def segment(
             "which compute the same labels on it; others always run exact."
         ),
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on Dask distributed, one task per case: local:N (N worker processes here) or a scheduler "
+            'address such as tcp://HOST:8786 (pip install "latup-edge[distributed]"; docs/DISTRIBUTED.md).'
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Segment INPUTS into OUTPUT: one label map per case on the input's grid; bad cases are reported and skipped."""
+    from latup_edge.runtime.cluster import segment_distributed
     from latup_edge.runtime.segment import SegmentSettings, segment_cases
 
     settings = SegmentSettings(
@@ -71,8 +86,9 @@ def segment(
         def report(event: dict[str, Any]) -> None:
             if event["event"] == "start":
                 used = event["backend"]
+                where = f" on {event['workers']} workers ({event['cluster']['spec']})" if "workers" in event else ""
                 err_console.print(
-                    f"{event['cases']} cases; {used['name']} {used['precision']}, "
+                    f"{event['cases']} cases{where}; {used['name']} {used['precision']}, "
                     f"{used['resolved'].get('threads') or 'default'} threads, loaded in {used['load_ms'] / 1000:.1f} s"
                     f", shape policy {event['shape_policy']['resolved']}"
                 )
@@ -83,7 +99,10 @@ def segment(
             seconds = sum(event["seconds"].values())
             bar.update(task, advance=1, status=f"{event['case_id']} {event['status']} {seconds:.1f} s")
 
-        result = segment_cases(inputs, output, settings, report=report)
+        if cluster is None:
+            result = segment_cases(inputs, output, settings, report=report)
+        else:
+            result = segment_distributed(inputs, output, settings, cluster, report=report)
     if as_json:
         print_json(result)
     else:
@@ -93,19 +112,30 @@ def segment(
 
 
 def print_segment(result: dict[str, Any], log: Path) -> None:
-    """A table of cases (status, seconds, process peak memory), then the failures on stderr."""
+    """A table of cases (status, seconds, process peak memory, and on a cluster the worker), then the failures
+    on stderr."""
     stages = ("load", "infer", "write")
+    on_cluster = "cluster" in result
     rows = [
         (
             case["case_id"],
             case["status"],
             *(f"{case['seconds'][stage]:.2f}" if stage in case["seconds"] else "-" for stage in stages),
             f"{case['process_peak_rss_mb']:.0f}" if case["process_peak_rss_mb"] else "-",
+            *([case["worker"] or "-"] if on_cluster else []),
         )
         for case in result["cases"]
     ]
     backend = result["backend"]
-    columns = ("case", "status", "load s", "infer s", "write s", "peak RSS MB (process)")
+    columns = (
+        "case",
+        "status",
+        "load s",
+        "infer s",
+        "write s",
+        "peak RSS MB (process)",
+        *(["worker"] if on_cluster else []),
+    )
     print_table(f"Segmented with {backend['name']} {backend['precision']}", columns, rows)
     summary = result["summary"]
     console.print(
@@ -113,4 +143,4 @@ def print_segment(result: dict[str, Any], log: Path) -> None:
         f"log: {log}"
     )
     for message in result["failures"].values():  # each message names its case
-        err_console.print(f"[red]failed:[/] {message}", highlight=False)
+        err_console.print(f"[red]failed:[/] {escape(message)}", highlight=False)
