@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latup_edge.data.cases import discover_cases
-from latup_edge.errors import LatupError
 from latup_edge.runtime.cluster.task import open_predictor, remove_stale_temporaries, require_bundle
 from latup_edge.runtime.segment import (
     CASE_ERRORS,
@@ -114,7 +113,7 @@ def segment_distributed(
     from latup_edge.runtime.cluster.worker import PredictorPlugin, segment_case
 
     # Absolute paths: a remote worker runs in a folder of its own, and sees shared storage at the same paths.
-    out_dir = Path(out_dir).absolute()
+    given_out_dir, out_dir = out_dir, Path(out_dir).absolute()
     settings = replace(settings, bundle=bundle.absolute())
     cases = discover_cases(*(Path(path).absolute() for path in inputs))
     check_output_folder(out_dir)
@@ -137,34 +136,7 @@ def segment_distributed(
         plugin_name = f"latup-edge-predictor-{run}"
         client.register_plugin(PredictorPlugin(task_settings, open_predictor), name=plugin_name)
         summaries = _wait_for_summaries(client, plugin_name, worker_timeout_s, spec)
-        first = summaries[min(summaries)]
-        log: dict[str, Any] = {
-            "format": LOG_FORMAT,
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "finished": None,
-            "inputs": [str(path) for path in inputs],
-            "out_dir": str(out_dir),
-            "settings": {
-                key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()
-            },
-            "bundle": first["bundle"],
-            "backend": first["backend"],
-            "shape_policy": first["shape_policy"],
-            "modalities": first["modalities"],
-            "warnings": first["warnings"],
-            "memory": "process_peak_rss_mb is the peak resident memory so far (ru_maxrss) of the worker process "
-            "that ran the case",
-            "cluster": {
-                "spec": spec.text,
-                "scheduler": client.scheduler.address,
-                "allowed_failures": client.run_on_scheduler(_allowed_failures),
-                "worker_saturation": client.run_on_scheduler(_worker_saturation),
-            },
-            "workers": {address: _worker_row(summary) for address, summary in sorted(summaries.items())},
-            "cases": [],
-            "summary": {"ok": 0, "failed": 0, "skipped": 0},
-            "failures": {},
-        }
+        log = _start_log(inputs, given_out_dir, settings, spec, client, summaries)
         _write_log(log_path, log)
         report({
             "event": "start", "cases": len(cases), "backend": log["backend"], "shape_policy": log["shape_policy"],
@@ -200,13 +172,52 @@ def segment_distributed(
                 entry = _task_failure(job, future.exception(), KilledWorker)
             finish(index, entry)
             future.release()
-        with contextlib.suppress(LatupError, OSError, KeyError):
+        # A remote cluster's workers outlive the run: free the model each one holds.
+        with contextlib.suppress(ValueError, OSError):
             client.unregister_worker_plugin(plugin_name)
 
     remove_stale_temporaries(out_dir, (Path(path) for job in jobs if job.ran for path in job.entry["outputs"]))
     log["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     _write_log(log_path, log)
     return log
+
+
+def _start_log(
+    inputs: Sequence[Path],
+    out_dir: Path,
+    settings: SegmentSettings,
+    spec: ClusterSpec,
+    client: Client,
+    summaries: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The run log before any case: serial segment's header from the first worker's summary, the cluster
+    and its workers."""
+    first = summaries[min(summaries)]
+    return {
+        "format": LOG_FORMAT,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "finished": None,
+        "inputs": [str(path) for path in inputs],
+        "out_dir": str(out_dir),
+        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
+        "bundle": first["bundle"],
+        "backend": first["backend"],
+        "shape_policy": first["shape_policy"],
+        "modalities": first["modalities"],
+        "warnings": first["warnings"],
+        "memory": "process_peak_rss_mb is the peak resident memory so far (ru_maxrss) of the worker process that "
+        "ran the case",
+        "cluster": {
+            "spec": spec.text,
+            "scheduler": client.scheduler.address,
+            "allowed_failures": client.run_on_scheduler(_allowed_failures),
+            "worker_saturation": client.run_on_scheduler(_worker_saturation),
+        },
+        "workers": {address: _worker_row(summary) for address, summary in sorted(summaries.items())},
+        "cases": [],
+        "summary": {"ok": 0, "failed": 0, "skipped": 0},
+        "failures": {},
+    }
 
 
 @contextlib.contextmanager
