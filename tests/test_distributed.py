@@ -17,11 +17,9 @@ import time
 import tomllib
 from pathlib import Path
 
-import dask
 import nibabel as nib
 import pytest
 from conftest import BRAIN, narrow_network
-from distributed import LocalCluster
 from distributed_helpers import open_fatal, open_slow
 from test_segment import SHAPE, write_case
 from typer.testing import CliRunner
@@ -31,8 +29,8 @@ from latup_edge.data.naming import case_filename
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
 from latup_edge.fileio import gunzip_file
-from latup_edge.runtime.cluster import ClusterSpec, commit_output, local_threads, segment_distributed
-from latup_edge.runtime.cluster.run import ALLOWED_FAILURES, WORKER_SATURATION
+from latup_edge.runtime.cluster import ClusterSpec, commit_output, connect, local_threads, segment_distributed
+from latup_edge.runtime.cluster.run import ALLOWED_FAILURES
 from latup_edge.runtime.segment import LOG_FORMAT, SegmentError, SegmentSettings, segment_cases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,16 +63,9 @@ def serial(bundle, cases, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scheduler():
-    """The address of a LocalCluster of 2 worker processes, configured as segment_distributed's own."""
-    config = {
-        "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
-        "distributed.scheduler.worker-saturation": WORKER_SATURATION,
-    }
-    with (
-        dask.config.set(config),
-        LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster,
-    ):
-        yield cluster.scheduler_address
+    """The address of a LocalCluster of 2 worker processes, as segment_distributed starts them."""
+    with connect(ClusterSpec.parse("local:2")) as client:
+        yield client.scheduler.address
 
 
 def settings(bundle: Path, **changes) -> SegmentSettings:

@@ -36,13 +36,14 @@ the same cores. Running it on SLURM or Kubernetes: docs/DISTRIBUTED.md.
 {'tcp://127.0.0.1:40211', 'tcp://127.0.0.1:36347'}
 """
 
-from latup_edge.runtime.cluster.run import ALLOWED_FAILURES, ClusterSpec, local_threads, segment_distributed
+from latup_edge.runtime.cluster.run import ALLOWED_FAILURES, ClusterSpec, connect, local_threads, segment_distributed
 from latup_edge.runtime.cluster.task import commit_output, open_predictor, run_case
 
 __all__ = [
     "ALLOWED_FAILURES",
     "ClusterSpec",
     "commit_output",
+    "connect",
     "local_threads",
     "open_predictor",
     "run_case",

@@ -106,10 +106,9 @@ def segment_distributed(
     settings = settings or SegmentSettings()
     spec = ClusterSpec.parse(cluster)
     bundle = require_bundle(settings)
-    try:
-        from distributed import KilledWorker, as_completed
-    except ImportError:
-        raise SegmentError(f"--cluster runs on Dask distributed, which is not installed: {INSTALL}") from None
+    require_dask()
+    from distributed import KilledWorker, as_completed
+
     from latup_edge.runtime.cluster.worker import PredictorPlugin, segment_case
 
     # Absolute paths: a remote worker runs in a folder of its own, and sees shared storage at the same paths.
@@ -131,7 +130,7 @@ def segment_distributed(
         folders.setdefault(case.case_id, case.folder)
     task_settings = replace(settings, skip_existing=False)
 
-    with _client(spec) as client:
+    with connect(spec) as client:
         run = secrets.token_hex(4)
         plugin_name = f"latup-edge-predictor-{run}"
         client.register_plugin(PredictorPlugin(task_settings, open_predictor), name=plugin_name)
@@ -220,9 +219,19 @@ def _start_log(
     }
 
 
+def require_dask() -> None:
+    """SegmentError, saying how to install it, unless Dask distributed can be imported."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise SegmentError(f"--cluster runs on Dask distributed, which is not installed: {INSTALL}") from None
+
+
 @contextlib.contextmanager
-def _client(spec: ClusterSpec) -> Iterator[Client]:
-    """A client of a new ``LocalCluster`` (closed afterwards) or of the running scheduler at ``spec.address``."""
+def connect(spec: ClusterSpec) -> Iterator[Client]:
+    """A client of a new ``LocalCluster`` (configured as ``segment_distributed`` needs it, closed
+    afterwards) or of the running scheduler at ``spec.address``; SegmentError when it cannot start."""
+    require_dask()
     import dask
     from distributed import Client, LocalCluster
 
