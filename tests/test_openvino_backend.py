@@ -131,3 +131,17 @@ def test_measure_latency(narrow_int8):
     assert latency["shape"] == list(NARROW_SHAPE)
     assert 0 < latency["median_ms"] <= latency["p90_ms"]
     assert latency["first_ms"] > 0
+
+
+def test_static_shapes_compile_once_per_shape_and_match_the_dynamic_model(narrow_onnx):
+    static = OpenVINOModel(narrow_onnx, "fp32", threads=1)
+    dynamic = OpenVINOModel(narrow_onnx, "fp32", threads=1, shapes="dynamic")
+    rng = np.random.default_rng(3)
+    first, second = (rng.standard_normal((1, 3, *shape)).astype(np.float32) for shape in ((16, 24, 16), (24, 16, 16)))
+    for x in (first, first, second, first):
+        np.testing.assert_allclose(static(x), dynamic(x), rtol=1e-5, atol=1e-5)
+    # One compile per change of shape, none for a repeat: the held shape is reused, not recompiled.
+    assert [entry["shape"] for entry in static.compiles] == [[1, 3, 16, 24, 16], [1, 3, 24, 16, 16], [1, 3, 16, 24, 16]]
+    assert dynamic.compiles == []
+    with pytest.raises(OpenVINOError, match="static or dynamic"):
+        OpenVINOModel(narrow_onnx, "fp32", shapes="bounded")
