@@ -29,7 +29,7 @@ from latup_edge.data.naming import case_filename
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
 from latup_edge.fileio import gunzip_file
-from latup_edge.runtime.cluster import ClusterSpec, commit_output, connect, local_threads, segment_distributed
+from latup_edge.runtime.cluster import ClusterSpec, commit_output, connect, local_threads, run, segment_distributed
 from latup_edge.runtime.cluster.run import ALLOWED_FAILURES
 from latup_edge.runtime.segment import LOG_FORMAT, SegmentError, SegmentSettings, segment_cases
 
@@ -228,6 +228,9 @@ def test_cluster_settings_and_a_missing_dask_fail_with_one_sentence(bundle, case
             ClusterSpec.parse(bad)
     with pytest.raises(SegmentError, match="pass --bundle"):
         segment_distributed([cases], tmp_path / "out", SegmentSettings(backend="torch"), "local:1")
+    monkeypatch.setattr(run, "CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(SegmentError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:1 "):
+        segment_distributed([cases], tmp_path / "out", SegmentSettings(bundle=bundle), "tcp://127.0.0.1:1")
     monkeypatch.setitem(sys.modules, "distributed", None)  # as on the base install
     with pytest.raises(SegmentError, match=r'pip install "latup-edge\[distributed\]"'):
         segment_distributed([cases], tmp_path / "out", SegmentSettings(bundle=bundle), "local:1")

@@ -122,7 +122,7 @@ def print_segment(result: dict[str, Any], log: Path) -> None:
             case["status"],
             *(f"{case['seconds'][stage]:.2f}" if stage in case["seconds"] else "-" for stage in stages),
             f"{case['process_peak_rss_mb']:.0f}" if case["process_peak_rss_mb"] else "-",
-            *([case["worker"] or "-"] if on_cluster else []),
+            *([(case["worker"] or "-").partition("://")[2] or "-"] if on_cluster else []),
         )
         for case in result["cases"]
     ]
