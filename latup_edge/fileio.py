@@ -44,8 +44,9 @@ def gunzip_file(path: Path) -> bytes:
 
 
 def gzip_bytes(data: bytes) -> bytes:
-    """``data`` gzip-compressed at ``GZIP_LEVEL`` (ISA-L when installed)."""
-    return _gzip.compress(data, compresslevel=GZIP_LEVEL)
+    """``data`` gzip-compressed at ``GZIP_LEVEL`` (ISA-L when installed); no time stamp, so the same
+    data always gives the same bytes (serial and distributed runs write identical files)."""
+    return _gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 def sha256_file(path: Path) -> str:

@@ -113,13 +113,15 @@ def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_p
     write_case(data, "BraTS-GLI-00002-000", "2023", seed=2)
     before = hashes(data)
     out = tmp_path / "out"
-    result = segment(data, "-o", out, "--bundle", bundle, "--probabilities", "--json")
+    # The raw argmax, so that labels and probabilities can be compared voxel by voxel.
+    result = segment(data, "-o", out, "--bundle", bundle, "--probabilities", "--no-postprocess", "--json")
     assert result.exit_code == 0, result.output
     assert hashes(data) == before  # inputs are only read
 
     log = json.loads(result.stdout)
     assert log == json.loads((out / "segment-log.json").read_text())
     assert log["summary"] == {"ok": 2, "failed": 0, "skipped": 0} and log["finished"]
+    assert log["postprocessing"] == {"min_et_voxels": 0, "min_component_fraction": 0.0}
     assert log["backend"]["name"] == "openvino" and log["backend"]["precision"] == "fp32"
     assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()
     for entry in log["cases"]:
@@ -448,3 +450,15 @@ def test_the_next_case_is_read_and_the_previous_written_while_the_network_runs(b
         "BraTS2021_00003.nii.gz",
         "segment-log.json",
     ]  # no partial or temporary file of the failed write
+
+
+def test_segment_post_processes_its_labels_by_default(bundle, tmp_path, monkeypatch):
+    from latup_edge.runtime import volume
+
+    write_case(tmp_path / "data", "BraTS2021_00001", seed=1)
+    seen = []
+    original = volume.postprocess
+    monkeypatch.setattr(volume, "postprocess", lambda classes, rules: seen.append(rules) or original(classes, rules))
+    log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
+    assert log["postprocessing"] == {"min_et_voxels": 500, "min_component_fraction": 0.2}
+    assert [rules.min_et_voxels for rules in seen] == [500]

@@ -5,6 +5,7 @@ import pytest
 
 from latup_edge.data.preprocess import apply_crop, brain_box, undo_crop
 from latup_edge.errors import LatupError
+from latup_edge.runtime.postprocess import Postprocessing
 from latup_edge.runtime.tiling import gaussian_importance, sliding_window_scores, softmax, window_starts
 from latup_edge.runtime.volume import predict_classes, predict_probabilities, predict_volume
 
@@ -134,7 +135,8 @@ def test_probabilities_cover_the_full_shape_and_are_background_outside_the_box()
     outside = np.ones((60, 52, 44), bool)
     outside[tuple(slice(max(a, 0), b) for a, b in zip(crop.start, crop.stop, strict=True))] = False
     assert outside.any() and (probabilities[0][outside] == 1).all()
-    assert (np.argmax(probabilities, axis=0) == predict_classes(images, pointwise, normalization="minmax")).all()
+    raw = predict_classes(images, pointwise, normalization="minmax", postprocessing=Postprocessing.none())
+    assert (np.argmax(probabilities, axis=0) == raw).all()  # probabilities are the network's, before the rules
 
 
 def test_predict_classes_keeps_its_one_pass_behaviour_for_existing_callers():
@@ -194,7 +196,8 @@ def test_a_zscore_model_is_fed_its_own_normalisation():
         seen.append(x)
         return network(x)
 
-    classes = predict_classes(images, forward, normalization=model.config.normalization)
+    raw = Postprocessing.none()  # a random network's labels: compared with the argmax by hand
+    classes = predict_classes(images, forward, normalization=model.config.normalization, postprocessing=raw)
     crop = brain_box(images)
     by_hand = apply_crop(zscore_by_hand(images), crop)[None]
     np.testing.assert_allclose(seen[0], by_hand, atol=1e-5)

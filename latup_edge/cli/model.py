@@ -189,6 +189,9 @@ def evaluate(
     backend: Annotated[
         str, typer.Option(help="torch (the reference) or openvino (the checkpoint exported to ONNX; ~2-8x faster).")
     ] = "torch",
+    postprocess: Annotated[
+        bool, typer.Option(help="Score segment's labels (post-processed, the default) or the raw argmax.")
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Dice and HD95 per case and region (WT, TC, ET) over the full volume, with a summary per folder.
@@ -198,6 +201,7 @@ def evaluate(
     """
     from latup_edge.data.cases import discover_cases
     from latup_edge.models.checkpoint import load_model
+    from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
     from latup_edge.runtime.volume import torch_forward
 
     if precision not in ("fp32", "bf16"):
@@ -214,11 +218,13 @@ def evaluate(
             forward = OpenVINOModel(export_onnx(model, Path(work) / "model.onnx"), precision)
         else:
             forward = torch_forward(model, bf16=precision == "bf16")
-        sets = _evaluate_sets(folders, forward, model.config.normalization)
+        rules = DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none()
+        sets = _evaluate_sets(folders, forward, model.config.normalization, rules)
     result = {
         "weights": str(weights or "shipped demo weights"),
         "backend": backend,
         "precision": precision,
+        "postprocessing": rules.to_dict(),
         "statistics": model.config.statistics,
         "normalization": model.config.normalization,
         "sets": sets,
@@ -234,7 +240,7 @@ def evaluate(
         raise typer.Exit(1)
 
 
-def _evaluate_sets(folders: dict, forward, normalization: str) -> dict[str, dict]:
+def _evaluate_sets(folders: dict, forward, normalization: str, postprocessing) -> dict[str, dict]:
     from latup_edge.runtime.evaluation import evaluate_cases
 
     sets = {}
@@ -242,8 +248,9 @@ def _evaluate_sets(folders: dict, forward, normalization: str) -> dict[str, dict
         task = bar.add_task("evaluating", total=sum(len(cases) for cases in folders.values()))
         for name, cases in folders.items():
             sets[name] = evaluate_cases(
-                cases, forward, progress=lambda case: bar.advance(task), normalization=normalization
-            )
+                cases, forward, progress=lambda case: bar.advance(task), normalization=normalization,
+                postprocessing=postprocessing,
+            )  # fmt: skip
     return sets
 
 

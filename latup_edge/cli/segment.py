@@ -62,6 +62,13 @@ def segment(
             "which compute the same labels on it; others always run exact."
         ),
     ] = None,
+    postprocess: Annotated[
+        bool,
+        typer.Option(
+            help="Remove WT components under 0.2 of the largest and turn under 500 ET voxels into NCR "
+            "(latup_edge/runtime/postprocess.py); --no-postprocess writes the network's argmax as it is."
+        ),
+    ] = True,
     cluster: Annotated[
         str | None,
         typer.Option(
@@ -73,12 +80,14 @@ def segment(
 ) -> None:
     """Segment INPUTS into OUTPUT: one label map per case on the input's grid; bad cases are reported and skipped."""
     from latup_edge.runtime.cluster import segment_distributed
+    from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
     from latup_edge.runtime.segment import SegmentSettings, segment_cases
 
     settings = SegmentSettings(
         backend=backend, precision=precision, bundle=bundle, weights=weights, labels=labels,
         probabilities=probabilities, skip_existing=skip_existing, tiling=tiling, window=window, overlap=overlap,
         threads=threads, allow_failed_precision=allow_failed_precision, log=log, shape_policy=shape_policy,
+        postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(),
     )  # fmt: skip
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("segmenting", total=None, status="loading the model")

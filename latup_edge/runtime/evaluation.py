@@ -9,6 +9,7 @@ from typing import Any
 
 from latup_edge.data.cases import BratsCase, CaseError, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import region_metrics, summarise
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
 from latup_edge.runtime.volume import Forward, predict_classes
 
 
@@ -18,6 +19,7 @@ def evaluate_cases(
     progress: Callable[[BratsCase], None] = lambda case: None,
     *,
     normalization: str,
+    postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
 ) -> dict[str, Any]:
     """Score every case that has a label map; cases that fail to load are listed, not fatal.
 
@@ -35,7 +37,7 @@ def evaluate_cases(
             progress(case)
             continue
         started = time.perf_counter()
-        predicted = predict_classes(images, forward, normalization=normalization)
+        predicted = predict_classes(images, forward, normalization=normalization, postprocessing=postprocessing)
         seconds[case.case_id] = round(time.perf_counter() - started, 2)
         per_case[case.case_id] = region_metrics(predicted, truth, spacing=reference.header.get_zooms()[:3])
         progress(case)

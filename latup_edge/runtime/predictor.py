@@ -25,6 +25,7 @@ from latup_edge.errors import LatupError
 from latup_edge.runtime.backends import Backend, BackendName, open_backend
 from latup_edge.runtime.bundle import Bundle, load_bundle
 from latup_edge.runtime.openvino_backend import PerformanceHint, Precision
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
 from latup_edge.runtime.volume import (
     BUCKETS,
     DEFAULT_OVERLAP,
@@ -82,6 +83,7 @@ class Predictor:
         tiling, window, overlap: as in ``latup_edge.runtime.volume.predict_volume``.
         shape_policy: ``exact`` or ``bucket32``; None picks the network's default (``resolve_shape_policy``).
         bundle: the bundle the backend runs, if any (its manifest names the modalities).
+        postprocessing: the label rules after the network (``latup_edge.runtime.postprocess``).
     """
 
     def __init__(
@@ -94,8 +96,10 @@ class Predictor:
         overlap: float = DEFAULT_OVERLAP,
         shape_policy: ShapePolicy | None = None,
         bundle: Bundle | None = None,
+        postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
     ) -> None:
         self.backend = backend
+        self.postprocessing = postprocessing
         self.normalization = normalization or backend.normalization
         self.network = dict(network if network is not None else getattr(backend, "network", None) or {})
         self.tiling = tiling
@@ -121,6 +125,7 @@ class Predictor:
         shape_policy: ShapePolicy | None = None,
         hint: PerformanceHint = "LATENCY",
         allow_failed: bool = False,
+        postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
     ) -> Predictor:
         """Open a bundle (a path: read and verified here; a ``Bundle``: as loaded) and compile ``precision``.
 
@@ -128,7 +133,7 @@ class Predictor:
         """
         return cls.open(
             backend, precision, bundle, None, threads, tiling, window, overlap, shape_policy=shape_policy,
-            hint=hint, cache_dir=cache_dir, allow_failed=allow_failed,
+            hint=hint, cache_dir=cache_dir, allow_failed=allow_failed, postprocessing=postprocessing,
         )  # fmt: skip
 
     @classmethod
@@ -147,6 +152,7 @@ class Predictor:
         hint: PerformanceHint = "LATENCY",
         cache_dir: Path | None = None,
         allow_failed: bool = False,
+        postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
     ) -> Predictor:
         """Any backend, as ``open_backend`` opens it: openvino and onnxruntime run ``bundle``, torch runs
         ``weights`` (None: the shipped ones). A bundle path is read and verified here, once; a bundle
@@ -159,7 +165,7 @@ class Predictor:
         opened = open_backend(
             backend, precision, loaded if runs_bundle else None, weights, threads, hint, cache_dir, allow_failed
         )
-        return cls(opened, None, network, tiling, window, overlap, shape_policy, loaded)
+        return cls(opened, None, network, tiling, window, overlap, shape_policy, loaded, postprocessing)
 
     @property
     def precision(self) -> str:
@@ -189,7 +195,7 @@ class Predictor:
         """Raw (C, X, Y, Z) modality images, in the model's modality order -> classes (and probabilities)."""
         return predict_volume(
             images, self.backend, self.tiling, self.window, self.overlap, probabilities,
-            normalization=self.normalization, bucket=self.bucket,
+            normalization=self.normalization, bucket=self.bucket, postprocessing=self.postprocessing,
         )  # fmt: skip
 
     def segment(

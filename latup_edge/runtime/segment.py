@@ -49,6 +49,7 @@ from latup_edge.fileio import atomic_write
 from latup_edge.runtime.backends import BackendName
 from latup_edge.runtime.bundle import Bundle
 from latup_edge.runtime.openvino_backend import Precision
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.volume import (
     DEFAULT_OVERLAP,
@@ -98,6 +99,7 @@ class SegmentSettings:
     allow_failed_precision: bool = False
     log: Path | None = None
     shape_policy: ShapePolicy | None = None
+    postprocessing: Postprocessing = DEFAULT_POSTPROCESSING
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot run with one SegmentError sentence, before any work."""
@@ -200,7 +202,7 @@ def segment_cases(
             predictor = Predictor.open(
                 settings.backend, settings.precision, settings.bundle, settings.weights, settings.threads,
                 settings.tiling, settings.window, settings.overlap, shape_policy=settings.shape_policy,
-                allow_failed=settings.allow_failed_precision,
+                allow_failed=settings.allow_failed_precision, postprocessing=settings.postprocessing,
             )  # fmt: skip
     backend = predictor.backend
     modalities = predictor.modalities or MODEL_MODALITIES
@@ -225,6 +227,7 @@ def segment_cases(
             "statistics": predictor.network.get("statistics", "volume"),
         },
         "modalities": list(modalities),
+        "postprocessing": predictor.postprocessing.to_dict(),
         "warnings": [str(warning.message) for warning in caught],
         "memory": "process_peak_rss_mb is the whole process's peak resident memory so far (ru_maxrss)",
         "cases": [],

@@ -43,6 +43,7 @@ import numpy as np
 
 from latup_edge.data.preprocess import SIZE_MULTIPLE, apply_crop, brain_box, normalize, undo_crop
 from latup_edge.errors import LatupError
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, postprocess
 from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
 
 Tiling = Literal["whole", "sliding"]
@@ -117,6 +118,7 @@ def predict_volume(
     *,
     normalization: str,
     bucket: int | None = None,
+    postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
 ) -> Prediction:
     """Predict raw (C, X, Y, Z) modality images: classes and, with ``probabilities``, the softmax.
 
@@ -124,7 +126,8 @@ def predict_volume(
     (padded to a multiple of 8), run in one pass (``whole``) or in ``window``^3 windows overlapping
     by ``overlap`` (``sliding``), and put back into the full shape with background outside the box.
     ``bucket`` (whole only; a multiple of 8) runs the box zero-padded at its ends to a multiple of
-    ``bucket`` (see the module docstring: only for brain-statistics networks).
+    ``bucket`` (see the module docstring: only for brain-statistics networks). The classes then
+    go through ``postprocessing`` (``latup_edge.runtime.postprocess``); probabilities do not.
     """
     if tiling not in TILINGS:
         raise LatupError(f"unknown tiling {tiling!r}: choose {' or '.join(TILINGS)}")
@@ -147,7 +150,7 @@ def predict_volume(
     del box
     clock.lap("network")
     # Softmax is monotone: the argmax of logits (whole) and of probabilities (sliding) agree.
-    classes = undo_crop(np.argmax(scores, axis=0).astype(np.uint8), crop)
+    classes = undo_crop(postprocess(np.argmax(scores, axis=0).astype(np.uint8), postprocessing), crop)
     if not probabilities:
         clock.lap("post")
         return Prediction(classes, seconds=clock.seconds)
@@ -179,9 +182,12 @@ def predict_classes(
     overlap: float = DEFAULT_OVERLAP,
     *,
     normalization: str,
+    postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
 ) -> np.ndarray:
     """Class map (uint8, 0-3) of the full input shape from raw (C, X, Y, Z) modality images."""
-    return predict_volume(images, forward, tiling, window, overlap, normalization=normalization).classes
+    return predict_volume(
+        images, forward, tiling, window, overlap, normalization=normalization, postprocessing=postprocessing
+    ).classes
 
 
 def predict_probabilities(

@@ -203,6 +203,7 @@ def _start_log(
         "backend": first["backend"],
         "shape_policy": first["shape_policy"],
         "modalities": first["modalities"],
+        "postprocessing": first["postprocessing"],
         "warnings": first["warnings"],
         "memory": "process_peak_rss_mb is the peak resident memory so far (ru_maxrss) of the worker process that "
         "ran the case",

@@ -79,6 +79,7 @@ def model_summary(predictor: Predictor, caught: list[str]) -> dict[str, Any]:
             "statistics": predictor.network.get("statistics", "volume"),
         },
         "modalities": list(predictor.modalities or MODEL_MODALITIES),
+        "postprocessing": predictor.postprocessing.to_dict(),
         "warnings": caught,
     }
 

@@ -1,0 +1,32 @@
+"""Label post-processing: small WT components removed, too little ET relabelled as necrosis."""
+
+import numpy as np
+
+from latup_edge.runtime.postprocess import Postprocessing, postprocess
+
+
+def _case() -> np.ndarray:
+    classes = np.zeros((40, 40, 40), np.uint8)
+    classes[5:25, 5:25, 5:25] = 2  # the lesion: 8000 voxels of ED ...
+    classes[10:20, 10:20, 10:20] = 1  # ... around an NCR core
+    classes[12:18, 12:18, 12:18] = 3  # with 216 ET voxels
+    classes[30:38, 30:38, 30:38] = 2  # a far component: 512 voxels, 6 % of the largest
+    return classes
+
+
+def test_small_components_go_and_too_little_et_becomes_necrosis():
+    classes = _case()
+    out = postprocess(classes)
+    assert not out[30:38, 30:38, 30:38].any()  # under 0.2 of the largest: removed
+    assert not (out == 3).any() and (out[12:18, 12:18, 12:18] == 1).all()  # 216 < 500 ET voxels: NCR
+    assert (out[5:25, 5:25, 5:25] > 0).all()  # the lesion itself is untouched
+    assert (classes == _case()).all()  # the input is not modified
+
+
+def test_rules_keep_what_they_should():
+    classes = _case()
+    keep_all = postprocess(classes, Postprocessing(min_et_voxels=100, min_component_fraction=0.05))
+    assert (keep_all == classes).all()  # 512 >= 0.05 * 8000 and 216 >= 100 ET voxels
+    assert (postprocess(classes, Postprocessing.none()) == classes).all()
+    empty = np.zeros((8, 8, 8), np.uint8)
+    assert (postprocess(empty) == 0).all()
