@@ -16,7 +16,9 @@ def _case() -> np.ndarray:
 
 def test_small_components_go_and_too_little_et_becomes_necrosis():
     classes = _case()
-    out = postprocess(classes)
+    assert (postprocess(classes) == 3).sum() == 216  # the default keeps ET as predicted ...
+    assert not postprocess(classes)[30:38, 30:38, 30:38].any()  # ... and removes what is under 0.1 of the largest
+    out = postprocess(classes, Postprocessing(min_et_voxels=500, min_component_fraction=0.2))
     assert not out[30:38, 30:38, 30:38].any()  # under 0.2 of the largest: removed
     assert not (out == 3).any() and (out[12:18, 12:18, 12:18] == 1).all()  # 216 < 500 ET voxels: NCR
     assert (out[5:25, 5:25, 5:25] > 0).all()  # the lesion itself is untouched

@@ -460,5 +460,5 @@ def test_segment_post_processes_its_labels_by_default(bundle, tmp_path, monkeypa
     original = volume.postprocess
     monkeypatch.setattr(volume, "postprocess", lambda classes, rules: seen.append(rules) or original(classes, rules))
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
-    assert log["postprocessing"] == {"min_et_voxels": 500, "min_component_fraction": 0.2}
-    assert [rules.min_et_voxels for rules in seen] == [500]
+    assert log["postprocessing"] == {"min_et_voxels": 0, "min_component_fraction": 0.1}
+    assert [rules.min_component_fraction for rules in seen] == [0.1]

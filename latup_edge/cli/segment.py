@@ -65,8 +65,8 @@ def segment(
     postprocess: Annotated[
         bool,
         typer.Option(
-            help="Remove WT components under 0.2 of the largest and turn under 500 ET voxels into NCR "
-            "(latup_edge/runtime/postprocess.py); --no-postprocess writes the network's argmax as it is."
+            help="Remove tumour components under 0.1 of the largest (latup_edge/runtime/postprocess.py); "
+            "--no-postprocess writes the network's argmax as it is."
         ),
     ] = True,
     cluster: Annotated[
