@@ -204,15 +204,86 @@ def segment_cases(
                 settings.tiling, settings.window, settings.overlap, shape_policy=settings.shape_policy,
                 allow_failed=settings.allow_failed_precision, postprocessing=settings.postprocessing,
             )  # fmt: skip
-    backend = predictor.backend
     modalities = predictor.modalities or MODEL_MODALITIES
     log: dict[str, Any] = {
+        **log_header(inputs, out_dir, settings),
+        **model_summary(predictor, [str(warning.message) for warning in caught]),
+        "memory": "process_peak_rss_mb is the whole process's peak resident memory so far (ru_maxrss)",
+        "cases": [],
+        "summary": {"ok": 0, "failed": 0, "skipped": 0},
+        "failures": {},
+    }
+    write_log(log_path, log)
+    report({
+        "event": "start", "cases": len(cases), "backend": log["backend"], "shape_policy": log["shape_policy"],
+        "warnings": log["warnings"],
+    })  # fmt: skip
+
+    jobs = plan_jobs(cases, out_dir, settings)
+
+    def finish(index: int, job: CaseJob) -> None:
+        entry = job.finish()
+        log["cases"].append(entry)
+        log["summary"][entry["status"]] += 1
+        if entry["status"] == "failed":
+            log["failures"][job.case.case_id] = entry["error"]
+        write_log(log_path, log)
+        report({"event": "case", "index": index, **entry})
+
+    # The next case is read and the previous one written on helper threads while the network runs
+    # (OpenVINO releases the GIL); at most one case waits on each side, which bounds the memory.
+    with ThreadPoolExecutor(1, "latup-read") as reader, ThreadPoolExecutor(1, "latup-write") as writer:
+        runnable = iter([job for job in jobs if job.runnable])
+        upcoming = next(runnable, None)
+        if upcoming is not None:
+            upcoming.start_loading(reader, modalities)
+        previous: tuple[int, CaseJob] | None = None
+        for index, job in enumerate(jobs):
+            if job.runnable:  # this job is ``upcoming``: the runnable jobs come in the same order
+                loaded = job.wait_for_images()
+                upcoming = next(runnable, None)
+                if upcoming is not None:
+                    upcoming.start_loading(reader, modalities)
+                if loaded is not None:
+                    job.predict(predictor, *loaded)
+                    del loaded  # this case's images are no longer needed
+                job.start_writing(writer)
+            if previous is not None:
+                finish(*previous)
+            previous = (index, job)
+        if previous is not None:
+            finish(*previous)
+    log["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    write_log(log_path, log)
+    return log
+
+
+def plan_jobs(cases: Sequence[BratsCase], out_dir: Path, settings: SegmentSettings) -> list[CaseJob]:
+    """One job per case, in order; a case id seen before, or outputs to skip, are decided here."""
+    folders: dict[str, Path] = {}
+    jobs = []
+    for case in cases:
+        jobs.append(CaseJob(case, folders.get(case.case_id), out_dir, settings))
+        folders.setdefault(case.case_id, case.folder)
+    return jobs
+
+
+def log_header(inputs: Sequence[Path], out_dir: Path, settings: SegmentSettings) -> dict[str, Any]:
+    """The run log's first fields: its format, times, inputs, output folder and settings."""
+    return {
         "format": LOG_FORMAT,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "finished": None,
         "inputs": [str(path) for path in inputs],
         "out_dir": str(out_dir),
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
+    }
+
+
+def model_summary(predictor: Predictor, warnings_seen: list[str]) -> dict[str, Any]:
+    """What the run log says of the opened model: bundle, backend, shape policy, modalities, rules."""
+    backend = predictor.backend
+    return {
         "bundle": _bundle_summary(predictor.bundle),
         "backend": {
             "name": backend.name,
@@ -226,63 +297,13 @@ def segment_cases(
             "requested": predictor.requested_shape_policy,
             "statistics": predictor.network.get("statistics", "volume"),
         },
-        "modalities": list(modalities),
+        "modalities": list(predictor.modalities or MODEL_MODALITIES),
         "postprocessing": predictor.postprocessing.to_dict(),
-        "warnings": [str(warning.message) for warning in caught],
-        "memory": "process_peak_rss_mb is the whole process's peak resident memory so far (ru_maxrss)",
-        "cases": [],
-        "summary": {"ok": 0, "failed": 0, "skipped": 0},
-        "failures": {},
+        "warnings": warnings_seen,
     }
-    _write_log(log_path, log)
-    report({
-        "event": "start", "cases": len(cases), "backend": log["backend"], "shape_policy": log["shape_policy"],
-        "warnings": log["warnings"],
-    })  # fmt: skip
-
-    folders: dict[str, Path] = {}
-    jobs = []
-    for case in cases:
-        jobs.append(_CaseJob(case, folders.get(case.case_id), out_dir, settings))
-        folders.setdefault(case.case_id, case.folder)
-
-    def finish(index: int, job: _CaseJob) -> None:
-        entry = job.finish()
-        log["cases"].append(entry)
-        log["summary"][entry["status"]] += 1
-        if entry["status"] == "failed":
-            log["failures"][job.case.case_id] = entry["error"]
-        _write_log(log_path, log)
-        report({"event": "case", "index": index, **entry})
-
-    # The next case is read and the previous one written on helper threads while the network runs
-    # (OpenVINO releases the GIL); at most one case waits on each side, which bounds the memory.
-    with ThreadPoolExecutor(1, "latup-read") as reader, ThreadPoolExecutor(1, "latup-write") as writer:
-        runnable = [job for job in jobs if job.runnable]
-        if runnable:
-            runnable[0].start_loading(reader, modalities)
-        following = dict(zip(map(id, runnable), runnable[1:], strict=False))
-        previous: tuple[int, _CaseJob] | None = None
-        for index, job in enumerate(jobs):
-            if job.runnable:
-                loaded = job.wait_for_images()
-                if id(job) in following:
-                    following[id(job)].start_loading(reader, modalities)
-                if loaded is not None:
-                    job.predict(predictor, *loaded)
-                    del loaded  # this case's images are no longer needed
-                job.start_writing(writer)
-            if previous is not None:
-                finish(*previous)
-            previous = (index, job)
-        if previous is not None:
-            finish(*previous)
-    log["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    _write_log(log_path, log)
-    return log
 
 
-class _CaseJob:
+class CaseJob:
     """One case through the pipeline: read (reader thread), predict (caller), write (writer thread).
 
     Its arrays live only between stages, so a case's images are freed once predicted and its
@@ -374,7 +395,7 @@ class _CaseJob:
         return self.entry
 
     def _fail(self, error: BaseException) -> None:
-        self.entry.update(status="failed", error=_sentence(self.case, error))
+        self.entry.update(status="failed", error=case_sentence(self.case, error))
 
 
 def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -387,7 +408,7 @@ def _since(start: float) -> float:
     return round(time.perf_counter() - start, 3)
 
 
-def _sentence(case: BratsCase, error: BaseException) -> str:
+def case_sentence(case: BratsCase, error: BaseException) -> str:
     """One line for the log: CaseError messages already name the case, other LatupErrors get it;
     the rest (runtime, disk and memory errors) also say their type."""
     if isinstance(error, CaseError):
@@ -407,6 +428,6 @@ def _bundle_summary(bundle: Bundle | None) -> dict[str, Any] | None:
     }
 
 
-def _write_log(path: Path, log: dict[str, Any]) -> None:
+def write_log(path: Path, log: dict[str, Any]) -> None:
     text = json.dumps(log, indent=2, default=str) + "\n"
     atomic_write(path, lambda temporary: temporary.write_text(text))

@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,15 +17,16 @@ from latup_edge.data.cases import discover_cases
 from latup_edge.runtime.cluster.task import open_predictor, remove_stale_temporaries, require_bundle
 from latup_edge.runtime.segment import (
     CASE_ERRORS,
-    LOG_FORMAT,
     LOG_NAME,
+    CaseJob,
     Report,
     SegmentError,
     SegmentSettings,
-    _CaseJob,
-    _sentence,
-    _write_log,
+    case_sentence,
     check_output_folder,
+    log_header,
+    plan_jobs,
+    write_log,
 )
 
 if TYPE_CHECKING:
@@ -123,11 +124,7 @@ def segment_distributed(
     if spec.workers is not None and settings.threads is None:
         settings = replace(settings, threads=local_threads(spec.workers))
 
-    folders: dict[str, Path] = {}
-    jobs = []  # skipping and duplicate case ids decided here, as serial segment decides them
-    for case in cases:
-        jobs.append(_CaseJob(case, folders.get(case.case_id), out_dir, settings))
-        folders.setdefault(case.case_id, case.folder)
+    jobs = plan_jobs(cases, out_dir, settings)  # skipping and duplicate case ids: as serial segment decides them
     task_settings = replace(settings, skip_existing=False)
 
     with connect(spec) as client:
@@ -136,7 +133,7 @@ def segment_distributed(
         client.register_plugin(PredictorPlugin(task_settings, open_predictor), name=plugin_name)
         summaries = _wait_for_summaries(client, plugin_name, worker_timeout_s, spec)
         log = _start_log(inputs, given_out_dir, settings, spec, client, summaries)
-        _write_log(log_path, log)
+        write_log(log_path, log)
         report({
             "event": "start", "cases": len(cases), "backend": log["backend"], "shape_policy": log["shape_policy"],
             "warnings": log["warnings"], "workers": len(summaries), "cluster": log["cluster"],
@@ -150,7 +147,7 @@ def segment_distributed(
             log["summary"][entry["status"]] += 1
             if entry["status"] == "failed":
                 log["failures"][entry["case_id"]] = entry["error"]
-            _write_log(log_path, log)
+            write_log(log_path, log)
             report({"event": "case", "index": index, **entry})
 
         futures = {}
@@ -177,7 +174,7 @@ def segment_distributed(
 
     remove_stale_temporaries(out_dir, (Path(path) for job in jobs if job.ran for path in job.entry["outputs"]))
     log["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    _write_log(log_path, log)
+    write_log(log_path, log)
     return log
 
 
@@ -193,18 +190,8 @@ def _start_log(
     and its workers."""
     first = summaries[min(summaries)]
     return {
-        "format": LOG_FORMAT,
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "finished": None,
-        "inputs": [str(path) for path in inputs],
-        "out_dir": str(out_dir),
-        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
-        "bundle": first["bundle"],
-        "backend": first["backend"],
-        "shape_policy": first["shape_policy"],
-        "modalities": first["modalities"],
-        "postprocessing": first["postprocessing"],
-        "warnings": first["warnings"],
+        **log_header(inputs, out_dir, settings),
+        **{key: value for key, value in first.items() if key not in ("host", "pid")},
         "memory": "process_peak_rss_mb is the peak resident memory so far (ru_maxrss) of the worker process that "
         "ran the case",
         "cluster": {
@@ -302,7 +289,7 @@ def _worker_row(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _task_failure(job: _CaseJob, error: BaseException, killed_worker: type[BaseException]) -> dict[str, Any]:
+def _task_failure(job: CaseJob, error: BaseException, killed_worker: type[BaseException]) -> dict[str, Any]:
     """The entry of a case whose task raised: a user-facing error or workers that kept dying (KilledWorker).
 
     Anything else is a bug, as in serial segment: it is raised.
@@ -317,5 +304,5 @@ def _task_failure(job: _CaseJob, error: BaseException, killed_worker: type[BaseE
         )
         return {**job.entry, "status": "failed", "error": message, "worker": last}
     if isinstance(error, CASE_ERRORS):
-        return {**job.entry, "status": "failed", "error": _sentence(job.case, error), "worker": None}
+        return {**job.entry, "status": "failed", "error": case_sentence(job.case, error), "worker": None}
     raise error

@@ -1,6 +1,6 @@
 """One case as a cluster task, without Dask: the serial per-case job, its outputs staged, then committed.
 
-``run_case`` runs a case exactly as ``segment_cases`` does (its ``_CaseJob``: ``load_case_images``,
+``run_case`` runs a case exactly as ``segment_cases`` does (its ``CaseJob``: ``load_case_images``,
 ``Predictor.predict``, ``save_label_map`` in ``output_convention``), so the label maps are the same;
 the only difference is where they are written first. A task may run more than once (Dask reruns the
 task of a worker that died), so each output goes to a temporary name beside it, in full, and then
@@ -26,7 +26,7 @@ from latup_edge.data.cases import BratsCase
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.fileio import gunzip_file
 from latup_edge.runtime.predictor import Predictor
-from latup_edge.runtime.segment import SegmentError, SegmentSettings, _CaseJob
+from latup_edge.runtime.segment import CaseJob, SegmentError, SegmentSettings
 
 # A temporary beside an output, as ``atomic_write`` names them (".<8 hex>.<name>"), and the
 # temporary ``atomic_write`` makes while writing a staged output (".<8 hex>..<8 hex>.<name>").
@@ -67,7 +67,7 @@ def run_case(predictor: Predictor, case: BratsCase, out_dir: Path, settings: Seg
         return job.finish()
 
 
-class _StagedCaseJob(_CaseJob):
+class _StagedCaseJob(CaseJob):
     """Serial segment's per-case job, whose outputs are written in full under temporary names and then
     committed: probabilities first, labels last (as serial segment writes them)."""
 

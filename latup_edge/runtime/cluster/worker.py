@@ -18,10 +18,9 @@ from distributed import Worker, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from latup_edge.data.cases import BratsCase
-from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.runtime.cluster.task import open_predictor, run_case
 from latup_edge.runtime.predictor import Predictor
-from latup_edge.runtime.segment import SegmentSettings, _bundle_summary
+from latup_edge.runtime.segment import SegmentSettings, model_summary
 
 OpenPredictor = Callable[[SegmentSettings], Predictor]
 
@@ -54,34 +53,14 @@ class PredictorPlugin(WorkerPlugin):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 predictor = self.open_predictor(self.settings)
-            self.summary = model_summary(predictor, [str(warning.message) for warning in caught])
+            self.summary = opened_summary(predictor, [str(warning.message) for warning in caught])
             self.predictor = predictor
         return self.predictor
 
 
-def model_summary(predictor: Predictor, caught: list[str]) -> dict[str, Any]:
-    """What a worker opened, in the run log's words (``segment_cases``' header), with its host and pid."""
-    backend = predictor.backend
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "bundle": _bundle_summary(predictor.bundle),
-        "backend": {
-            "name": backend.name,
-            "precision": backend.precision,
-            "load_ms": round(backend.load_ms, 1),
-            "resolved": backend.resolved(),
-            "normalization": predictor.normalization,
-        },
-        "shape_policy": {
-            "resolved": predictor.shape_policy,
-            "requested": predictor.requested_shape_policy,
-            "statistics": predictor.network.get("statistics", "volume"),
-        },
-        "modalities": list(predictor.modalities or MODEL_MODALITIES),
-        "postprocessing": predictor.postprocessing.to_dict(),
-        "warnings": caught,
-    }
+def opened_summary(predictor: Predictor, caught: list[str]) -> dict[str, Any]:
+    """What a worker opened, in the run log's words (``model_summary``), with its host and pid."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), **model_summary(predictor, caught)}
 
 
 def segment_case(
