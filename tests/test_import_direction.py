@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("evaluate",),
     ("models",),
+    ("scans",),
     ("runtime",),
     ("calibration",),
     ("deploy",),
