@@ -1,0 +1,227 @@
+"""Rigid registration of one series onto the reference series, with its own quality figures.
+
+Series of one session share the scanner frame, so registration starts from the headers (identity)
+and only corrects what the patient moved between series: a few mm, a few degrees. Mattes mutual
+information makes it work across contrasts (FLAIR onto T1ce); the Dice of the two foreground masks
+after registration is a modality-independent check of the result for skull-stripped scans.
+
+>>> registration = register_rigid(t1ce, flair)
+>>> check_registration(registration, "FLAIR", "series 3")  # raises RegistrationError when it failed
+>>> flair_on_grid, record = resample_onto(flair, grid, registration.transform, label="FLAIR")
+>>> registration.to_log()["mask_dice_after"]
+0.97
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from latup_edge.errors import LatupError
+
+# Below this foreground-mask Dice after registration the series do not overlap as one brain.
+MIN_MASK_DICE = 0.85
+# Plausible head motion between series of one session.
+MAX_SHIFT_MM = 20.0
+MAX_ROTATION_DEG = 15.0
+# Registration runs on ~2 mm copies (bin-averaged), then a pyramid over them: 4 mm and 2 mm levels.
+# Measured: 1 mm levels cost 4x the time for no gain under 0.3 mm error.
+WORKING_SPACING_MM = 2.0
+SHRINK_FACTORS = (2, 1)
+SMOOTHING_MM = (2.0, 1.0)
+HISTOGRAM_BINS = 32
+SAMPLING_FRACTION = 0.1
+
+
+class RegistrationError(LatupError):
+    """A series that could not be aligned with the reference series."""
+
+
+@dataclass
+class Registration:
+    """A rigid registration's transform (reference points -> moving points) and its figures.
+
+    ``translation_mm`` and ``rotation_deg`` are the Euler parameters (about the reference's centre);
+    ``shift_mm`` and ``angle_deg`` their magnitudes. Metrics are Mattes MI (lower is better); the
+    mask Dice compares the foregrounds of the reference and of the moving series resampled onto it.
+    """
+
+    transform: sitk.Euler3DTransform
+    translation_mm: tuple[float, float, float]
+    rotation_deg: tuple[float, float, float]
+    metric_before: float
+    metric_after: float
+    mask_dice_before: float
+    mask_dice_after: float
+    iterations: int
+    stop_condition: str
+    seconds: float
+    converged: bool
+
+    @property
+    def shift_mm(self) -> float:
+        return float(np.linalg.norm(self.translation_mm))
+
+    @property
+    def angle_deg(self) -> float:
+        """The total rotation angle, from the rotation matrix's trace."""
+        matrix = np.asarray(self.transform.GetMatrix()).reshape(3, 3)
+        return math.degrees(math.acos(float(np.clip((np.trace(matrix) - 1) / 2, -1, 1))))
+
+    def to_log(self) -> dict:
+        """The record for the run log (JSON-ready, no transform object)."""
+        record = {k: v for k, v in asdict(self).items() if k != "transform"}
+        record["translation_mm"] = [round(v, 3) for v in self.translation_mm]
+        record["rotation_deg"] = [round(v, 3) for v in self.rotation_deg]
+        return (
+            {"step": "register"} | record | {"shift_mm": round(self.shift_mm, 3), "angle_deg": round(self.angle_deg, 3)}
+        )
+
+
+def foreground_mask(image: sitk.Image) -> np.ndarray:
+    """Voxels above 5 % of the 99th percentile of the nonzero ones, holes filled; (z, y, x) bool.
+
+    Skull-stripped scans are zero outside the brain; the threshold drops interpolation's faint edge.
+    """
+    values = sitk.GetArrayViewFromImage(image)
+    nonzero = values[values > 0]
+    if nonzero.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    return ndi.binary_fill_holes(values > 0.05 * np.percentile(nonzero, 99))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 0.0
+
+
+def _mask_dice(fixed_mask: np.ndarray, fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+    resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return _dice(fixed_mask, foreground_mask(resampled))
+
+
+def _method(seed: int) -> sitk.ImageRegistrationMethod:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(SAMPLING_FRACTION, seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=0.01, numberOfIterations=100, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6
+    )
+    # Scales from a 1 mm physical shift: one step moves a rotation and a translation alike.
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
+    method.SetSmoothingSigmasPerLevel(list(SMOOTHING_MM))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return method
+
+
+def _fov_centre(image: sitk.Image) -> tuple[float, float, float]:
+    centre_index = [(s - 1) / 2 for s in image.GetSize()]
+    return image.TransformContinuousIndexToPhysicalPoint(centre_index)
+
+
+def _working_copy(image: sitk.Image) -> sitk.Image:
+    """The image bin-averaged to about WORKING_SPACING_MM per axis (a 5 mm axis stays as it is)."""
+    factors = [max(1, int(round(WORKING_SPACING_MM / s))) for s in image.GetSpacing()]
+    return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
+
+
+def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, seed: int) -> float:
+    """Mattes MI of the working copies under ``transform``, at their own resolution."""
+    method = _method(seed)
+    method.SetShrinkFactorsPerLevel([1])
+    method.SetSmoothingSigmasPerLevel([0.0])
+    method.SetInitialTransform(transform, inPlace=False)
+    return float(method.MetricEvaluate(fixed, moving))
+
+
+def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0) -> Registration:
+    """Rigidly register ``moving`` onto ``fixed`` (the reference): Mattes MI on a 4 mm / 2 mm pyramid.
+
+    Starts from the headers (identity about the reference's centre), never from image moments, which
+    jump by centimetres when one series covers less of the head than the other. Random sampling with
+    ``seed`` makes it deterministic. Measured on BraTS-like phantoms of 160 x 190 x 145 at 1 mm on 2
+    cores (tests/test_registration.py): about 1 s per pair with its quality figures (0.4 s of it the
+    registration itself), and 0.1-0.3 mm error on shifts of 4-7 mm with rotations of 3-5 degrees,
+    across contrasts and from 5 mm slices.
+    """
+    start = time.perf_counter()
+    initial = sitk.Euler3DTransform()
+    initial.SetCenter(_fov_centre(fixed))
+    fixed_small, moving_small = _working_copy(fixed), _working_copy(moving)
+
+    method = _method(seed)
+    method.SetInitialTransform(initial, inPlace=False)
+    found = sitk.Euler3DTransform(method.Execute(fixed_small, moving_small).GetNthTransform(0))
+
+    fixed_mask = foreground_mask(fixed)
+    parameters = found.GetParameters()
+    registration = Registration(
+        transform=found,
+        translation_mm=tuple(float(v) for v in parameters[3:]),
+        rotation_deg=tuple(math.degrees(v) for v in parameters[:3]),
+        metric_before=round(_metric(fixed_small, moving_small, initial, seed), 4),
+        metric_after=round(_metric(fixed_small, moving_small, found, seed), 4),
+        mask_dice_before=round(_mask_dice(fixed_mask, fixed, moving, initial), 4),
+        mask_dice_after=round(_mask_dice(fixed_mask, fixed, moving, found), 4),
+        iterations=int(method.GetOptimizerIteration()),
+        stop_condition=method.GetOptimizerStopConditionDescription(),
+        seconds=0.0,
+        converged=False,
+    )
+    registration.converged = _failure(registration) is None
+    registration.seconds = round(time.perf_counter() - start, 3)
+    return registration
+
+
+def _failure(registration: Registration) -> str | None:
+    """What makes a registration implausible, as a clause, or None when it holds."""
+    if registration.mask_dice_after < MIN_MASK_DICE:
+        return (
+            f"its brain mask overlaps the reference's with Dice {registration.mask_dice_after:.2f} after registration "
+            f"(at least {MIN_MASK_DICE} expected)"
+        )
+    if registration.shift_mm > MAX_SHIFT_MM:
+        return (
+            f"it needed a {registration.shift_mm:.1f} mm shift "
+            f"(head motion within a session is under {MAX_SHIFT_MM:.0f} mm)"
+        )
+    if registration.angle_deg > MAX_ROTATION_DEG:
+        return (
+            f"it needed a {registration.angle_deg:.1f} degree rotation "
+            f"(head motion within a session is under {MAX_ROTATION_DEG:.0f} degrees)"
+        )
+    return None
+
+
+def check_registration(registration: Registration, modality: str, series_label: str) -> None:
+    """Raise ``RegistrationError`` (one sentence) when the registration failed by its own figures."""
+    failure = _failure(registration)
+    if failure is not None:
+        raise RegistrationError(
+            f"The {modality} series {series_label} could not be aligned with the reference series: {failure}; "
+            "check that both series belong to the same patient and session, or co-register them beforehand."
+        )
+
+
+def registration_error_mm(true: sitk.Transform, found: sitk.Transform, mask: sitk.Image, points: int = 20000) -> float:
+    """Mean distance (mm) between where ``true`` and ``found`` send the voxels of ``mask`` (nonzero).
+
+    Up to ``points`` voxels, evenly strided (deterministic), are used.
+    """
+    indices = np.argwhere(sitk.GetArrayViewFromImage(mask) != 0)[:, ::-1]
+    if indices.size == 0:
+        raise ValueError("the mask has no nonzero voxel")
+    indices = indices[:: max(1, len(indices) // points)]
+    distances = []
+    for index in indices:
+        point = mask.TransformIndexToPhysicalPoint([int(i) for i in index])
+        distances.append(np.linalg.norm(np.subtract(true.TransformPoint(point), found.TransformPoint(point))))
+    return float(np.mean(distances))
