@@ -1,0 +1,85 @@
+"""Refusals of series the model cannot segment: a head that is not skull-stripped, a slab too short.
+
+Each check returns its figures for the run log, or raises ``ScanError``, one sentence naming the
+series and what to do.
+
+>>> check_skull_stripped(flair, "FLAIR series 'AX FLAIR'")
+{'zero_fraction': 0.998, 'foreground_ml': 1432.1, 'shell_ratio': 0.82}
+>>> check_coverage(flair, "FLAIR series 'AX FLAIR'")
+{'extent_mm': [160.0, 190.0, 145.0]}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from latup_edge.errors import LatupError
+from latup_edge.scans.geometry import physical_extent_mm, voxel_volume_ml
+
+# Skull-stripped scans are exact zeros outside the brain; a head has a noise floor there.
+MIN_ZERO_FRACTION = 0.5
+# Brains are 0.9-2.0 L (BraTS); a head with skull and scalp 3-5 L.
+MAX_BRAIN_ML = 2500.0
+# A brain is 130-170 mm long along every axis; under this, a series cannot hold one.
+MIN_COVERAGE_MM = 100.0
+_SHELL_MM = 5.0
+
+
+class ScanError(LatupError):
+    """A series the model cannot segment as it is."""
+
+
+def _foreground(values: np.ndarray) -> np.ndarray:
+    """Voxels above Otsu's threshold, holes filled: the brain, or the whole head with its dark skull."""
+    sample = values[:: max(1, values.shape[0] // 64)].astype(np.float32)
+    threshold = sitk.OtsuThresholdImageFilter()
+    threshold.Execute(sitk.GetImageFromArray(sample))
+    return ndi.binary_fill_holes(values > threshold.GetThreshold())
+
+
+def check_skull_stripped(image: sitk.Image, label: str) -> dict:
+    """Raise ``ScanError`` when ``image`` still holds skull and scalp; else its figures for the log.
+
+    ``zero_fraction``: the share of exact zeros outside the (dilated) foreground, ~1 for a
+    skull-stripped scan and ~0 for a head's noise floor; ``foreground_ml``: the foreground's volume
+    (Otsu, holes filled); ``shell_ratio``: the mean intensity of its outer 5 mm over the median inside,
+    above 1 when a bright scalp surrounds it (logged only). A scan is refused when its zero fraction
+    is under 0.5 or its foreground over 2.5 L.
+    """
+    values = sitk.GetArrayViewFromImage(image)
+    foreground = _foreground(values)
+    spacing_zyx = np.asarray(image.GetSpacing())[::-1]
+    margin = np.maximum(1, np.round(2.0 / spacing_zyx)).astype(int)
+    dilated = ndi.binary_dilation(foreground, np.ones(2 * margin + 1, dtype=bool))
+    background = values[~dilated]
+    zero_fraction = float(np.mean(background == 0)) if background.size else 1.0
+    foreground_ml = float(foreground.sum()) * voxel_volume_ml(image)
+    depth = ndi.distance_transform_edt(foreground, sampling=spacing_zyx)
+    shell, inside = values[(depth > 0) & (depth <= _SHELL_MM)], values[depth > _SHELL_MM]
+    shell_ratio = float(shell.mean() / np.median(inside)) if shell.size and inside.size and np.median(inside) else 0.0
+    figures = {
+        "zero_fraction": round(zero_fraction, 4),
+        "foreground_ml": round(foreground_ml, 1),
+        "shell_ratio": round(shell_ratio, 3),
+    }
+    if zero_fraction < MIN_ZERO_FRACTION or foreground_ml > MAX_BRAIN_ML:
+        raise ScanError(
+            f"{label} is not skull-stripped: {100 * zero_fraction:.0f} % of its background is exact zeros "
+            f"(a skull-stripped scan has over {100 * MIN_ZERO_FRACTION:.0f} %) and its foreground is "
+            f"{foreground_ml / 1000:.1f} L (a brain is 0.9-2.0 L); strip the skull with HD-BET or SynthStrip first."
+        )
+    return figures
+
+
+def check_coverage(image: sitk.Image, label: str) -> dict:
+    """Raise ``ScanError`` when ``image`` is shorter than 100 mm along an axis; else its extents for the log."""
+    extent = physical_extent_mm(image)
+    shortest = int(np.argmin(extent))
+    if extent[shortest] < MIN_COVERAGE_MM:
+        raise ScanError(
+            f"{label} covers only {extent[shortest]:.0f} mm along its axis {shortest} "
+            f"(a brain needs 130-170 mm, at least {MIN_COVERAGE_MM:.0f} mm): export the whole-brain series instead."
+        )
+    return {"extent_mm": [round(e, 1) for e in extent]}

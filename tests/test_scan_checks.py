@@ -1,0 +1,80 @@
+"""Refusals of scans the model cannot segment, on synthetic brain-like volumes at 2 mm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from latup_edge.scans.checks import ScanError, check_coverage, check_skull_stripped
+
+SPACING = 2.0
+
+
+def _ellipsoid(shape: tuple[int, int, int], semi_axes_mm: tuple[float, float, float]) -> np.ndarray:
+    """Normalised radius (1 on the surface) of an ellipsoid centred in a (z, y, x) grid."""
+    axes = [(np.arange(n) - (n - 1) / 2) * SPACING / a for n, a in zip(shape, semi_axes_mm, strict=True)]
+    z, y, x = np.meshgrid(*axes, indexing="ij")
+    return np.sqrt(x**2 + y**2 + z**2)
+
+
+def _image(values: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(values.astype(np.float32))
+    image.SetSpacing((SPACING, SPACING, SPACING))
+    return image
+
+
+SHAPE = (100, 120, 100)  # 200 x 240 x 200 mm
+
+
+def _brain() -> np.ndarray:
+    """A skull-stripped brain: 1.5 L, white matter, cortex, dark ventricles, zeros outside."""
+    rng = np.random.default_rng(0)
+    radius = _ellipsoid(SHAPE, (60.0, 85.0, 70.0))
+    brain = np.where(radius < 0.8, 700.0, 500.0) * (radius < 1)
+    brain[radius < 0.25] = 150.0
+    brain[radius < 1] += rng.normal(0, 20, int((radius < 1).sum()))
+    return np.clip(brain, 0, None) * (radius < 1)
+
+
+def _head() -> np.ndarray:
+    """The same brain inside CSF, a dark skull and a bright scalp, over a Rician noise floor."""
+    rng = np.random.default_rng(1)
+    radius = _ellipsoid(SHAPE, (60.0, 85.0, 70.0))
+    head = _brain()
+    head[(radius >= 1) & (radius < 1.08)] = 200.0  # CSF
+    head[(radius >= 1.08) & (radius < 1.18)] = 60.0  # skull
+    head[(radius >= 1.18) & (radius < 1.3)] = 900.0  # scalp fat
+    noise = np.hypot(head + rng.normal(0, 15, SHAPE), rng.normal(0, 15, SHAPE))
+    return noise
+
+
+def test_skull_stripped_brain_passes_with_its_figures():
+    figures = check_skull_stripped(_image(_brain()), "FLAIR series 'AX FLAIR'")
+    assert figures["zero_fraction"] > 0.99
+    assert 1300 < figures["foreground_ml"] < 1700  # 4/3 pi 60 85 70 mm^3 = 1.50 L
+    assert figures["shell_ratio"] < 1.0
+
+
+def test_head_with_skull_is_refused_naming_the_remedy():
+    with pytest.raises(ScanError, match=r"FLAIR series 'AX FLAIR' is not skull-stripped.*HD-BET or SynthStrip") as e:
+        check_skull_stripped(_image(_head()), "FLAIR series 'AX FLAIR'")
+    message = str(e.value)
+    assert message.endswith("first.") and ". " not in message  # one sentence
+    assert " 0 % of its background" in message
+
+
+def test_head_figures(monkeypatch):
+    monkeypatch.setattr("latup_edge.scans.checks.MAX_BRAIN_ML", 1e9)
+    monkeypatch.setattr("latup_edge.scans.checks.MIN_ZERO_FRACTION", 0.0)
+    figures = check_skull_stripped(_image(_head()), "FLAIR")
+    assert figures["zero_fraction"] < 0.01
+    assert 3000 < figures["foreground_ml"] < 4500  # 1.3^3 x 1.50 L = 3.3 L
+    assert figures["shell_ratio"] > 1.0  # the bright scalp
+
+
+def test_thin_slab_is_refused_with_its_extent():
+    slab = _image(_brain()[45:55])  # 10 slices of 2 mm
+    with pytest.raises(ScanError, match=r"T1ce series 3 covers only 20 mm along its axis 2 \(a brain needs 130-170 mm"):
+        check_coverage(slab, "T1ce series 3")
+    assert check_coverage(_image(_brain()), "T1ce")["extent_mm"] == [200.0, 240.0, 200.0]
