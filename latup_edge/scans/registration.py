@@ -109,7 +109,8 @@ def _method(seed: int) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(SAMPLING_FRACTION, seed)
+    # SimpleITK reads a seed of 0 as "the wall clock": shift by one so that seed=0 is deterministic too.
+    method.SetMetricSamplingPercentage(SAMPLING_FRACTION, seed + 1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=0.01, numberOfIterations=100, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6

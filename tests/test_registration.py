@@ -1,0 +1,117 @@
+"""Rigid registration across contrasts and slice thicknesses, on known transforms of BraTS-like phantoms."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from latup_edge.scans.geometry import nifti_to_sitk
+from latup_edge.scans.registration import (
+    Registration,
+    RegistrationError,
+    check_registration,
+    register_rigid,
+    registration_error_mm,
+)
+
+CROP = (slice(40, 200), slice(25, 215), slice(5, 150))  # 160 x 190 x 145 at 1 mm around the brain
+
+
+@pytest.fixture(scope="module")
+def images():
+    pytest.importorskip("nilearn")
+    from latup_edge.data.phantom import NARROW, make_phantom
+
+    case = make_phantom("BraTS2021_00000", seed=0, index=0, randomise=NARROW)
+    return {m: nifti_to_sitk(nib.Nifti1Image(case.images[m][CROP], case.affine)) for m in ("t1ce", "flair", "t2")}
+
+
+def _centre(image: sitk.Image) -> tuple[float, float, float]:
+    return image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+
+
+def _moved(
+    images: dict, modality: str, shift: tuple, angles_deg: tuple, thickness: int = 1
+) -> tuple[sitk.Image, sitk.Transform]:
+    """``modality`` as a series the patient moved for, and the true reference -> moving transform."""
+    fixed = images["t1ce"]
+    motion = sitk.Euler3DTransform(_centre(fixed), *(math.radians(a) for a in angles_deg), shift)
+    moving = sitk.Resample(images[modality], fixed, motion, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    if thickness > 1:
+        slabs = ndi.uniform_filter1d(sitk.GetArrayFromImage(moving), thickness, axis=0)[thickness // 2 :: thickness]
+        thick = sitk.GetImageFromArray(slabs)
+        thick.SetSpacing((1.0, 1.0, float(thickness)))
+        thick.SetOrigin(tuple(np.add(fixed.GetOrigin(), (0, 0, thickness // 2))))
+        moving = thick
+    return moving, motion.GetInverse()
+
+
+# Measured on 2 cores: errors 0.08 / 0.24 / 0.17 mm in about 1 s each, from 6.5-6.9 mm before.
+CASES = [
+    ("flair", (3.0, -2.0, 4.0), (3.0, -2.0, 4.0), 1),
+    ("t2", (-4.0, 3.0, -2.0), (-3.0, 4.0, 2.0), 1),
+    ("flair", (2.0, 4.0, -3.0), (2.0, 3.0, -4.0), 5),
+]
+
+
+@pytest.mark.parametrize(("modality", "shift", "angles", "thickness"), CASES)
+def test_known_motion_is_recovered_within_1_mm(images, modality, shift, angles, thickness):
+    moving, truth = _moved(images, modality, shift, angles, thickness)
+    brain = images["t1ce"] > 0
+    registration = register_rigid(images["t1ce"], moving, seed=0)
+    assert registration_error_mm(truth, sitk.Euler3DTransform(), brain) > 5.0
+    assert registration_error_mm(truth, registration.transform, brain) <= 1.0
+    assert registration.converged and registration.seconds < 3.0
+    assert registration.mask_dice_after > registration.mask_dice_before
+    assert registration.mask_dice_after > 0.95
+    assert registration.metric_after < registration.metric_before  # Mattes MI: lower is better
+    check_registration(registration, modality, "series 2")
+    log = registration.to_log()
+    assert log["step"] == "register" and "transform" not in log and len(log["translation_mm"]) == 3
+
+
+def test_registration_is_deterministic(images):
+    moving, _ = _moved(images, *CASES[2])
+    first, second = (register_rigid(images["t1ce"], moving, seed=0) for _ in range(2))
+    # Seeded sampling: the same samples each run; ITK's threaded sums leave differences of ~1e-16.
+    np.testing.assert_allclose(first.transform.GetParameters(), second.transform.GetParameters(), rtol=0, atol=1e-9)
+
+
+def test_implausible_motion_is_refused(images):
+    moving, _ = _moved(images, "flair", (45.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    registration = register_rigid(images["t1ce"], moving)
+    assert not registration.converged
+    with pytest.raises(RegistrationError, match=r"^The flair series 'AX FLAIR' could not be aligned .*same patient"):
+        check_registration(registration, "flair", "'AX FLAIR'")
+
+
+def test_low_mask_dice_is_refused_naming_the_figure():
+    registration = Registration(
+        sitk.Euler3DTransform(),
+        (1.0, 0.0, 0.0),
+        (0.0, 0.0, 0.0),
+        -0.3,
+        -0.4,
+        0.5,
+        0.6,
+        20,
+        "Step too small",
+        1.0,
+        False,
+    )
+    with pytest.raises(RegistrationError, match=r"Dice 0\.60 after registration \(at least 0\.85 expected\)") as e:
+        check_registration(registration, "T2", "series 4")
+    assert ". " not in str(e.value) and str(e.value).endswith("beforehand.")
+    check_registration(replace(registration, mask_dice_after=0.97), "T2", "series 4")
+
+
+def test_registration_error_of_a_pure_shift():
+    mask = sitk.Image(10, 10, 10, sitk.sitkUInt8) + 1
+    shift = sitk.TranslationTransform(3, (3.0, 4.0, 0.0))
+    assert registration_error_mm(shift, sitk.Euler3DTransform(), mask) == pytest.approx(5.0)
