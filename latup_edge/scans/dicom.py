@@ -247,8 +247,17 @@ def read_series(series: DicomSeries) -> sitk.Image:
 
 
 def _check_geometry(series: DicomSeries, image: sitk.Image) -> None:
-    """Refuse an image whose origin, spacing or direction disagree with its files' positions and orientation."""
-    headers = [pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_GEOMETRY_TAGS) for path in series.files]
+    """Refuse an image whose origin, spacing or direction disagree with its files' positions and orientation,
+    or whose files hold less uncompressed pixel data than their rows and columns need (GDCM pads it silently)."""
+    headers = [pydicom.dcmread(path, specific_tags=_GEOMETRY_TAGS) for path in series.files]
+    for path, ds in zip(series.files, headers, strict=True):
+        length = len(ds.get("PixelData") or b"")
+        needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
+        if not ds.file_meta.TransferSyntaxUID.is_encapsulated and length < needed:
+            raise DicomError(
+                f"the file {path} of {series.label} holds {length} bytes of pixel data where its "
+                f"{ds.Rows} x {ds.Columns} pixels need {needed}: the file is damaged, re-export the series"
+            )
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])
     orientation = np.array([float(v) for v in headers[0].ImageOrientationPatient])
     row, column = orientation[:3], orientation[3:]
@@ -271,7 +280,16 @@ def _check_geometry(series: DicomSeries, image: sitk.Image) -> None:
         )
 
 
-_GEOMETRY_TAGS = ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"]
+_GEOMETRY_TAGS = [
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "PixelData",
+]
 
 
 def _read_header(path: Path) -> _Header | None:
