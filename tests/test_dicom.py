@@ -307,3 +307,14 @@ def test_undecodable_pixel_data_is_one_sentence(tmp_path):
     (series,) = find_series(tmp_path)
     with pytest.raises(DicomError, match=r'IM002_0004.dcm of series 2 "AX T2 FSE" .* holds 100 bytes of pixel data'):
         read_series(series)
+
+
+def test_each_slice_keeps_its_own_rescale(tmp_path):
+    image = sitk.GetImageFromArray(np.full((12, 8, 8), 100, np.float32))
+    files = write_series(image, tmp_path, description="t2", series_number=2, study=StudyInfo.new("P", seed=6))
+    rescaled = pydicom.dcmread(files[3])
+    rescaled.RescaleSlope, rescaled.RescaleIntercept = "2", "5"  # as Philips and GE scale slices one by one
+    files[3].unlink()
+    rescaled.save_as(files[3])
+    values = sitk.GetArrayFromImage(read_series(find_series(tmp_path)[0]))[:, 0, 0]
+    assert values.tolist() == [100.0] * 3 + [205.0] + [100.0] * 8
