@@ -291,14 +291,36 @@ def load_case_images(
     # Filled one modality at a time so that only one extra volume is ever held.
     stacked = np.empty((len(paths), *shape), dtype=np.float32)
     for channel, (path, image) in enumerate(zip(paths, images, strict=True)):
-        volume = _read(case, path, image, np.float32)
-        non_finite = volume.size - int(np.count_nonzero(np.isfinite(volume)))
-        if non_finite:
-            raise _fail(case, path, f"holds {non_finite} NaN or infinite voxels: fix or re-export it")
-        if not volume.any():
-            raise _fail(case, path, "is all zeros: re-export it (the image data is missing)")
-        stacked[channel] = volume
+        stacked[channel] = _checked_volume(case, path, image)
     return stacked, images[0]
+
+
+def read_case_volume(case: BratsCase, key: str) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """One modality of a case on its own grid: float32 (X, Y, Z) and its image (header and affine).
+
+    The checks of ``load_case_images`` for one file (readable, 3-D, finite, not all zeros), without
+    the shared-grid check: for scans whose modalities are resampled onto one grid afterwards.
+    """
+    if key not in case.files:
+        raise CaseError(
+            f"case {case.case_id}: {case.expected_path(key)} not found ({key} missing): add the file or leave this "
+            "case out",
+            case_id=case.case_id,
+            path=case.expected_path(key),
+        )
+    path = case.files[key]
+    image = _open(case, path)
+    return _checked_volume(case, path, image), image
+
+
+def _checked_volume(case: BratsCase, path: Path, image: nib.Nifti1Image) -> np.ndarray:
+    volume = _read(case, path, image, np.float32)
+    non_finite = volume.size - int(np.count_nonzero(np.isfinite(volume)))
+    if non_finite:
+        raise _fail(case, path, f"holds {non_finite} NaN or infinite voxels: fix or re-export it")
+    if not volume.any():
+        raise _fail(case, path, "is all zeros: re-export it (the image data is missing)")
+    return volume
 
 
 def load_case_labels(case: BratsCase, reference: nib.Nifti1Image | None = None) -> tuple[np.ndarray, LabelConvention]:

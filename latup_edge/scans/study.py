@@ -1,0 +1,281 @@
+"""One patient's scans, whatever their form, onto the model's grid and the labels back onto theirs.
+
+A scan to segment is a BraTS case (NIfTI files named by a BraTS or nnU-Net convention, of any
+orientation and spacing) or a DICOM study (series grouped by StudyInstanceUID, modalities assigned
+by the rules of ``latup_edge.scans.dicom``). ``load_scan`` gives the network its input on the model
+grid: 1 mm isotropic, BraTS's LPS voxel order, every modality on the reference's grid (T1ce, as
+BraTS registers to it). A BraTS-ready case (all modalities on one 1 mm LPS grid) takes exactly the
+path of ``load_case_images``: nothing is resampled, so its labels are byte-identical to it.
+Anything else is reoriented, resampled and, when its modalities do not share the reference's grid,
+rigidly registered to it, each step recorded with its parameters and quality figure; a brain that
+is not skull-stripped, a series too short to hold a brain or a registration that failed its own
+quality figure is refused with one sentence. ``labels_on_native_grid`` brings the labels back onto
+the reference series' own grid.
+
+>>> scans = discover_scans(Path("clinic"))                                  # doctest: +SKIP
+>>> loaded = load_scan(scans[0], ("flair", "t1ce", "t2"))                    # doctest: +SKIP
+>>> [step["step"] for step in loaded.steps]                                  # doctest: +SKIP
+['check', 'register', 'resample', 'resample', 'resample']
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from latup_edge.data.cases import (
+    AFFINE_ATOL,
+    BratsCase,
+    CaseError,
+    discover_cases,
+    load_case_images,
+    read_case_volume,
+)
+from latup_edge.scans.checks import check_coverage, check_skull_stripped
+from latup_edge.scans.dicom import (
+    DicomSeries,
+    ModalityRules,
+    assign_modalities,
+    find_series,
+    group_studies,
+    load_rules,
+    read_series,
+)
+from latup_edge.scans.geometry import (
+    is_model_grid,
+    labels_to_native,
+    model_grid_for,
+    nifti_to_sitk,
+    resample_onto,
+    sitk_to_nifti,
+)
+from latup_edge.scans.registration import check_registration, register_rigid
+
+REFERENCE_MODALITY = "t1ce"  # BraTS registers every sequence to T1ce
+# BraTS's voxel order: the affine's rotation part is diag(-1, -1, 1) (nibabel axcodes L, P, S).
+BRATS_ROTATION = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class DicomStudy:
+    """The DICOM series of one study, as found on disk (headers only; nothing is decoded until loading)."""
+
+    case_id: str
+    folder: Path
+    series: tuple[DicomSeries, ...]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """The series that cannot be model inputs (localisers, 2-D, derived ...), with the reason of each."""
+        return [{"series": s.label, "reason": s.skip_reason} for s in self.series if s.skip_reason]
+
+
+Scan = BratsCase | DicomStudy
+
+
+@dataclass
+class NativeGrid:
+    """Where the labels go back to: the reference series' own grid, and the model grid they were made on."""
+
+    grid: sitk.Image  # the model grid (1 mm, LPS voxel order) the network ran on
+    native: sitk.Image  # the reference series' grid (its data is not needed, only its geometry)
+    header: nib.Nifti1Image  # the NIfTI whose geometry the label file takes
+    series: DicomSeries | None  # the reference DICOM series (a DICOM SEG references it), None for NIfTI
+
+
+@dataclass
+class LoadedScan:
+    """A scan ready for the network: ``images`` (C, X, Y, Z) float32 on the model grid, ``reference`` its NIfTI
+    geometry, ``native`` None when the scan was BraTS-ready (labels go on ``reference`` as they are)."""
+
+    images: np.ndarray
+    reference: nib.Nifti1Image
+    native: NativeGrid | None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def discover_scans(*roots: Path | str) -> list[Scan]:
+    """Every BraTS case and every DICOM study under ``roots``, sorted by case id.
+
+    BraTS cases are found as ``discover_cases`` finds them; DICOM files anywhere under a root are
+    grouped into studies (``find_series``, ``group_studies``). A study's case id is its PatientID and
+    StudyDate (``P001_20260315``), with the end of its StudyInstanceUID added when two studies would
+    share it. Raises CaseError when a root is missing or holds neither.
+    """
+    if not roots:
+        raise CaseError("no folder given: pass one or more folders of BraTS cases or DICOM studies")
+    scans: list[Scan] = []
+    for root in map(Path, roots):
+        series = find_series(root) if root.is_dir() else []
+        try:
+            scans += discover_cases(root)
+        except CaseError:
+            if not series:
+                raise CaseError(
+                    f"no BraTS case or DICOM series found under {root}: expected BraTS-named NIfTI files "
+                    "(BraTS2021_00000_flair.nii.gz ...) or DICOM files of an MR study",
+                    path=root,
+                ) from None
+        scans += _studies(root, series)
+    return sorted(scans, key=lambda scan: (scan.case_id, str(scan.folder)))
+
+
+def _studies(root: Path, series: list[DicomSeries]) -> list[DicomStudy]:
+    studies = []
+    for study_uid, members in group_studies(series).items():
+        first = members[0]
+        folder = Path(_common_folder([path for s in members for path in s.files]) or root)
+        studies.append(DicomStudy(_safe_id(f"{first.patient_id or 'anonymous'}_{first.study_date or study_uid[-8:]}"),
+                                  folder, tuple(members)))  # fmt: skip
+    counts: dict[str, int] = {}
+    for study in studies:
+        counts[study.case_id] = counts.get(study.case_id, 0) + 1
+    return [
+        DicomStudy(f"{s.case_id}_{s.series[0].study_uid[-6:].replace('.', '')}", s.folder, s.series)
+        if counts[s.case_id] > 1
+        else s
+        for s in studies
+    ]
+
+
+def _common_folder(paths: Sequence[Path]) -> str:
+    import os
+
+    return os.path.commonpath([str(path.parent) for path in paths]) if paths else ""
+
+
+def _safe_id(text: str) -> str:
+    """A case id usable as a file name: letters, digits, ``-`` and ``_`` only."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "study"
+
+
+def is_brats_ready(images: Sequence[nib.Nifti1Image]) -> bool:
+    """All modalities on one grid, 1 mm isotropic, BraTS's LPS voxel order: nothing to resample."""
+    first = images[0]
+    if not np.allclose(first.affine[:3, :3], BRATS_ROTATION, atol=AFFINE_ATOL):
+        return False
+    return all(
+        image.shape[:3] == first.shape[:3] and np.abs(image.affine - first.affine).max() <= AFFINE_ATOL
+        for image in images[1:]
+    )
+
+
+def load_scan(scan: Scan, modalities: Sequence[str], rules: ModalityRules | Path | None = None) -> LoadedScan:
+    """Load a scan onto the model grid (see the module's docstring); CaseError or a ScanError sentence if it cannot."""
+    if isinstance(scan, BratsCase):
+        headers = _nifti_headers(scan, modalities)
+        if is_brats_ready(headers):
+            images, reference = load_case_images(scan, modalities)
+            # Nothing is resampled, so nothing is re-checked: the labels (and speed) of load_case_images.
+            return LoadedScan(images, reference, None, [{"step": "none", "why": "BraTS-ready: one 1 mm LPS grid"}])
+        volumes, labels, header = {}, {}, None
+        for key in modalities:
+            volume, image = read_case_volume(scan, key)
+            volumes[key] = nifti_to_sitk(nib.Nifti1Image(volume, image.affine, image.header))
+            labels[key] = scan.files[key].name
+            if key == REFERENCE_MODALITY:
+                header = image
+        return _onto_model_grid(volumes, labels, header, None)
+
+    chosen = assign_modalities(list(scan.series), rules if isinstance(rules, ModalityRules) else load_rules(rules),
+                               modalities)  # fmt: skip
+    volumes = {key: read_series(series) for key, series in chosen.items()}
+    labels = {key: series.label for key, series in chosen.items()}
+    steps = [{"step": "skip", **skipped} for skipped in scan.skipped]
+    loaded = _onto_model_grid(volumes, labels, None, chosen.get(REFERENCE_MODALITY))
+    loaded.steps[:0] = steps + [{"step": "assign", "series": labels}]
+    return loaded
+
+
+def _nifti_headers(case: BratsCase, modalities: Sequence[str]) -> list[nib.Nifti1Image]:
+    missing = case.missing(modalities)
+    if missing:  # load_case_images says it in its own sentence
+        load_case_images(case, modalities)
+    return [nib.load(case.files[key]) for key in modalities]
+
+
+def _view(volume: np.ndarray, reference: nib.Nifti1Image) -> sitk.Image:
+    """A (X, Y, Z) array on a NIfTI grid as a SimpleITK image, for the checks."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))
+    geometry = nifti_to_sitk(nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), reference.affine))
+    image.SetSpacing(geometry.GetSpacing())
+    image.SetOrigin(geometry.GetOrigin())
+    image.SetDirection(geometry.GetDirection())
+    return image
+
+
+def _check_all(volumes: dict[str, sitk.Image], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """Coverage and skull stripping of every modality (ScanError sentences), their figures for the log."""
+    return [
+        {
+            "step": "check",
+            "modality": key,
+            **check_coverage(volume, labels[key]),
+            **check_skull_stripped(volume, labels[key]),
+        }  # fmt: skip
+        for key, volume in volumes.items()
+    ]
+
+
+def _onto_model_grid(
+    volumes: dict[str, sitk.Image],
+    labels: dict[str, str],
+    header: nib.Nifti1Image | None,
+    series: DicomSeries | None,
+) -> LoadedScan:
+    """Check, register to the reference, resample onto the model grid; every step in ``steps``."""
+    steps = _check_all(volumes, labels)
+    reference = volumes[REFERENCE_MODALITY] if REFERENCE_MODALITY in volumes else next(iter(volumes.values()))
+    grid = model_grid_for(reference)
+    images = np.empty((len(volumes), *grid.GetSize()), np.float32)
+    for channel, (key, volume) in enumerate(volumes.items()):
+        transform = None
+        if volume is not reference and not _same_grid(volume, reference):
+            registration = register_rigid(reference, volume)
+            steps.append({"step": "register", "modality": key, "series": labels[key], **registration.to_log()})
+            check_registration(registration, key, labels[key])
+            transform = registration.transform
+        if is_model_grid(volume) and _same_grid(volume, grid) and transform is None:
+            resampled, record = volume, {"step": "resample", "modality": key, "interpolation": "none"}
+        else:
+            resampled, record = resample_onto(volume, grid, transform, label=labels[key])
+            record = {**record, "modality": key}
+        steps.append(record)
+        images[channel] = sitk.GetArrayViewFromImage(resampled).transpose(2, 1, 0)
+    native_header = header if header is not None else sitk_to_nifti(reference)
+    return LoadedScan(images, sitk_to_nifti(grid), NativeGrid(grid, reference, native_header, series), steps)
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=AFFINE_ATOL)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=AFFINE_ATOL)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=AFFINE_ATOL)
+    )
+
+
+def labels_on_native_grid(
+    native: NativeGrid, classes: np.ndarray, probabilities: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The model-grid labels (X, Y, Z) on the reference series' grid, in its NIfTI voxel order (X, Y, Z).
+
+    Label-aware: each class's probability is interpolated linearly onto the native grid and the
+    largest wins (``labels_to_native``), with the post-processed classes imposed where they differ
+    from the raw argmax, so a component removed on the model grid stays removed.
+    """
+    start = time.perf_counter()
+    if probabilities is None:
+        probabilities = np.stack([classes == k for k in range(4)]).astype(np.float32)
+    native_classes = labels_to_native(probabilities, native.grid, native.native, override=classes)
+    record = {"step": "labels to native grid", "interpolation": "linear per class probability, then argmax",
+              "shape": list(native.native.GetSize()), "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+    return np.ascontiguousarray(native_classes.transpose(2, 1, 0)), record
