@@ -70,7 +70,7 @@ def _labels(path: Path) -> np.ndarray:
 
 
 def _overlay(t1ce: np.ndarray, classes: np.ndarray, path: Path) -> None:
-    """An axial slice of T1ce through the tumour's largest cross-section, labels coloured (NCR red, ED green, ET yellow)."""
+    """An axial T1ce slice through the tumour's largest cross-section; NCR red, ED green, ET yellow."""
     from PIL import Image
 
     z = int(np.argmax((classes > 0).sum(axis=(0, 1)))) if classes.any() else classes.shape[2] // 2
