@@ -115,7 +115,7 @@ def write_clinic_study(
     """Write the clinic series of a case as one DICOM study under ``folder`` (one subfolder a series)."""
     series, truth = clinic_series(images, labels, seed)
     study = StudyInfo.new(patient_id=patient_id, seed=seed)
-    write_localizer(series["t1ce"], Path(folder) / "01_localizer", study=study, series_number=1)
+    write_localizer(Path(folder) / "01_localizer", study=study, series_number=1, seed=seed)
     for number, (key, image) in enumerate(series.items(), start=2):
         acquisition = ACQUISITIONS[key]
         target = Path(folder) / f"{number:02d}_{key}"

@@ -20,6 +20,7 @@ the reference series' own grid.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -147,8 +148,6 @@ def _studies(root: Path, series: list[DicomSeries]) -> list[DicomStudy]:
 
 
 def _common_folder(paths: Sequence[Path]) -> str:
-    import os
-
     return os.path.commonpath([str(path.parent) for path in paths]) if paths else ""
 
 
@@ -200,16 +199,6 @@ def _nifti_headers(case: BratsCase, modalities: Sequence[str]) -> list[nib.Nifti
     if missing:  # load_case_images says it in its own sentence
         load_case_images(case, modalities)
     return [nib.load(case.files[key]) for key in modalities]
-
-
-def _view(volume: np.ndarray, reference: nib.Nifti1Image) -> sitk.Image:
-    """A (X, Y, Z) array on a NIfTI grid as a SimpleITK image, for the checks."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))
-    geometry = nifti_to_sitk(nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), reference.affine))
-    image.SetSpacing(geometry.GetSpacing())
-    image.SetOrigin(geometry.GetOrigin())
-    image.SetDirection(geometry.GetDirection())
-    return image
 
 
 def _check_all(volumes: dict[str, sitk.Image], labels: dict[str, str]) -> list[dict[str, Any]]:
