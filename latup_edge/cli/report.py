@@ -9,7 +9,10 @@ import typer
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
 
-BundleOption = Annotated[Path, typer.Option(help="A bundle folder (from `latup-edge build`).")]
+BundleOption = Annotated[
+    Path | None,
+    typer.Option(help="A bundle folder (from `latup-edge build`); default: the bundle shipped in the package."),
+]
 ThreadsOption = Annotated[int, typer.Option(help="Inference threads (0: each backend's default).")]
 
 
@@ -20,7 +23,7 @@ def _split(text: str | None) -> list[str] | None:
 @command("drift")
 def drift(
     data_dir: Annotated[Path, typer.Argument(help="BraTS-format folder; cases without labels get agreement only.")],
-    bundle: BundleOption = Path("bundle"),
+    bundle: BundleOption = None,
     precisions: Annotated[
         str | None, typer.Option(help="Precisions to compare with fp32, e.g. int8,bf16 (default: all this CPU runs).")
     ] = None,
@@ -33,13 +36,19 @@ def drift(
     """Dice, HD95 and agreement of each reduced precision against fp32, per case and region, with verdicts."""
     from latup_edge.data.cases import discover_cases
     from latup_edge.evaluate.report import drift_tables
+    from latup_edge.runtime.bundle import resolve_bundle
     from latup_edge.runtime.drift import run_drift
 
     total = len(discover_cases(data_dir))
     with progress_bar() as bar:
         task = bar.add_task("drift", total=total)
         result = run_drift(
-            data_dir, bundle, _split(precisions), threads or None, report, progress=lambda case: bar.advance(task)
+            data_dir,
+            resolve_bundle(bundle),
+            _split(precisions),
+            threads or None,
+            report,
+            progress=lambda case: bar.advance(task),
         )
     if as_json:
         print_json(result)
@@ -52,7 +61,7 @@ def drift(
 
 @command("benchmark")
 def benchmark(
-    bundle: BundleOption = Path("bundle"),
+    bundle: BundleOption = None,
     cases: Annotated[
         Path | None, typer.Option(help="BraTS-format folder to time on (default: 2 generated phantoms).")
     ] = None,
@@ -70,10 +79,11 @@ def benchmark(
 ) -> None:
     """Latency, memory and size per backend and precision: one table, the same columns for each."""
     from latup_edge.runtime.benchmark import run_benchmark, write_benchmark
+    from latup_edge.runtime.bundle import resolve_bundle
 
     with err_console.status("benchmarking") as status:
         result = run_benchmark(
-            bundle, cases, _split(backends) or [], repeats, warmup, threads or None, weights,
+            resolve_bundle(bundle), cases, _split(backends) or [], repeats, warmup, threads or None, weights,
             progress=lambda message: status.update(f"benchmarking: {message}"),
         )  # fmt: skip
     if out is not None:

@@ -15,9 +15,12 @@ from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_W
 
 @command("segment")
 def segment(
-    inputs: Annotated[list[Path], typer.Argument(help="Case folders, or folders of cases (BraTS or nnU-Net names).")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Case folders, or folders of cases (BraTS or nnU-Net NIfTI names), or DICOM studies."),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <case_id>.nii.gz (created if missing).")],
-    bundle: Annotated[Path | None, typer.Option(help="Bundle folder (needed by openvino and onnxruntime).")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle folder for openvino and onnxruntime (default: the one shipped in the package).")] = None,
     precision: Annotated[
         Literal["int8", "bf16", "fp32"] | None,
         typer.Option(help="Default: the bundle's default (the fastest that passed its drift gate)."),
@@ -76,9 +79,20 @@ def segment(
             'address such as tcp://HOST:8786 (pip install "latup-edge[distributed]"; docs/DISTRIBUTED.md).'
         ),
     ] = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(
+            help="DICOM series -> modality rules (JSON; default: the shipped latup_edge/scans/modality_rules.json)."
+        ),
+    ] = None,
+    dicom_seg: Annotated[
+        bool, typer.Option("--dicom-seg", help="Also write <case_id>_seg.dcm (DICOM SEG) for each DICOM study.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Segment INPUTS into OUTPUT: one label map per case on the input's grid; bad cases are reported and skipped."""
+    """Segment INPUTS into OUTPUT: one label map per case on its reference series' own grid (T1ce), and
+    volumes.csv; scans that are not BraTS-ready are resampled to 1 mm and co-registered first (the log
+    records each step). Bad cases are reported and skipped."""
     from latup_edge.runtime.cluster import segment_distributed
     from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
     from latup_edge.runtime.segment import SegmentSettings, segment_cases
@@ -87,7 +101,8 @@ def segment(
         backend=backend, precision=precision, bundle=bundle, weights=weights, labels=labels,
         probabilities=probabilities, skip_existing=skip_existing, tiling=tiling, window=window, overlap=overlap,
         threads=threads, allow_failed_precision=allow_failed_precision, log=log, shape_policy=shape_policy,
-        postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(),
+        postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(), modality_rules=rules,
+        dicom_seg=dicom_seg,
     )  # fmt: skip
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("segmenting", total=None, status="loading the model")

@@ -27,13 +27,12 @@ from typing import Any, Literal, Protocol, get_args
 import numpy as np
 
 from latup_edge.errors import LatupError
-from latup_edge.runtime.bundle import Bundle
+from latup_edge.runtime.bundle import MAKE_BUNDLE, Bundle
 from latup_edge.runtime.openvino_backend import OpenVINOModel, PerformanceHint, Precision
 
 BackendName = Literal["openvino", "onnxruntime", "torch"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 ONNX_FILE = "fp32.onnx"
-MAKE_BUNDLE = "make one with `latup-edge build` or `latup-edge demo`"
 
 
 class BackendError(LatupError):

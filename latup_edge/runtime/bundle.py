@@ -22,18 +22,45 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from latup_edge.errors import LatupError
 from latup_edge.fileio import sha256_file
 from latup_edge.runtime.normalization import network_normalization
-from latup_edge.runtime.openvino_backend import OpenVINOModel, PerformanceHint, Precision, cpu_supports_bf16
+from latup_edge.runtime.openvino_backend import (
+    OpenVINOModel,
+    PerformanceHint,
+    Precision,
+    cpu_supports_bf16,
+    int8_kernel_report,
+)
 
 FORMAT = "latup-edge-bundle/1"
 MANIFEST = "manifest.json"
 REFERENCE_PRECISION = "fp32"
 FIX = "rebuild or re-copy the bundle"
+SHIPPED_BUNDLE = "bundle"  # in latup_edge.shipped (the repository's models/): built from the shipped weights
+MAKE_BUNDLE = "make one with `latup-edge build` or `latup-edge demo`"
+# The probe that proves, on this CPU, that an int8 model runs INT8 kernels (a small input: ~0.1 s).
+INT8_PROBE = (32, 32, 32)
+
+
+def shipped_bundle() -> Path | None:
+    """The bundle built from the shipped weights, installed inside the package; None if this install has none."""
+    path = Path(str(resources.files("latup_edge.shipped") / SHIPPED_BUNDLE))
+    return path if (path / MANIFEST).is_file() else None
+
+
+def resolve_bundle(path: Path | None) -> Path:
+    """``path``, or the shipped bundle when None; BundleError when neither exists."""
+    if path is not None:
+        return Path(path)
+    shipped = shipped_bundle()
+    if shipped is None:
+        raise BundleError(f"this install has no shipped bundle: pass --bundle DIR ({MAKE_BUNDLE})")
+    return shipped
 
 
 class BundleError(LatupError):
@@ -109,6 +136,7 @@ class Bundle:
         the default is bf16 and this CPU has no bf16 units, the fastest other eligible precision
         runs instead, with a warning.
         """
+        requested = precision
         if precision is None:
             precision = self._runnable_default()
         entry = self.precisions.get(precision)
@@ -125,7 +153,28 @@ class Bundle:
                     "or allow_failed=True to run it anyway"
                 )
             warnings.warn(f"running {precision} from bundle {self.path} although {reason}", stacklevel=2)
-        return OpenVINOModel(self.path / entry["file"], precision, threads, hint, cache_dir)
+        model = OpenVINOModel(self.path / entry["file"], precision, threads, hint, cache_dir)
+        if precision == "int8" and not self._runs_int8_kernels(model):
+            reason = (
+                f"this CPU runs no INT8 convolution kernels for it ({', '.join(model.int8_check['primitive_types'])})"
+            )
+            fallback = choose_default({k: v for k, v in self.precisions.items() if k != "int8"})
+            if requested is None:  # the default did not hold on this CPU: the next eligible one runs
+                warnings.warn(f"bundle {self.path}: int8 is its default but {reason}: running {fallback}", stacklevel=2)
+                return self.model(fallback, threads, hint, cache_dir, allow_failed)
+            if not allow_failed:
+                raise BundleError(
+                    f"bundle {self.path}: int8 is not approved on this CPU ({reason}); run --precision {fallback}, "
+                    "or allow_failed=True to run it anyway"
+                )
+            warnings.warn(f"running int8 from bundle {self.path} although {reason}", stacklevel=2)
+        return model
+
+    def _runs_int8_kernels(self, model: OpenVINOModel) -> bool:
+        """INT8 was approved on the build CPU; whether this CPU runs INT8 kernels for it too (a small probe)."""
+        channels = len(self.manifest.get("modalities") or (0, 0, 0))
+        model.int8_check = int8_kernel_report(model.compiled, (1, channels, *INT8_PROBE))
+        return model.int8_check["int8_convolutions"] > 0
 
     def _runnable_default(self) -> str:
         default = self.default_precision

@@ -134,6 +134,7 @@ class OpenVINOModel:
         self._request = self.compiled.create_infer_request() if shapes == "dynamic" else None
         self._static: tuple[tuple[int, ...], ov.InferRequest] | None = None
         self.compiles: list[dict[str, Any]] = []  # one entry per static shape compiled: shape, ms
+        self.int8_check: dict[str, Any] | None = None  # the kernels of an int8 model, checked on this CPU at load
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits (1, K, D, H, W) float32 for an input (1, C, D, H, W); a ``Forward``."""

@@ -23,7 +23,7 @@ import numpy as np
 from latup_edge.data.labels import LabelConvention
 from latup_edge.errors import LatupError
 from latup_edge.runtime.backends import Backend, BackendName, open_backend
-from latup_edge.runtime.bundle import Bundle, load_bundle
+from latup_edge.runtime.bundle import Bundle, load_bundle, resolve_bundle
 from latup_edge.runtime.openvino_backend import PerformanceHint, Precision
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
 from latup_edge.runtime.volume import (
@@ -154,9 +154,12 @@ class Predictor:
         allow_failed: bool = False,
         postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
     ) -> Predictor:
-        """Any backend, as ``open_backend`` opens it: openvino and onnxruntime run ``bundle``, torch runs
+        """Any backend, as ``open_backend`` opens it: openvino and onnxruntime run ``bundle`` (None: the bundle
+        shipped in the package, built from the shipped weights), torch runs
         ``weights`` (None: the shipped ones). A bundle path is read and verified here, once; a bundle
         given with torch only names the modalities."""
+        if bundle is None and backend != "torch":  # the bundle shipped inside the package
+            bundle = resolve_bundle(None)
         loaded = bundle if bundle is None or isinstance(bundle, Bundle) else load_bundle(Path(bundle))
         runs_bundle = backend != "torch" and loaded is not None
         network = loaded.manifest.get("network") if runs_bundle else None

@@ -35,9 +35,7 @@ from nibabel.filebasedimages import ImageFileError
 from latup_edge.data.cases import (
     BratsCase,
     CaseError,
-    discover_cases,
     image_on_grid,
-    load_case_images,
     save_label_map,
     save_nifti,
 )
@@ -51,6 +49,7 @@ from latup_edge.runtime.bundle import Bundle
 from latup_edge.runtime.openvino_backend import Precision
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
 from latup_edge.runtime.predictor import Predictor
+from latup_edge.runtime.qa import region_volumes_ml
 from latup_edge.runtime.volume import (
     DEFAULT_OVERLAP,
     DEFAULT_TILING,
@@ -61,9 +60,14 @@ from latup_edge.runtime.volume import (
     ShapePolicy,
     Tiling,
 )
+from latup_edge.scans.dicom import ModalityRules, load_rules
+from latup_edge.scans.dicom_seg import write_dicom_seg
+from latup_edge.scans.study import LoadedScan, Scan, discover_scans, labels_on_native_grid, load_scan
 
 LOG_FORMAT = "latup-edge-segment-log/1"
 LOG_NAME = "segment-log.json"
+VOLUMES_NAME = "volumes.csv"
+DICOM_SEG_SUFFIX = "_seg.dcm"
 PROBABILITIES_SUFFIX = "_probabilities"
 # Failures of one case that must not stop the batch: bad input files (LatupError), OpenVINO runtime
 # errors, a full disk on write, a case too large for memory. Anything else is a bug and stops the run.
@@ -100,6 +104,8 @@ class SegmentSettings:
     log: Path | None = None
     shape_policy: ShapePolicy | None = None
     postprocessing: Postprocessing = DEFAULT_POSTPROCESSING
+    modality_rules: Path | None = None  # DICOM series -> modality rules (None: the shipped ones)
+    dicom_seg: bool = False  # also write a DICOM SEG for each DICOM study
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot run with one SegmentError sentence, before any work."""
@@ -125,13 +131,15 @@ def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
     return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}{PROBABILITIES_SUFFIX}.nii.gz"
 
 
-def output_convention(case: BratsCase) -> LabelConvention:
+def output_convention(case: Scan) -> LabelConvention:
     """The label convention a case's output follows when none is asked for: the case's own.
 
     From its label file when that holds ET (4: 2021, 3: 2023, see ``detect_convention``); otherwise
     from its naming (BraTS 2023+ names: 2023), otherwise 2021. The label file is only a hint here:
     an unreadable one, or one with both 3 and 4, is ignored, since segmentation does not need it.
     """
+    if not isinstance(case, BratsCase):  # a DICOM study has no naming: BraTS 2021's labels
+        return "2021"
     by_naming: LabelConvention = "2023" if case.naming == "2023" else "2021"
     if case.seg is None:
         return by_naming
@@ -189,7 +197,8 @@ def segment_cases(
     model is open, then ``{"event": "case", "index", ...the case's log entry}`` after each case.
     """
     out_dir = Path(out_dir)
-    cases = discover_cases(*inputs)
+    cases = discover_scans(*inputs)
+    rules = load_rules(settings.modality_rules)
     check_output_folder(out_dir)
     log_path = Path(settings.log) if settings.log is not None else out_dir / LOG_NAME
     if log_path.is_dir():
@@ -228,6 +237,7 @@ def segment_cases(
         if entry["status"] == "failed":
             log["failures"][job.case.case_id] = entry["error"]
         write_log(log_path, log)
+        write_volumes(out_dir / VOLUMES_NAME, log["cases"])
         report({"event": "case", "index": index, **entry})
 
     # The next case is read and the previous one written on helper threads while the network runs
@@ -236,16 +246,16 @@ def segment_cases(
         runnable = iter([job for job in jobs if job.runnable])
         upcoming = next(runnable, None)
         if upcoming is not None:
-            upcoming.start_loading(reader, modalities)
+            upcoming.start_loading(reader, modalities, rules)
         previous: tuple[int, CaseJob] | None = None
         for index, job in enumerate(jobs):
             if job.runnable:  # this job is ``upcoming``: the runnable jobs come in the same order
                 loaded = job.wait_for_images()
                 upcoming = next(runnable, None)
                 if upcoming is not None:
-                    upcoming.start_loading(reader, modalities)
+                    upcoming.start_loading(reader, modalities, rules)
                 if loaded is not None:
-                    job.predict(predictor, *loaded)
+                    job.predict(predictor, loaded)
                     del loaded  # this case's images are no longer needed
                 job.start_writing(writer)
             if previous is not None:
@@ -258,7 +268,7 @@ def segment_cases(
     return log
 
 
-def plan_jobs(cases: Sequence[BratsCase], out_dir: Path, settings: SegmentSettings) -> list[CaseJob]:
+def plan_jobs(cases: Sequence[Scan], out_dir: Path, settings: SegmentSettings) -> list[CaseJob]:
     """One job per case, in order; a case id seen before, or outputs to skip, are decided here."""
     folders: dict[str, Path] = {}
     jobs = []
@@ -310,7 +320,7 @@ class CaseJob:
     labels once written. Every user-facing failure (``CASE_ERRORS``) of any stage ends in its entry.
     """
 
-    def __init__(self, case: BratsCase, seen_in: Path | None, out_dir: Path, settings: SegmentSettings) -> None:
+    def __init__(self, case: Scan, seen_in: Path | None, out_dir: Path, settings: SegmentSettings) -> None:
         self.case = case
         self.settings = settings
         self.labels_path, self.probabilities_path = output_paths(out_dir, case.case_id)
@@ -322,13 +332,16 @@ class CaseJob:
             "error": None,
             "outputs": [str(path) for path in wanted],
             "labels": None,
+            "volumes_ml": None,
+            "geometry": None,
             "seconds": {},
             "process_peak_rss_mb": None,
         }
         self.loading: Future | None = None
         self.writing: Future | None = None
         self.prediction: Prediction | None = None
-        self.reference: nib.Nifti1Image | None = None
+        self.loaded: LoadedScan | None = None
+        self.dicom_seg_path = out_dir / f"{case.case_id}{DICOM_SEG_SUFFIX}"
         if seen_in is not None:
             self.entry.update(
                 status="failed",
@@ -343,14 +356,17 @@ class CaseJob:
     def runnable(self) -> bool:
         return self.entry["status"] == "ok"
 
-    def start_loading(self, reader: ThreadPoolExecutor, modalities: Sequence[str]) -> None:
-        self.loading = reader.submit(_timed, load_case_images, self.case, modalities)
+    def start_loading(
+        self, reader: ThreadPoolExecutor, modalities: Sequence[str], rules: ModalityRules | Path | None = None
+    ) -> None:
+        self.loading = reader.submit(_timed, load_scan, self.case, modalities, rules)
 
-    def wait_for_images(self) -> tuple[np.ndarray, nib.Nifti1Image] | None:
-        """This case's images and reference, once read; None (and the entry failed) if they cannot be."""
+    def wait_for_images(self) -> LoadedScan | None:
+        """This case's images on the model grid, once read; None (and the entry failed) if they cannot be."""
         assert self.loading is not None
         try:
             loaded, self.entry["seconds"]["load"] = self.loading.result()
+            self.entry["geometry"] = loaded.steps
             return loaded
         except CASE_ERRORS as error:
             self._fail(error)
@@ -358,13 +374,13 @@ class CaseJob:
         finally:
             self.loading = None
 
-    def predict(self, predictor: Predictor, images: np.ndarray, reference: nib.Nifti1Image) -> None:
+    def predict(self, predictor: Predictor, loaded: LoadedScan) -> None:
+        # Labels go back to a native grid through the class probabilities (label-aware resampling).
+        wanted = self.settings.probabilities or loaded.native is not None
         try:
-            self.prediction, self.entry["seconds"]["infer"] = _timed(
-                predictor.predict, images, self.settings.probabilities
-            )
+            self.prediction, self.entry["seconds"]["infer"] = _timed(predictor.predict, loaded.images, wanted)
             self.entry["seconds"].update(self.prediction.seconds)  # pre, network, post within infer
-            self.reference = reference
+            self.loaded = loaded
         except CASE_ERRORS as error:
             self._fail(error)
 
@@ -374,12 +390,30 @@ class CaseJob:
 
     def _write(self) -> None:
         prediction, self.prediction = self.prediction, None
-        assert prediction is not None and self.reference is not None
+        loaded, self.loaded = self.loaded, None
+        assert prediction is not None and loaded is not None
         convention = self.settings.labels or output_convention(self.case)
-        if prediction.probabilities is not None:
-            save_probabilities(prediction.probabilities, self.reference, self.probabilities_path)
-        save_label_map(prediction.classes, self.reference, self.labels_path, convention)
+        if self.settings.probabilities:  # on the grid the network ran on (the model grid for resampled scans)
+            save_probabilities(prediction.probabilities, loaded.reference, self.probabilities_path)
+        classes, reference = prediction.classes, loaded.reference
+        if loaded.native is not None:
+            classes, record = labels_on_native_grid(loaded.native, prediction.classes, prediction.probabilities)
+            reference = loaded.native.header
+            self.entry["geometry"].append(record)
+        del prediction
+        save_label_map(classes, reference, self.labels_path, convention)
         self.entry["labels"] = convention
+        self.entry["volumes_ml"] = region_volumes_ml(classes, reference.header.get_zooms()[:3])
+        if self.settings.dicom_seg:
+            self._write_dicom_seg(classes, loaded)
+
+    def _write_dicom_seg(self, classes: np.ndarray, loaded: LoadedScan) -> None:
+        series = loaded.native.series if loaded.native is not None else None
+        if series is None:
+            self.entry.setdefault("notes", []).append("no DICOM SEG: the input is NIfTI, not a DICOM series")
+            return
+        write_dicom_seg(np.ascontiguousarray(classes.transpose(2, 1, 0)), series, self.dicom_seg_path)
+        self.entry["outputs"].append(str(self.dicom_seg_path))
 
     def finish(self) -> dict[str, Any]:
         """The case's log entry, once its outputs are written (or it failed)."""
@@ -389,7 +423,7 @@ class CaseJob:
             except CASE_ERRORS as error:
                 self._fail(error)
             self.writing = None
-        self.prediction = self.reference = None
+        self.prediction = self.loaded = None
         if self.ran:
             self.entry["process_peak_rss_mb"] = process_peak_rss_mb()
         return self.entry
@@ -408,7 +442,7 @@ def _since(start: float) -> float:
     return round(time.perf_counter() - start, 3)
 
 
-def case_sentence(case: BratsCase, error: BaseException) -> str:
+def case_sentence(case: Scan, error: BaseException) -> str:
     """One line for the log: CaseError messages already name the case, other LatupErrors get it;
     the rest (runtime, disk and memory errors) also say their type."""
     if isinstance(error, CaseError):
@@ -426,6 +460,17 @@ def _bundle_summary(bundle: Bundle | None) -> dict[str, Any] | None:
         "default_precision": bundle.default_precision,
         "checksum": bundle.manifest.get("checksum"),
     }
+
+
+def write_volumes(path: Path, entries: Sequence[dict[str, Any]]) -> None:
+    """The tumour volumes of every segmented case (mL, on the label map's own grid) as CSV, atomically."""
+    lines = ["case_id,status,WT_ml,TC_ml,ET_ml"]
+    for entry in entries:
+        volumes = entry.get("volumes_ml") or {}
+        values = [f"{volumes[name]:.2f}" if name in volumes else "" for name in ("WT", "TC", "ET")]
+        lines.append(",".join([entry["case_id"], entry["status"], *values]))
+    text = "\n".join(lines) + "\n"
+    atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
 def write_log(path: Path, log: dict[str, Any]) -> None:

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latup_edge.data.cases import discover_cases
 from latup_edge.runtime.cluster.task import open_predictor, remove_stale_temporaries, require_bundle
 from latup_edge.runtime.segment import (
     CASE_ERRORS,
     LOG_NAME,
+    VOLUMES_NAME,
     CaseJob,
     Report,
     SegmentError,
@@ -27,7 +27,10 @@ from latup_edge.runtime.segment import (
     log_header,
     plan_jobs,
     write_log,
+    write_volumes,
 )
+from latup_edge.scans.dicom import load_rules
+from latup_edge.scans.study import discover_scans
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -115,7 +118,8 @@ def segment_distributed(
     # Absolute paths: a remote worker runs in a folder of its own, and sees shared storage at the same paths.
     given_out_dir, out_dir = out_dir, Path(out_dir).absolute()
     settings = replace(settings, bundle=bundle.absolute())
-    cases = discover_cases(*(Path(path).absolute() for path in inputs))
+    cases = discover_scans(*(Path(path).absolute() for path in inputs))
+    load_rules(settings.modality_rules)  # a bad rules file stops the run before any worker starts
     check_output_folder(out_dir)
     log_path = Path(settings.log) if settings.log is not None else out_dir / LOG_NAME
     if log_path.is_dir():
@@ -148,6 +152,7 @@ def segment_distributed(
             if entry["status"] == "failed":
                 log["failures"][entry["case_id"]] = entry["error"]
             write_log(log_path, log)
+            write_volumes(out_dir / VOLUMES_NAME, log["cases"])
             report({"event": "case", "index": index, **entry})
 
         futures = {}

@@ -22,11 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from latup_edge.data.cases import BratsCase
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.fileio import gunzip_file
+from latup_edge.runtime.bundle import resolve_bundle
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.segment import CaseJob, SegmentError, SegmentSettings
+from latup_edge.scans.study import Scan
 
 # A temporary beside an output, as ``atomic_write`` names them (".<8 hex>.<name>"), and the
 # temporary ``atomic_write`` makes while writing a staged output (".<8 hex>..<8 hex>.<name>").
@@ -34,10 +35,10 @@ _TEMPORARY = re.compile(r"\.[0-9a-f]{8}\.(?:\.[0-9a-f]{8}\.)?(?P<name>.+)")
 
 
 def require_bundle(settings: SegmentSettings) -> Path:
-    """The settings' bundle: a cluster runs bundles only (SegmentError for the torch backend or no bundle)."""
-    if settings.backend == "torch" or settings.bundle is None:
+    """The settings' bundle (None: the shipped one): a cluster runs bundles only (SegmentError for the torch backend)."""
+    if settings.backend == "torch":
         raise SegmentError("--cluster runs a bundle on each worker: pass --bundle (the torch backend runs serially)")
-    return Path(settings.bundle)
+    return resolve_bundle(settings.bundle)
 
 
 def open_predictor(settings: SegmentSettings, predictor_class: type[Predictor] = Predictor) -> Predictor:
@@ -49,7 +50,7 @@ def open_predictor(settings: SegmentSettings, predictor_class: type[Predictor] =
     )  # fmt: skip
 
 
-def run_case(predictor: Predictor, case: BratsCase, out_dir: Path, settings: SegmentSettings) -> dict[str, Any]:
+def run_case(predictor: Predictor, case: Scan, out_dir: Path, settings: SegmentSettings) -> dict[str, Any]:
     """Segment one case into ``out_dir`` as serial ``segment`` does; returns its log entry.
 
     Whether to skip the case was decided before (``settings.skip_existing`` is ignored here: a rerun
@@ -58,10 +59,10 @@ def run_case(predictor: Predictor, case: BratsCase, out_dir: Path, settings: Seg
     """
     job = _StagedCaseJob(case, None, Path(out_dir), replace(settings, skip_existing=False))
     with ThreadPoolExecutor(1, "latup-io") as io:
-        job.start_loading(io, predictor.modalities or MODEL_MODALITIES)
+        job.start_loading(io, predictor.modalities or MODEL_MODALITIES, settings.modality_rules)
         loaded = job.wait_for_images()
         if loaded is not None:
-            job.predict(predictor, *loaded)
+            job.predict(predictor, loaded)
             del loaded  # the images are no longer needed once predicted
         job.start_writing(io)
         return job.finish()

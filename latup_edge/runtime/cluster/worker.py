@@ -17,10 +17,10 @@ from typing import Any
 from distributed import Worker, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from latup_edge.data.cases import BratsCase
 from latup_edge.runtime.cluster.task import open_predictor, run_case
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.segment import SegmentSettings, model_summary
+from latup_edge.scans.study import Scan
 
 OpenPredictor = Callable[[SegmentSettings], Predictor]
 
@@ -64,7 +64,7 @@ def opened_summary(predictor: Predictor, caught: list[str]) -> dict[str, Any]:
 
 
 def segment_case(
-    plugin_name: str, case: BratsCase, out_dir: Path, settings: SegmentSettings
+    plugin_name: str, case: Scan, out_dir: Path, settings: SegmentSettings
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The task of one case: its log entry (with the ``worker`` that ran it) and that worker's summary."""
     worker = get_worker()
