@@ -137,7 +137,8 @@ def test_a_worker_killed_mid_case_costs_no_case(bundle, cases, serial, scheduler
     assert [case["case_id"] for case in log["cases"]] == IDS and log["summary"] == {"ok": 6, "failed": 0, "skipped": 0}
     assert_same_as_serial(out, serial, IDS)
     assert hidden_files(out) == []
-    assert sorted(path.name for path in out.iterdir()) == sorted([*(f"{i}.nii.gz" for i in IDS), "segment-log.json"])
+    expected = [*(f"{i}.nii.gz" for i in IDS), "segment-log.json", "volumes.csv"]
+    assert sorted(path.name for path in out.iterdir()) == sorted(expected)
 
 
 def test_a_bad_case_fails_alone_with_serial_segments_sentence(bundle, scheduler, tmp_path):

@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import BRAIN, narrow_network
+from synthetic_head import clinic_images, write_nifti_case
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
@@ -34,16 +35,8 @@ from latup_edge.runtime.volume import predict_classes
 
 runner = CliRunner()
 SHAPE = (40, 44, 36)
-# Oblique, anisotropic and offset: a grid that a careless writer would not reproduce by accident.
-ANGLE = np.deg2rad(10)
-AFFINE = np.array(
-    [
-        [1.2 * np.cos(ANGLE), -np.sin(ANGLE), 0, -90.5],
-        [1.2 * np.sin(ANGLE), np.cos(ANGLE), 0, 20.0],
-        [0, 0, 1.5, -33.0],
-        [0, 0, 0, 1],
-    ]
-)
+# BraTS's 1 mm LPS grid, offset: segmented as it is (scans of other geometry: tests/test_study.py).
+AFFINE = np.array([[-1.0, 0, 0, 30.5], [0, -1.0, 0, 201.0], [0, 0, 1.0, -33.0], [0, 0, 0, 1]])
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +67,7 @@ def brain_bundle(tmp_path_factory) -> Path:
 
 
 def write_case(root: Path, case_id: str, naming: str = "2021", seed: int = 0, seg: bool = True) -> Path:
-    """A small case (40x44x36, oblique grid): a noisy brain with a bright lesion, and a label map."""
+    """A small BraTS-ready case (40x44x36, offset grid): a noisy brain with a bright lesion, and a label map."""
     folder = root / case_id
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -203,7 +196,8 @@ def test_bad_cases_are_reported_in_one_sentence_and_the_batch_goes_on(bundle, tm
     failures = json.loads((out / "segment-log.json").read_text())["failures"]
     assert set(failures) == {"BraTS2021_00002", "BraTS2021_00003", "BraTS2021_00004"}
     assert "t2 missing" in failures["BraTS2021_00002"]
-    assert "40x44x30" in failures["BraTS2021_00003"] and "voxel grid" in failures["BraTS2021_00003"]
+    # Off BraTS's grid, so checked before resampling: too small to hold a brain.
+    assert "BraTS2021_00003" in failures["BraTS2021_00003"] and "covers only" in failures["BraTS2021_00003"]
     assert "BraTS2021_00004_flair.nii.gz" in failures["BraTS2021_00004"]
     for message in failures.values():
         assert "\n" not in message and message.startswith("case BraTS2021_0000")
@@ -282,10 +276,10 @@ def test_a_killed_run_leaves_only_complete_files_and_resumes(bundle, tmp_path):
             image = nib.load(out / name)
             assert np.asanyarray(image.dataobj).shape == image.shape  # reads the whole file
         else:
-            assert name == "segment-log.json"
-            json.loads((out / name).read_text())
+            assert name in ("segment-log.json", "volumes.csv")
+            assert name == "volumes.csv" or json.loads((out / name).read_text())
     # What else may be left is a killed write's temporary file, hidden (".<8 hex>.<name>"): discovery skips it.
-    temporary = re.compile(r"\.[0-9a-f]{8}\.(BraTS2021_\d{5}(_probabilities)?\.nii\.gz|segment-log\.json)")
+    temporary = re.compile(r"\.[0-9a-f]{8}\.(BraTS2021_\d{5}(_probabilities)?\.nii\.gz|segment-log\.json|volumes\.csv)")
     assert all(temporary.fullmatch(p.name) for p in out.iterdir() if p.name.startswith("."))
 
     result = segment(data, "-o", out, "--bundle", bundle, "--probabilities", "--skip-existing")
@@ -418,12 +412,12 @@ def test_the_next_case_is_read_and_the_previous_written_while_the_network_runs(b
     for index in (1, 2, 3):
         write_case(tmp_path / "data", f"BraTS2021_0000{index}", seed=index)
     started_reading: dict[str, threading.Event] = {f"BraTS2021_0000{i}": threading.Event() for i in (1, 2, 3)}
-    load, predict = segment_module.load_case_images, predictor_module.predict_volume
+    load, predict = segment_module.load_scan, predictor_module.predict_volume
     predicted: list[int] = []
 
-    def recorded_load(case, modalities):
+    def recorded_load(case, modalities, rules=None):
         started_reading[case.case_id].set()
-        return load(case, modalities)
+        return load(case, modalities, rules)
 
     def predict_while_the_next_is_read(images, *args, **kwargs):
         predicted.append(1)
@@ -438,7 +432,7 @@ def test_the_next_case_is_read_and_the_previous_written_while_the_network_runs(b
         return save(classes, reference, path, convention)
 
     save = segment_module.save_label_map
-    monkeypatch.setattr(segment_module, "load_case_images", recorded_load)
+    monkeypatch.setattr(segment_module, "load_scan", recorded_load)
     monkeypatch.setattr(predictor_module, "predict_volume", predict_while_the_next_is_read)
     monkeypatch.setattr(segment_module, "save_label_map", refuse_to_write_the_second)
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
@@ -449,6 +443,7 @@ def test_the_next_case_is_read_and_the_previous_written_while_the_network_runs(b
         "BraTS2021_00001.nii.gz",
         "BraTS2021_00003.nii.gz",
         "segment-log.json",
+        "volumes.csv",
     ]  # no partial or temporary file of the failed write
 
 
@@ -462,3 +457,52 @@ def test_segment_post_processes_its_labels_by_default(bundle, tmp_path, monkeypa
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
     assert log["postprocessing"] == {"min_et_voxels": 0, "min_component_fraction": 0.1}
     assert [rules.min_component_fraction for rules in seen] == [0.1]
+
+
+def test_a_nifti_case_of_another_geometry_is_registered_and_labelled_on_its_reference_grid(bundle, tmp_path):
+    write_nifti_case(tmp_path / "data", "BraTS2021_00020", clinic_images())
+    out = tmp_path / "out"
+    result = segment(tmp_path / "data", "-o", out, "--bundle", bundle)
+    assert result.exit_code == 0, result.output
+    reference = nib.load(tmp_path / "data" / "BraTS2021_00020" / "BraTS2021_00020_t1ce.nii.gz")
+    output = nib.load(out / "BraTS2021_00020.nii.gz")
+    assert output.shape == reference.shape and output.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(output.affine, reference.affine, atol=1e-5)
+    entry = json.loads((out / "segment-log.json").read_text())["cases"][0]
+    steps = [step["step"] for step in entry["geometry"]]
+    assert steps.count("check") == 3 and steps.count("register") == 1 and steps[-1] == "labels to native grid"
+    labels = np.asanyarray(output.dataobj)
+    voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000
+    assert entry["volumes_ml"]["WT"] == pytest.approx((labels > 0).sum() * voxel_ml, abs=0.01)
+    rows = (out / "volumes.csv").read_text().splitlines()
+    assert rows[0] == "case_id,status,WT_ml,TC_ml,ET_ml" and rows[1].startswith("BraTS2021_00020,ok,")
+    assert float(rows[1].split(",")[2]) == pytest.approx(entry["volumes_ml"]["WT"], abs=0.01)
+
+
+def test_a_dicom_study_is_segmented_into_nifti_and_a_dicom_seg_on_its_t1ce_series(bundle, tmp_path):
+    from latup_edge.scans.dicom import find_series
+    from latup_edge.scans.dicom_seg import read_dicom_seg
+    from latup_edge.scans.dicom_write import StudyInfo, write_localizer, write_series
+
+    study = StudyInfo.new(patient_id="P0007", seed=7)
+    write_localizer(tmp_path / "scans" / "01_loc", study=study, series_number=1, seed=7)
+    descriptions = {"t1ce": "AX T1 MPRAGE POST GD", "flair": "AX T2 FLAIR", "t2": "AX T2 TSE"}
+    for number, (key, image) in enumerate(clinic_images().items(), start=2):
+        write_series(image, tmp_path / "scans" / f"{number:02d}_{key}", description=descriptions[key],
+                     series_number=number, study=study, seed=7)  # fmt: skip
+    before = hashes(tmp_path / "scans")
+    out = tmp_path / "out"
+    result = segment(tmp_path / "scans", "-o", out, "--bundle", bundle, "--dicom-seg")
+    assert result.exit_code == 0, result.output
+    assert hashes(tmp_path / "scans") == before  # the scanner's files are never touched
+    entry = json.loads((out / "segment-log.json").read_text())["cases"][0]
+    case_id = entry["case_id"]
+    assert case_id.startswith("P0007_")
+    steps = entry["geometry"]
+    assert [s["step"] for s in steps[:2]] == ["skip", "assign"] and "localizer" in steps[0]["reason"].lower()
+    assert "AX T1 MPRAGE POST GD" in steps[1]["series"]["t1ce"]
+    t1ce = next(s for s in find_series(tmp_path / "scans") if s.description == "AX T1 MPRAGE POST GD")
+    labels = np.asanyarray(nib.load(out / f"{case_id}.nii.gz").dataobj)
+    assert labels.shape == (t1ce.columns, t1ce.rows, t1ce.n_slices)
+    seg = read_dicom_seg(out / f"{case_id}_seg.dcm", t1ce)
+    np.testing.assert_array_equal(seg.transpose(2, 1, 0), np.where(labels == 4, 3, labels))

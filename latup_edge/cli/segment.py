@@ -20,7 +20,10 @@ def segment(
         typer.Argument(help="Case folders, or folders of cases (BraTS or nnU-Net NIfTI names), or DICOM studies."),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <case_id>.nii.gz (created if missing).")],
-    bundle: Annotated[Path | None, typer.Option(help="Bundle folder for openvino and onnxruntime (default: the one shipped in the package).")] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="Bundle folder for openvino and onnxruntime (default: the one shipped in the package)."),
+    ] = None,
     precision: Annotated[
         Literal["int8", "bf16", "fp32"] | None,
         typer.Option(help="Default: the bundle's default (the fastest that passed its drift gate)."),

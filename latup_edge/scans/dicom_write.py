@@ -169,14 +169,21 @@ def write_localizer(
     return paths
 
 
+def _ds(value: float) -> str:
+    """A DS string of ``value`` to 12 significant digits: pydicom writes 9.999999999999998 in 17 characters."""
+    return format_number_as_ds(float(f"{float(value):.12g}"))
+
+
 def _rescale(values: np.ndarray) -> tuple[float, float]:
     """RescaleSlope and RescaleIntercept that fit ``values`` into int16 (identity when they are int16 already)."""
     low, high = float(values.min()), float(values.max())
     if np.all(values == np.rint(values)) and low >= _INT16.min and high <= _INT16.max:
         return 1.0, 0.0
-    slope = float(format_number_as_ds((high - low) / 65534.0 if high > low else 1.0))
+    if low >= 0:  # MR magnitude: intercept 0 keeps a skull-stripped background's zeros exact
+        return float(_ds(high / 32767.0 if high > 0 else 1.0)), 0.0
+    slope = float(_ds((high - low) / 65534.0 if high > low else 1.0))
     # The intercept as it will be stored (16 characters), so the stored integers use the value a reader sees.
-    intercept = float(format_number_as_ds(low - _INT16.min * slope - slope))
+    intercept = float(_ds(low - _INT16.min * slope - slope))
     return slope, intercept
 
 
@@ -230,9 +237,9 @@ def _slice_dataset(
     ds.ScanningSequence = "SE"
     ds.SequenceVariant = "SK"
     ds.MRAcquisitionType = "3D"
-    ds.SliceThickness = format_number_as_ds(float(slice_spacing))
-    ds.SpacingBetweenSlices = format_number_as_ds(float(slice_spacing))
-    ds.RepetitionTime, ds.EchoTime = (format_number_as_ds(float(t)) for t in timing)
+    ds.SliceThickness = _ds(float(slice_spacing))
+    ds.SpacingBetweenSlices = _ds(float(slice_spacing))
+    ds.RepetitionTime, ds.EchoTime = (_ds(float(t)) for t in timing)
     ds.MagneticFieldStrength = "3"
     ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = study.study_uid
@@ -241,20 +248,20 @@ def _slice_dataset(
     ds.SeriesNumber = series_number
     ds.AcquisitionNumber = 1
     ds.InstanceNumber = instance
-    ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in position]
-    ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in orientation]
+    ds.ImagePositionPatient = [_ds(float(v)) for v in position]
+    ds.ImageOrientationPatient = [_ds(float(v)) for v in orientation]
     ds.FrameOfReferenceUID = study.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
-    ds.SliceLocation = format_number_as_ds(slice_location)
+    ds.SliceLocation = _ds(slice_location)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
-    ds.PixelSpacing = [format_number_as_ds(float(v)) for v in pixel_spacing]
+    ds.PixelSpacing = [_ds(float(v)) for v in pixel_spacing]
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 1
-    ds.RescaleIntercept = format_number_as_ds(rescale[1])
-    ds.RescaleSlope = format_number_as_ds(rescale[0])
+    ds.RescaleIntercept = _ds(rescale[1])
+    ds.RescaleSlope = _ds(rescale[0])
     ds.RescaleType = "US"
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
     return ds

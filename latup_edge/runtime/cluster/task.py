@@ -35,7 +35,7 @@ _TEMPORARY = re.compile(r"\.[0-9a-f]{8}\.(?:\.[0-9a-f]{8}\.)?(?P<name>.+)")
 
 
 def require_bundle(settings: SegmentSettings) -> Path:
-    """The settings' bundle (None: the shipped one): a cluster runs bundles only (SegmentError for the torch backend)."""
+    """The settings' bundle (None: the shipped one): a cluster runs bundles only (SegmentError for torch)."""
     if settings.backend == "torch":
         raise SegmentError("--cluster runs a bundle on each worker: pass --bundle (the torch backend runs serially)")
     return resolve_bundle(settings.bundle)

@@ -1,0 +1,118 @@
+"""scans.study: BraTS-ready cases untouched; any other geometry checked, registered, resampled and mapped back."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from synthetic_head import MODALITIES, OBLIQUE, clinic_images, head_image, motion, write_nifti_case
+
+from latup_edge.data.cases import CaseError, discover_cases, load_case_images
+from latup_edge.data.naming import case_filename
+from latup_edge.scans import study
+from latup_edge.scans.checks import ScanError
+from latup_edge.scans.geometry import nifti_to_sitk
+from latup_edge.scans.registration import RegistrationError, registration_error_mm
+from latup_edge.scans.study import NativeGrid, discover_scans, labels_on_native_grid, load_scan
+
+
+@pytest.fixture(scope="module")
+def clinic_case(tmp_path_factory) -> Path:
+    return write_nifti_case(tmp_path_factory.mktemp("clinic"), "BraTS2021_00001", clinic_images())
+
+
+@pytest.fixture(scope="module")
+def loaded(clinic_case):
+    return load_scan(discover_scans(clinic_case.parent)[0], MODALITIES)
+
+
+def test_a_brats_ready_case_takes_exactly_the_path_of_load_case_images(tmp_path):
+    affine = np.array([[-1.0, 0, 0, 30.0], [0, -1.0, 0, 200.0], [0, 0, 1.0, -20.0], [0, 0, 0, 1]])
+    folder = tmp_path / "BraTS2021_00002"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for key in MODALITIES:
+        nib.save(nib.Nifti1Image(rng.normal(300, 50, (30, 34, 28)).astype(np.float32), affine),
+                 folder / case_filename("BraTS2021_00002", key, "2021"))  # fmt: skip
+    case = discover_cases(tmp_path)[0]
+    loaded = load_scan(case, MODALITIES)
+    images, reference = load_case_images(case, MODALITIES)
+    assert loaded.native is None and [step["step"] for step in loaded.steps] == ["none"]
+    np.testing.assert_array_equal(loaded.images, images)
+    np.testing.assert_array_equal(loaded.reference.affine, reference.affine)
+
+
+def test_another_geometry_is_checked_registered_and_resampled_onto_the_1mm_lps_grid(loaded):
+    steps = loaded.steps
+    assert [s["modality"] for s in steps if s["step"] == "check"] == list(MODALITIES)
+    registered = [s for s in steps if s["step"] == "register"]
+    assert [s["modality"] for s in registered] == ["flair"]  # T2 shares T1ce's grid: nothing to register
+    assert registered[0]["converged"] and registered[0]["mask_dice_after"] > registered[0]["mask_dice_before"]
+    assert {s["modality"] for s in steps if s["step"] == "resample"} == set(MODALITIES)
+    np.testing.assert_allclose(loaded.reference.affine[:3, :3], np.diag([-1.0, -1.0, 1.0]), atol=1e-6)
+    assert loaded.images.shape == (3, *loaded.reference.shape)
+    # The lesion lands on the same voxels in every channel once FLAIR's motion is undone.
+    lesions = loaded.images > 650
+    for channel in (0, 2):
+        overlap = (lesions[channel] & lesions[1]).sum() / ((lesions[channel].sum() + lesions[1].sum()) / 2)
+        assert overlap > 0.9, (channel, overlap)
+
+
+def test_registration_recovers_the_known_head_motion_within_1mm(clinic_case):
+    reference = nifti_to_sitk(nib.load(clinic_case / "BraTS2021_00001_t1ce.nii.gz"))
+    moving = nifti_to_sitk(nib.load(clinic_case / "BraTS2021_00001_flair.nii.gz"))
+    found = study.register_rigid(reference, moving)
+    mask = sitk.Cast(reference > 0, sitk.sitkUInt8)
+    assert registration_error_mm(motion(), found.transform, mask, points=4000) <= 1.0
+
+
+def test_labels_go_back_onto_the_reference_series_grid(clinic_case, loaded):
+    native = loaded.native
+    assert isinstance(native, NativeGrid) and native.series is None
+    reference = nib.load(clinic_case / "BraTS2021_00001_t1ce.nii.gz")
+    np.testing.assert_allclose(native.header.affine, reference.affine, atol=1e-5)
+    classes = np.where(loaded.images[1] > 650, 3, 0).astype(np.uint8)
+    labels, record = labels_on_native_grid(native, classes, None)
+    assert labels.shape == reference.shape and record["step"] == "labels to native grid"
+    truth = np.asanyarray(reference.dataobj) > 650
+    found = labels == 3
+    assert 2 * (truth & found).sum() / (truth.sum() + found.sum()) > 0.95
+
+
+def test_a_scan_with_its_skull_is_refused_naming_the_remedy(tmp_path):
+    images = clinic_images()
+    images["t2"] = head_image((1.2, 1.0, 1.5), OBLIQUE, stripped=False)
+    write_nifti_case(tmp_path, "BraTS2021_00003", images)
+    with pytest.raises(ScanError, match=r"BraTS2021_00003_t2\.nii\.gz is not skull-stripped.*HD-BET or SynthStrip"):
+        load_scan(discover_scans(tmp_path)[0], MODALITIES)
+
+
+def test_a_series_too_short_for_a_brain_is_refused(tmp_path):
+    images = clinic_images()
+    images["flair"] = head_image((1.0, 1.0, 4.0), extent_mm=(150, 170, 60), moved=motion())
+    write_nifti_case(tmp_path, "BraTS2021_00004", images)
+    with pytest.raises(ScanError, match=r"BraTS2021_00004_flair\.nii\.gz covers only 60 mm along its axis 2"):
+        load_scan(discover_scans(tmp_path)[0], MODALITIES)
+
+
+def test_a_missing_modality_is_refused(tmp_path):
+    images = clinic_images()
+    del images["t2"]
+    write_nifti_case(tmp_path, "BraTS2021_00005", images)
+    with pytest.raises(CaseError, match="t2 missing"):
+        load_scan(discover_scans(tmp_path)[0], MODALITIES)
+
+
+def test_a_registration_that_fails_its_own_quality_figure_is_refused(clinic_case, monkeypatch):
+    register = study.register_rigid
+
+    def implausible(fixed, moving, **kwargs):
+        return replace(register(fixed, moving, **kwargs), mask_dice_after=0.4)
+
+    monkeypatch.setattr(study, "register_rigid", implausible)
+    with pytest.raises(RegistrationError, match=r"flair series BraTS2021_00001_flair\.nii\.gz could not be aligned"):
+        load_scan(discover_scans(clinic_case.parent)[0], MODALITIES)
