@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -67,13 +68,17 @@ def test_known_motion_is_recovered_within_1_mm(images, modality, shift, angles, 
     registration = register_rigid(images["t1ce"], moving, seed=0)
     assert registration_error_mm(truth, sitk.Euler3DTransform(), brain) > 5.0
     assert registration_error_mm(truth, registration.transform, brain) <= 1.0
-    assert registration.converged and registration.seconds < 3.0
+    assert registration.converged  # its time is measured in benchmarks/clinic_input.py, not asserted
     assert registration.mask_dice_after > registration.mask_dice_before
     assert registration.mask_dice_after > 0.95
     assert registration.metric_after < registration.metric_before  # Mattes MI: lower is better
     check_registration(registration, modality, "series 2")
     log = registration.to_log()
     assert log["step"] == "register" and "transform" not in log and len(log["translation_mm"]) == 3
+    logged = sitk.Euler3DTransform()  # the log holds the transform exactly: it can be rebuilt from JSON
+    logged.SetFixedParameters(json.loads(json.dumps(log["fixed_parameters"])))
+    logged.SetParameters(json.loads(json.dumps(log["parameters"])))
+    assert registration_error_mm(registration.transform, logged, brain) < 1e-9
 
 
 def test_registration_is_deterministic(images):

@@ -320,6 +320,7 @@ def test_segment_normalises_as_the_bundles_model_was_trained(brain_bundle, tmp_p
     case = discover_cases(write_case(tmp_path / "data", "BraTS2021_00001", seed=5))[0]
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=brain_bundle, threads=1))
     assert log["summary"]["ok"] == 1 and log["backend"]["normalization"] == "zscore-brain"
+    assert [step["step"] for step in log["cases"][0]["geometry"]] == ["none"]  # BraTS-ready: nothing resampled
     written = np.asanyarray(nib.load(tmp_path / "out" / "BraTS2021_00001.nii.gz").dataobj)
     images = load_case_images(case)[0]
     model = OpenVINOModel(brain_bundle / "fp32.xml", "fp32", threads=1)

@@ -78,6 +78,9 @@ class Registration:
         record = {k: v for k, v in asdict(self).items() if k != "transform"}
         record["translation_mm"] = [round(v, 3) for v in self.translation_mm]
         record["rotation_deg"] = [round(v, 3) for v in self.rotation_deg]
+        # The transform itself, exactly: Euler3DTransform's (angles rad, translation mm) and its centre.
+        record["parameters"] = list(self.transform.GetParameters())
+        record["fixed_parameters"] = list(self.transform.GetFixedParameters())
         return (
             {"step": "register"} | record | {"shift_mm": round(self.shift_mm, 3), "angle_deg": round(self.angle_deg, 3)}
         )
