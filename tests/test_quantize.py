@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import BRAIN, NARROW, narrow_network
 
+from latup_edge.data.cases import discover_cases
 from latup_edge.data.preprocess import Crop
 from latup_edge.deploy.build import BuildSettings, build_bundle, verdict
 from latup_edge.deploy.deploy_form import to_deploy_form
@@ -20,6 +21,7 @@ from latup_edge.evaluate.drift import PreparedCase, measure_drift, summarise_dri
 from latup_edge.models.checkpoint import save_checkpoint
 from latup_edge.runtime.bundle import load_bundle
 from latup_edge.runtime.openvino_backend import OpenVINOModel, int8_kernel_report
+from latup_edge.runtime.segment import SegmentSettings, segment_cases
 
 SKIP_CONV = "/decoder1/conv_skip/Conv"
 STEM_NORM = "/encoder2/norm/InstanceNormalization"
@@ -266,6 +268,21 @@ def test_build_makes_a_verified_bundle_with_a_drift_gate(engine, config, two_pha
     assert bundle.manifest["network"] == config.to_dict() and bundle.normalization == config.normalization
     assert report["calibration"]["normalization"] == config.normalization
     assert bundle.manifest["preprocessing"]["normalization"] == config.normalization
+    # It records its inputs' statistics, and segment scores each scan against them.
+    inputs = bundle.manifest["build"]["input_reference"]
+    assert sorted(inputs["cases"]) == sorted([*report["calibration"]["cases"], *report["held_out"]]) and inputs["n"]
+    case = discover_cases(two_phantoms)[0]
+    swapped = tmp_path / "swapped" / case.case_id
+    swapped.mkdir(parents=True)
+    for key, path in case.files.items():
+        source = case.files[{"flair": "t2", "t2": "flair"}.get(key, key)]
+        (swapped / path.name).write_bytes(source.read_bytes())
+    settings = SegmentSettings(bundle=tmp_path / "bundle", threads=1)
+    ordinary = segment_cases([case.folder], tmp_path / "ordinary", settings)["cases"][0]
+    assert ordinary["ood"]["score"] is not None and ordinary["ood"]["flags"] == []
+    shifted = segment_cases([swapped], tmp_path / "shifted", settings)["cases"][0]
+    assert any("bright_asymmetry.flair~t2" in flag for flag in shifted["ood"]["flags"])
+    assert any(flag.startswith("input unlike the bundle's data") for flag in shifted["flags"])
 
 
 def test_build_never_makes_a_broken_int8_model_the_default(two_phantoms, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """`latup-edge segment`: outputs on the input grid, label conventions, bad cases, atomic and resumable
 runs, the run log, and the three backends agreeing."""
 
+import csv
 import hashlib
 import json
 import os
@@ -475,9 +476,12 @@ def test_a_nifti_case_of_another_geometry_is_registered_and_labelled_on_its_refe
     labels = np.asanyarray(output.dataobj)
     voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000
     assert entry["volumes_ml"]["WT"] == pytest.approx((labels > 0).sum() * voxel_ml, abs=0.01)
-    rows = (out / "volumes.csv").read_text().splitlines()
-    assert rows[0] == "case_id,status,WT_ml,TC_ml,ET_ml" and rows[1].startswith("BraTS2021_00020,ok,")
-    assert float(rows[1].split(",")[2]) == pytest.approx(entry["volumes_ml"]["WT"], abs=0.01)
+    with open(out / "volumes.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["case_id"], row["status"]) for row in rows] == [("BraTS2021_00020", "ok")]
+    assert float(rows[0]["WT_ml"]) == pytest.approx(entry["volumes_ml"]["WT"], abs=0.01)
+    assert rows[0]["flags"] == "; ".join(entry["flags"])
+    assert entry["qa"]["volumes_ml"] == entry["volumes_ml"] and 0 <= entry["qa"]["low_confidence_fraction"] <= 1
 
 
 def test_a_dicom_study_is_segmented_into_nifti_and_a_dicom_seg_on_its_t1ce_series(bundle, tmp_path):
@@ -507,3 +511,48 @@ def test_a_dicom_study_is_segmented_into_nifti_and_a_dicom_seg_on_its_t1ce_serie
     assert labels.shape == (t1ce.columns, t1ce.rows, t1ce.n_slices)
     seg = read_dicom_seg(out / f"{case_id}_seg.dcm", t1ce)
     np.testing.assert_array_equal(seg.transpose(2, 1, 0), np.where(labels == 4, 3, labels))
+
+
+def test_audit_runs_fp32_on_every_kth_case_and_reports_its_agreement_beside_the_gate(bundle, tmp_path):
+    for index in range(3):
+        write_case(tmp_path / "data", f"BraTS2021_0003{index}", seed=index)
+    out = tmp_path / "out"
+    # The fixture's "int8" is the float model (it failed its gate): agreement with fp32 is exact.
+    args = ("--bundle", bundle, "--precision", "int8", "--allow-failed-precision", "--audit", "2")
+    result = segment(tmp_path / "data", "-o", out, *args)
+    assert result.exit_code == 0, result.output
+    assert "INT8 audit: 1 case(s) against fp32" in result.stdout and "audit cost" in result.stdout
+    log = json.loads((out / "segment-log.json").read_text())
+    audited = {entry["case_id"]: entry["audit"] for entry in log["cases"] if entry["audit"]}
+    assert list(audited) == ["BraTS2021_00031"]  # the 2nd case of 3
+    assert audited["BraTS2021_00031"]["agreement"] == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
+    assert audited["BraTS2021_00031"]["passed"] and audited["BraTS2021_00031"]["gate"] == 0.99
+    summary = log["audit"]
+    assert summary["cases"] == 1 and summary["passed"] and 0 < summary["fraction_of_run_time"] < 1
+    with open(out / "volumes.csv", newline="") as file:
+        rows = {row["case_id"]: row for row in csv.DictReader(file)}
+    assert rows["BraTS2021_00031"]["audit_WT"] == "1" and rows["BraTS2021_00030"]["audit_WT"] == ""
+
+
+def test_an_fp32_run_has_nothing_to_audit_and_says_so(bundle, tmp_path):
+    write_case(tmp_path / "data", "BraTS2021_00040")
+    log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle, audit_every=1))
+    assert log["trust"]["audit_note"].startswith("no audit: the run itself is fp32")
+    assert "audit" not in log and log["cases"][0]["audit"] is None
+
+
+def test_a_negative_audit_is_refused_before_any_work(tmp_path):
+    with pytest.raises(SegmentError, match="--audit must be 0"):
+        SegmentSettings(audit_every=-1)
+
+
+def test_review_writes_the_runs_page(bundle, tmp_path):
+    write_case(tmp_path / "data", "BraTS2021_00050")
+    segment(tmp_path / "data", "-o", tmp_path / "out", "--bundle", bundle)
+    result = runner.invoke(app, ["review", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    page = Path(json.loads(result.stdout)["page"])
+    assert page == tmp_path / "out" / "review.html" and "BraTS2021_00050" in page.read_text()
+    missing = runner.invoke(app, ["review", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1
+    assert squeeze("segment-log.json not found: pass the output folder") in squeeze(missing.stderr)

@@ -169,6 +169,9 @@ def build(
             "generator's cases; it is never calibrated on. The bundle records the numbers per folder."
         ),
     ] = None,
+    include_onnx: Annotated[
+        bool, typer.Option(help="Also keep fp32.onnx in the bundle (the onnxruntime backend needs it).")
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Export, calibrate, quantize, gate on Dice drift and compile a bundle, in one command."""
@@ -180,7 +183,7 @@ def build(
     settings = BuildSettings(
         engine=engine, weights=weights, max_dice_drop=max_dice_drop, min_agreement=min_agreement, held_out=held_out,
         calibration_cases=calibration_cases, calibration_kind=calibration_kind, threads=threads or None,
-        accuracy_control=accuracy_control, gate_data=tuple(gate_data or ()),
+        accuracy_control=accuracy_control, gate_data=tuple(gate_data or ()), include_onnx=include_onnx,
     )  # fmt: skip
     with Status("building", console=err_console) as status:
         report = build_bundle(calib_data, output, settings, progress=lambda stage: status.update(stage))

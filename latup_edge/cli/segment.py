@@ -91,6 +91,19 @@ def segment(
     dicom_seg: Annotated[
         bool, typer.Option("--dicom-seg", help="Also write <case_id>_seg.dcm (DICOM SEG) for each DICOM study.")
     ] = False,
+    audit: Annotated[
+        int,
+        typer.Option(
+            "--audit",
+            metavar="K",
+            help="Also run the fp32 reference on every K-th case and log its agreement with the run's precision "
+            "against the bundle's gate (0: off; it costs one fp32 pass per audited case).",
+        ),
+    ] = 0,
+    audit_fraction: Annotated[
+        float, typer.Option(metavar="F", help="Also audit a seeded random fraction F (0-1) of the cases.")
+    ] = 0.0,
+    audit_seed: Annotated[int, typer.Option(help="Seed of --audit-fraction's choice.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Segment INPUTS into OUTPUT: one label map per case on its reference series' own grid (T1ce), and
@@ -99,13 +112,14 @@ def segment(
     from latup_edge.runtime.cluster import segment_distributed
     from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
     from latup_edge.runtime.segment import SegmentSettings, segment_cases
+    from latup_edge.runtime.trust import audit_warnings
 
     settings = SegmentSettings(
         backend=backend, precision=precision, bundle=bundle, weights=weights, labels=labels,
         probabilities=probabilities, skip_existing=skip_existing, tiling=tiling, window=window, overlap=overlap,
         threads=threads, allow_failed_precision=allow_failed_precision, log=log, shape_policy=shape_policy,
         postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(), modality_rules=rules,
-        dicom_seg=dicom_seg,
+        dicom_seg=dicom_seg, audit_every=audit, audit_fraction=audit_fraction, audit_seed=audit_seed,
     )  # fmt: skip
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("segmenting", total=None, status="loading the model")
@@ -134,6 +148,8 @@ def segment(
         print_json(result)
     else:
         print_segment(result, log or output / "segment-log.json")
+    for warning in audit_warnings(result.get("audit") or {}):  # stderr, also beside --json
+        err_console.print(f"[bold yellow]Warning:[/] {escape(warning)}", highlight=False)
     if result["failures"]:
         raise typer.Exit(1)
 
@@ -149,6 +165,10 @@ def print_segment(result: dict[str, Any], log: Path) -> None:
             case["status"],
             *(f"{case['seconds'][stage]:.2f}" if stage in case["seconds"] else "-" for stage in stages),
             f"{case['process_peak_rss_mb']:.0f}" if case["process_peak_rss_mb"] else "-",
+            _volumes(case),
+            _ood(case),
+            _audit(case),
+            escape("; ".join(case.get("flags") or [])) or "-",
             *([(case["worker"] or "-").partition("://")[2] or "-"] if on_cluster else []),
         )
         for case in result["cases"]
@@ -161,6 +181,10 @@ def print_segment(result: dict[str, Any], log: Path) -> None:
         "infer s",
         "write s",
         "peak RSS MB (process)",
+        "WT / TC / ET mL",
+        "OOD score",
+        "audit WT / TC / ET",
+        "flags",
         *(["worker"] if on_cluster else []),
     )
     print_table(f"Segmented with {backend['name']} {backend['precision']}", columns, rows)
@@ -169,5 +193,53 @@ def print_segment(result: dict[str, Any], log: Path) -> None:
         f"{summary['ok']} written, {summary['skipped']} skipped, {summary['failed']} failed -> {result['out_dir']}; "
         f"log: {log}"
     )
+    if result.get("audit"):
+        print_audit(result["audit"])
     for message in result["failures"].values():  # each message names its case
         err_console.print(f"[red]failed:[/] {escape(message)}", highlight=False)
+
+
+def print_audit(audit: dict[str, Any]) -> None:
+    """The audited agreement beside the bundle's gate, its cost, and a warning for each shortfall."""
+    if not audit["cases"]:
+        console.print("audit: no case was audited (fewer cases than K, or none drawn)")
+        return
+    mean, lowest = audit["mean_agreement"], audit["lowest_agreement"]
+    rows = [(region, f"{mean[region]:.4f}", f"{lowest[region]:.4f}", f"{audit['gate']}") for region in mean]
+    print_table(f"INT8 audit: {audit['cases']} case(s) against fp32", ("region", "mean", "lowest", "gate"), rows)
+    share = audit["fraction_of_run_time"]
+    console.print(f"audit cost: {audit['seconds']:.1f} s" + (f", {share:.0%} of the run" if share is not None else ""))
+
+
+def _volumes(case: dict[str, Any]) -> str:
+    volumes = case.get("volumes_ml")
+    return " / ".join(f"{volumes[r]:.1f}" for r in ("WT", "TC", "ET")) if volumes else "-"
+
+
+def _ood(case: dict[str, Any]) -> str:
+    score = (case.get("ood") or {}).get("score")
+    return "-" if score is None else f"{score:.1f}"
+
+
+def _audit(case: dict[str, Any]) -> str:
+    agreement = (case.get("audit") or {}).get("agreement")
+    return " / ".join(f"{agreement[r]:.3f}" for r in ("WT", "TC", "ET")) if agreement else "-"
+
+
+@command("review")
+def review(
+    run: Annotated[Path, typer.Argument(help="The output folder of a segment run (it holds segment-log.json).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The page to write (default: RUN/review.html).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write one self-contained, offline HTML page of a segment run: every case's slices with the label
+    overlay, volumes, flags and audit results, cases to review first."""
+    from latup_edge.runtime.review import write_review_page
+
+    page = write_review_page(run, output)
+    if as_json:
+        print_json({"page": str(page), "bytes": page.stat().st_size})
+    else:
+        console.print(f"wrote {page} ({page.stat().st_size / 1e6:.1f} MB): open it in any browser, offline")

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from latup_edge.calibration.calibration_set import build_calibration_set
-from latup_edge.data.cases import discover_cases
+from latup_edge.data.cases import BratsCase, discover_cases, load_case_images
+from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_for_deploy
 from latup_edge.deploy.quantize import DEFAULT_AGREEMENT_TARGET, Engine, quantize
@@ -29,6 +30,7 @@ from latup_edge.evaluate.drift import (
     measure_drift,
     prepare_case,
 )
+from latup_edge.runtime.input_stats import case_statistics, reference_statistics
 from latup_edge.runtime.normalization import network_normalization
 from latup_edge.runtime.openvino_backend import OpenVINOModel, cpu_supports_bf16
 
@@ -59,6 +61,7 @@ class BuildSettings:
     latency_repeats: int = 3  # timed passes per precision for the manifest's latency
     # More labelled folders the gate must pass on too (e.g. the independent generator's cases); never calibrated on.
     gate_data: tuple[Path, ...] = ()
+    include_onnx: bool = True  # keep fp32.onnx in the bundle (onnxruntime); the shipped bundle leaves it out
 
 
 def split_held_out(case_ids: list[str], held_out: int, seed: int) -> tuple[list[str], list[str]]:
@@ -108,6 +111,16 @@ def _gate_entry(drift: dict[str, Any], forwards: dict[str, Any], bounds: tuple[f
         "summary": drift["summary"],
         "verdicts": {name: verdict(drift["summary"][name], *bounds) for name in forwards},
     }
+
+
+def input_reference(cases: list[BratsCase]) -> dict[str, Any]:
+    """The input statistics of the build's calibration and held-out cases, which ``segment`` scores each
+    scan against (``latup_edge.runtime.input_stats``): intensities in the brain, brain volume and box, spacing."""
+    per_case = []
+    for case in cases:
+        images, reference = load_case_images(case, MODEL_MODALITIES)
+        per_case.append(case_statistics(images, MODEL_MODALITIES, reference.header.get_zooms()[:3]))
+    return reference_statistics(per_case) | {"cases": [case.case_id for case in cases]}
 
 
 def build_bundle(
@@ -163,6 +176,9 @@ def build_bundle(
             name: combined_verdict({data: entry["verdicts"][name] for data, entry in gate.items()}) for name in forwards
         }
 
+        progress("inputs")
+        inputs = input_reference([cases[i] for i in [*calibration_ids, *held_out]])
+
         progress("compile")
         report = {
             "engine": settings.engine,
@@ -175,11 +191,12 @@ def build_bundle(
             "drift": drift,
             "gate": gate,
             "verdicts": verdicts,
+            "input_reference": inputs,
         }
         latency_shape = max((case.inputs.shape for case in prepared), key=np.prod)
         # compile_bundle writes atomically and never overwrites a folder that is not a bundle.
         compile_bundle(
             onnx_path, quantized.path, out_dir, extra=report, latency_shape=latency_shape,
-            threads=settings.threads, include_onnx=True, repeats=settings.latency_repeats,
+            threads=settings.threads, include_onnx=settings.include_onnx, repeats=settings.latency_repeats,
         )  # fmt: skip
     return report

@@ -170,6 +170,13 @@ class Predictor:
         )
         return cls(opened, None, network, tiling, window, overlap, shape_policy, loaded, postprocessing)
 
+    def with_precision(self, precision: Precision, threads: int | None = None) -> Predictor:
+        """The same bundle, tiling, shape policy and post-processing at another precision (the audit's fp32)."""
+        return Predictor.open(
+            self.backend.name, precision, self.bundle, None, threads, self.tiling, self.window, self.overlap,
+            shape_policy=self.requested_shape_policy, allow_failed=True, postprocessing=self.postprocessing,
+        )  # fmt: skip
+
     @property
     def precision(self) -> str:
         return self.backend.precision

@@ -15,6 +15,7 @@ files; ``skip_existing`` then resumes it. Inputs are only read.
 
 from __future__ import annotations
 
+import csv
 import json
 import resource
 import sys
@@ -39,7 +40,7 @@ from latup_edge.data.cases import (
     save_label_map,
     save_nifti,
 )
-from latup_edge.data.labels import LabelConvention, detect_convention
+from latup_edge.data.labels import REGIONS, LabelConvention, detect_convention
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import SIZE_MULTIPLE
 from latup_edge.errors import LatupError, first_line
@@ -49,7 +50,17 @@ from latup_edge.runtime.bundle import Bundle
 from latup_edge.runtime.openvino_backend import Precision
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
 from latup_edge.runtime.predictor import Predictor
-from latup_edge.runtime.qa import region_volumes_ml
+from latup_edge.runtime.qa import case_qa, region_volumes_ml
+from latup_edge.runtime.trust import (
+    AUDIT_REFERENCE,
+    AuditPlan,
+    audit_case,
+    audit_summary,
+    audit_warnings,
+    bundle_gate,
+    case_flags,
+    input_check,
+)
 from latup_edge.runtime.volume import (
     DEFAULT_OVERLAP,
     DEFAULT_TILING,
@@ -67,6 +78,8 @@ from latup_edge.scans.study import LoadedScan, Scan, discover_scans, labels_on_n
 LOG_FORMAT = "latup-edge-segment-log/1"
 LOG_NAME = "segment-log.json"
 VOLUMES_NAME = "volumes.csv"
+VOLUMES_COLUMNS = ("case_id", "status", "WT_ml", "TC_ml", "ET_ml", "low_confidence", "ood_score",
+                   "audit_WT", "audit_TC", "audit_ET", "flags")  # fmt: skip
 DICOM_SEG_SUFFIX = "_seg.dcm"
 PROBABILITIES_SUFFIX = "_probabilities"
 # Failures of one case that must not stop the batch: bad input files (LatupError), OpenVINO runtime
@@ -106,6 +119,13 @@ class SegmentSettings:
     postprocessing: Postprocessing = DEFAULT_POSTPROCESSING
     modality_rules: Path | None = None  # DICOM series -> modality rules (None: the shipped ones)
     dicom_seg: bool = False  # also write a DICOM SEG for each DICOM study
+    audit_every: int = 0  # also run the fp32 reference on every K-th case (0: never)
+    audit_fraction: float = 0.0  # ... and on a seeded random fraction of the cases
+    audit_seed: int = 0
+
+    @property
+    def audit(self) -> AuditPlan:
+        return AuditPlan(self.audit_every, self.audit_fraction, self.audit_seed)
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot run with one SegmentError sentence, before any work."""
@@ -124,6 +144,10 @@ class SegmentSettings:
             raise SegmentError(f"threads must be at least 1, got {self.threads}")
         if self.shape_policy not in (None, *SHAPE_POLICIES):
             raise SegmentError(f"unknown shape policy {self.shape_policy!r}: choose {' or '.join(SHAPE_POLICIES)}")
+        try:
+            self.audit  # noqa: B018 (AuditPlan refuses a negative K or a fraction outside 0-1)
+        except ValueError as error:
+            raise SegmentError(str(error)) from None
 
 
 def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
@@ -214,10 +238,12 @@ def segment_cases(
                 allow_failed=settings.allow_failed_precision, postprocessing=settings.postprocessing,
             )  # fmt: skip
     modalities = predictor.modalities or MODEL_MODALITIES
+    trust = RunTrust.open(predictor, settings)
     log: dict[str, Any] = {
         **log_header(inputs, out_dir, settings),
         **model_summary(predictor, [str(warning.message) for warning in caught]),
         "memory": "process_peak_rss_mb is the whole process's peak resident memory so far (ru_maxrss)",
+        "trust": trust.describe(),
         "cases": [],
         "summary": {"ok": 0, "failed": 0, "skipped": 0},
         "failures": {},
@@ -229,6 +255,7 @@ def segment_cases(
     })  # fmt: skip
 
     jobs = plan_jobs(cases, out_dir, settings)
+    started = time.perf_counter()
 
     def finish(index: int, job: CaseJob) -> None:
         entry = job.finish()
@@ -256,6 +283,7 @@ def segment_cases(
                     upcoming.start_loading(reader, modalities, rules)
                 if loaded is not None:
                     job.predict(predictor, loaded)
+                    job.check(trust, loaded, modalities, audited=trust.audits(index))
                     del loaded  # this case's images are no longer needed
                 job.start_writing(writer)
             if previous is not None:
@@ -264,8 +292,46 @@ def segment_cases(
         if previous is not None:
             finish(*previous)
     log["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if trust.plan.active:
+        log["audit"] = trust.summary(log["cases"], time.perf_counter() - started)
+        log["warnings"] += audit_warnings(log["audit"])
     write_log(log_path, log)
     return log
+
+
+@dataclass
+class RunTrust:
+    """What a run checks beside segmenting: the fp32 audit, and the inputs against the bundle's record."""
+
+    plan: AuditPlan
+    reference: Predictor | None  # the fp32 predictor of the same bundle, when the plan audits
+    gate: float
+    input_reference: dict[str, Any] | None  # the bundle's input statistics (None: not recorded)
+    note: str | None = None
+
+    @classmethod
+    def open(cls, predictor: Predictor, settings: SegmentSettings) -> RunTrust:
+        plan, manifest = settings.audit, predictor.bundle.manifest if predictor.bundle is not None else None
+        reference, note = None, None
+        if plan.active and predictor.precision == AUDIT_REFERENCE:
+            plan, note = AuditPlan(), f"no audit: the run itself is {AUDIT_REFERENCE}, the audit's reference"
+        elif plan.active:
+            reference = predictor.with_precision(AUDIT_REFERENCE, settings.threads)
+        input_reference = ((manifest or {}).get("build") or {}).get("input_reference")
+        return cls(plan, reference, bundle_gate(manifest), input_reference, note)
+
+    def audits(self, index: int) -> bool:
+        return self.reference is not None and self.plan.chooses(index)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "audit": self.plan.to_dict() | {"gate": self.gate} if self.plan.active else None,
+            "audit_note": self.note,
+            "input_reference": None if self.input_reference is None else {"cases": self.input_reference.get("n")},
+        }
+
+    def summary(self, entries: Sequence[dict[str, Any]], run_seconds: float) -> dict[str, Any]:
+        return audit_summary(entries, self.plan, self.gate, run_seconds)
 
 
 def plan_jobs(cases: Sequence[Scan], out_dir: Path, settings: SegmentSettings) -> list[CaseJob]:
@@ -334,6 +400,10 @@ class CaseJob:
             "labels": None,
             "volumes_ml": None,
             "geometry": None,
+            "qa": None,
+            "ood": None,
+            "audit": None,
+            "flags": [],
             "seconds": {},
             "process_peak_rss_mb": None,
         }
@@ -341,6 +411,7 @@ class CaseJob:
         self.writing: Future | None = None
         self.prediction: Prediction | None = None
         self.loaded: LoadedScan | None = None
+        self.qa: dict[str, Any] | None = None
         self.dicom_seg_path = out_dir / f"{case.case_id}{DICOM_SEG_SUFFIX}"
         if seen_in is not None:
             self.entry.update(
@@ -384,6 +455,22 @@ class CaseJob:
         except CASE_ERRORS as error:
             self._fail(error)
 
+    def check(self, trust: RunTrust, loaded: LoadedScan, modalities: Sequence[str], audited: bool) -> None:
+        """QA figures, the input's OOD score and, when ``audited``, the fp32 audit of this case."""
+        if self.prediction is None:
+            return
+        classes, spacing = self.prediction.classes, loaded.reference.header.get_zooms()[:3]  # the network's grid
+        self.qa = case_qa(classes, spacing) | {"low_confidence_fraction": self.prediction.low_confidence_fraction}
+        self.entry["ood"] = input_check(loaded.images, modalities, spacing, trust.input_reference,
+                                        loaded.acquired_spacing)  # fmt: skip
+        if audited:
+            try:
+                reference, seconds = _timed(trust.reference.predict, loaded.images)
+            except CASE_ERRORS as error:  # the audit is extra: its failure is noted, the case stands
+                self.entry["audit"] = {"reference": AUDIT_REFERENCE, "error": first_line(error), "passed": None}
+                return
+            self.entry["audit"] = audit_case(classes, reference.classes, trust.gate, seconds)
+
     def start_writing(self, writer: ThreadPoolExecutor) -> None:
         if self.runnable:
             self.writing = writer.submit(_timed, self._write)
@@ -404,6 +491,8 @@ class CaseJob:
         save_label_map(classes, reference, self.labels_path, convention)
         self.entry["labels"] = convention
         self.entry["volumes_ml"] = region_volumes_ml(classes, reference.header.get_zooms()[:3])
+        if self.qa is not None:  # on the label map's own grid, as written
+            self.qa["volumes_ml"] = self.entry["volumes_ml"]
         if self.settings.dicom_seg:
             self._write_dicom_seg(classes, loaded)
 
@@ -424,6 +513,9 @@ class CaseJob:
                 self._fail(error)
             self.writing = None
         self.prediction = self.loaded = None
+        if self.entry["status"] == "ok" and self.qa is not None:
+            self.entry["qa"] = self.qa
+            self.entry["flags"] = case_flags(self.qa, self.entry.get("ood"), self.entry.get("audit"))
         if self.ran:
             self.entry["process_peak_rss_mb"] = process_peak_rss_mb()
         return self.entry
@@ -464,13 +556,30 @@ def _bundle_summary(bundle: Bundle | None) -> dict[str, Any] | None:
 
 def write_volumes(path: Path, entries: Sequence[dict[str, Any]]) -> None:
     """The tumour volumes of every segmented case (mL, on the label map's own grid) as CSV, atomically."""
-    lines = ["case_id,status,WT_ml,TC_ml,ET_ml"]
+    rows = []
     for entry in entries:
         volumes = entry.get("volumes_ml") or {}
-        values = [f"{volumes[name]:.2f}" if name in volumes else "" for name in ("WT", "TC", "ET")]
-        lines.append(",".join([entry["case_id"], entry["status"], *values]))
-    text = "\n".join(lines) + "\n"
-    atomic_write(path, lambda temporary: temporary.write_text(text))
+        qa, ood, audit = entry.get("qa") or {}, entry.get("ood") or {}, entry.get("audit") or {}
+        agreement = audit.get("agreement") or {}
+        rows.append([
+            entry["case_id"], entry["status"],
+            *(f"{volumes[name]:.2f}" if name in volumes else "" for name in REGIONS),
+            _cell(qa.get("low_confidence_fraction")), _cell(ood.get("score")),
+            *(_cell(agreement.get(name)) for name in REGIONS),
+            "; ".join(entry.get("flags") or []),
+        ])  # fmt: skip
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(VOLUMES_COLUMNS)
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}"
 
 
 def write_log(path: Path, log: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ import numpy as np
 from latup_edge.data.preprocess import SIZE_MULTIPLE, apply_crop, brain_box, normalize, undo_crop
 from latup_edge.errors import LatupError
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, postprocess
+from latup_edge.runtime.qa import low_confidence_fraction
 from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
 
 Tiling = Literal["whole", "sliding"]
@@ -77,6 +78,7 @@ class Prediction:
     classes: np.ndarray
     probabilities: np.ndarray | None = None  # (K, X, Y, Z) float32; background is 1 outside the box
     seconds: dict[str, float] = field(default_factory=dict)  # pre, network, post
+    low_confidence_fraction: float | None = None  # of the predicted tumour, max softmax < 0.5
 
 
 def bucket_shape(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
@@ -150,15 +152,19 @@ def predict_volume(
     del box
     clock.lap("network")
     # Softmax is monotone: the argmax of logits (whole) and of probabilities (sliding) agree.
-    classes = undo_crop(postprocess(np.argmax(scores, axis=0).astype(np.uint8), postprocessing), crop)
+    box_classes = postprocess(np.argmax(scores, axis=0).astype(np.uint8), postprocessing)
+    # QA: the share of the tumour whose top class is under 0.5, from the box's scores (no full-size copy).
+    confidence = round(low_confidence_fraction(scores, box_classes, logits=tiling == "whole"), 4)
+    classes = undo_crop(box_classes, crop)
+    del box_classes
     if not probabilities:
         clock.lap("post")
-        return Prediction(classes, seconds=clock.seconds)
+        return Prediction(classes, seconds=clock.seconds, low_confidence_fraction=confidence)
     box_probabilities = softmax(scores, axis=0) if tiling == "whole" else scores
     full = undo_crop(box_probabilities, crop)
     full[0] = undo_crop(box_probabilities[0], crop, fill=1)  # outside the brain box is background
     clock.lap("post")
-    return Prediction(classes, full, clock.seconds)
+    return Prediction(classes, full, clock.seconds, confidence)
 
 
 class _Clock:

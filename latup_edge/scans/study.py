@@ -101,6 +101,8 @@ class LoadedScan:
     reference: nib.Nifti1Image
     native: NativeGrid | None
     steps: list[dict[str, Any]] = field(default_factory=list)
+    # The coarsest acquisition: per axis, sorted finest first, the largest spacing of any modality (mm).
+    acquired_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def discover_scans(*roots: Path | str) -> list[Scan]:
@@ -174,7 +176,9 @@ def load_scan(scan: Scan, modalities: Sequence[str], rules: ModalityRules | Path
         if is_brats_ready(headers):
             images, reference = load_case_images(scan, modalities)
             # Nothing is resampled, so nothing is re-checked: the labels (and speed) of load_case_images.
-            return LoadedScan(images, reference, None, [{"step": "none", "why": "BraTS-ready: one 1 mm LPS grid"}])
+            steps = [{"step": "none", "why": "BraTS-ready: one 1 mm LPS grid"}]
+            spacing = tuple(sorted(float(z) for z in reference.header.get_zooms()[:3]))
+            return LoadedScan(images, reference, None, steps, spacing)
         volumes, labels, header = {}, {}, None
         for key in modalities:
             volume, image = read_case_volume(scan, key)
@@ -240,7 +244,9 @@ def _onto_model_grid(
         steps.append(record)
         images[channel] = sitk.GetArrayViewFromImage(resampled).transpose(2, 1, 0)
     native_header = header if header is not None else sitk_to_nifti(reference)
-    return LoadedScan(images, sitk_to_nifti(grid), NativeGrid(grid, reference, native_header, series), steps)
+    spacing = np.max([sorted(volume.GetSpacing()) for volume in volumes.values()], axis=0)
+    native = NativeGrid(grid, reference, native_header, series)
+    return LoadedScan(images, sitk_to_nifti(grid), native, steps, tuple(round(float(s), 4) for s in spacing))
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:

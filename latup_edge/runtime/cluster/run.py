@@ -109,6 +109,8 @@ def segment_distributed(
     """
     settings = settings or SegmentSettings()
     spec = ClusterSpec.parse(cluster)
+    if settings.audit.active:  # the audit's fp32 reference would be a second model on every worker
+        raise SegmentError("--audit and --audit-fraction run serially: drop --cluster, or audit in a serial run")
     bundle = require_bundle(settings)
     require_dask()
     from distributed import KilledWorker, as_completed

@@ -26,7 +26,7 @@ from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.fileio import gunzip_file
 from latup_edge.runtime.bundle import resolve_bundle
 from latup_edge.runtime.predictor import Predictor
-from latup_edge.runtime.segment import CaseJob, SegmentError, SegmentSettings
+from latup_edge.runtime.segment import CaseJob, RunTrust, SegmentError, SegmentSettings
 from latup_edge.scans.study import Scan
 
 # A temporary beside an output, as ``atomic_write`` names them (".<8 hex>.<name>"), and the
@@ -63,6 +63,8 @@ def run_case(predictor: Predictor, case: Scan, out_dir: Path, settings: SegmentS
         loaded = job.wait_for_images()
         if loaded is not None:
             job.predict(predictor, loaded)
+            # QA and the input check as serial segment runs them; the audit is serial only.
+            job.check(RunTrust.open(predictor, settings), loaded, predictor.modalities or MODEL_MODALITIES, False)
             del loaded  # the images are no longer needed once predicted
         job.start_writing(io)
         return job.finish()
