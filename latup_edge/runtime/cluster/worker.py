@@ -19,7 +19,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from latup_edge.runtime.cluster.task import open_predictor, run_case
 from latup_edge.runtime.predictor import Predictor
-from latup_edge.runtime.segment import SegmentSettings, model_summary
+from latup_edge.runtime.segment import RunTrust, SegmentSettings, model_summary
 from latup_edge.scans.study import Scan
 
 OpenPredictor = Callable[[SegmentSettings], Predictor]
@@ -53,14 +53,16 @@ class PredictorPlugin(WorkerPlugin):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 predictor = self.open_predictor(self.settings)
-            self.summary = opened_summary(predictor, [str(warning.message) for warning in caught])
+            self.summary = opened_summary(predictor, [str(warning.message) for warning in caught], self.settings)
             self.predictor = predictor
         return self.predictor
 
 
-def opened_summary(predictor: Predictor, caught: list[str]) -> dict[str, Any]:
-    """What a worker opened, in the run log's words (``model_summary``), with its host and pid."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), **model_summary(predictor, caught)}
+def opened_summary(predictor: Predictor, caught: list[str], settings: SegmentSettings) -> dict[str, Any]:
+    """What a worker opened, in the run log's words (``model_summary`` and the run's ``trust``), with its
+    host and pid."""
+    trust = RunTrust.open(predictor, settings).describe()
+    return {"host": socket.gethostname(), "pid": os.getpid(), **model_summary(predictor, caught), "trust": trust}
 
 
 def segment_case(
