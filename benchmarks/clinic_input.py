@@ -29,28 +29,20 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from latup_edge.data.cases import discover_cases, load_case_labels
+from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import region_masks, to_classes
 from latup_edge.data.naming import case_filename
 from latup_edge.evaluate.metrics import dice
 from latup_edge.fileio import atomic_write
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.segment import SegmentSettings, segment_cases
-from latup_edge.scans.clinic_like import clinic_series, write_clinic_study
+from latup_edge.scans.clinic_like import case_volumes, clinic_series, write_clinic_study
 from latup_edge.scans.geometry import nifti_to_sitk, sitk_to_nifti
-from latup_edge.scans.registration import registration_error_mm
+from latup_edge.scans.registration import logged_transform, registration_error_mm
 
 FORMAT = "latup-edge-clinic-input/1"
 MODALITIES = ("flair", "t1ce", "t2")
 FORMS = ("ready", "nifti", "dicom")
-
-
-def _sitk_volumes(case) -> tuple[dict[str, sitk.Image], sitk.Image]:
-    images = {key: nifti_to_sitk(nib.load(case.files[key])) for key in ("t1ce", "flair", "t2")}
-    classes, _ = load_case_labels(case)
-    reference = nib.load(case.files["t1ce"])
-    labels = nifti_to_sitk(nib.Nifti1Image(classes.astype(np.float32), reference.affine))
-    return images, sitk.Cast(labels, sitk.sitkUInt8)
 
 
 def _write_nifti_study(series: dict[str, sitk.Image], folder: Path, case_id: str) -> None:
@@ -101,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.work)
     truths = {}
     for index, case in enumerate(cases):
-        images, labels = _sitk_volumes(case)
+        images, labels = case_volumes(case)
         truth = write_clinic_study(images, labels, args.work / "dicom" / case.case_id, seed=index,
                                    patient_id=case.case_id)  # fmt: skip
         series, _ = clinic_series(images, labels, seed=index)
@@ -148,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 found = {step["modality"]: step for step in entry["geometry"] if step["step"] == "register"}
                 mask = _brain_mask(case)
                 row[form]["registration_error_mm"] = {
-                    key: round(registration_error_mm(truth.motion[key], _transform(found[key]), mask), 3)
+                    key: round(registration_error_mm(truth.motion[key], logged_transform(found[key]), mask), 3)
                     for key in truth.motion if key in found
                 }  # fmt: skip
         rows.append(row)
@@ -182,13 +174,6 @@ def main(argv: list[str] | None = None) -> int:
 def _brain_mask(case) -> sitk.Image:
     image = nifti_to_sitk(nib.load(case.files["t1ce"]))
     return sitk.Cast(image > 0, sitk.sitkUInt8)
-
-
-def _transform(step: dict[str, Any]) -> sitk.Euler3DTransform:
-    transform = sitk.Euler3DTransform()
-    transform.SetFixedParameters(step["fixed_parameters"])
-    transform.SetParameters(step["parameters"])
-    return transform
 
 
 def _t1ce_native(form: str, case, work: Path) -> np.ndarray:

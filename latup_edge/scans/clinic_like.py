@@ -17,10 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from latup_edge.data.cases import BratsCase, load_case_labels
 from latup_edge.scans.dicom_write import StudyInfo, write_localizer, write_series
+from latup_edge.scans.geometry import nifti_to_sitk
 
 # (spacing mm, direction cosines as columns, slice order, slice thickness averaged) per modality.
 # Sagittal slices, right-handed: rows run to posterior, columns to inferior, slices to the right (LPS terms).
@@ -42,6 +45,15 @@ class ClinicTruth:
     motion: dict[str, sitk.Euler3DTransform]
     labels_native: sitk.Image  # network classes on T1ce's own grid (nearest neighbour from 1 mm)
     folders: dict[str, Path] = field(default_factory=dict)
+
+
+def case_volumes(case: BratsCase, modalities=("t1ce", "flair", "t2")) -> tuple[dict[str, sitk.Image], sitk.Image]:
+    """A BraTS-ready case's modalities and its network classes (uint8) as SimpleITK images."""
+    images = {key: nifti_to_sitk(nib.load(case.files[key])) for key in modalities}
+    classes, _ = load_case_labels(case)
+    reference = nib.load(case.files[modalities[0]])
+    labels = nifti_to_sitk(nib.Nifti1Image(classes.astype(np.float32), reference.affine))
+    return images, sitk.Cast(labels, sitk.sitkUInt8)
 
 
 def random_motion(rng: np.random.Generator, center: tuple[float, ...], mm: float = 4.0, degrees: float = 4.0):
@@ -75,14 +87,19 @@ def acquire(image: sitk.Image, grid: sitk.Image, motion: sitk.Transform | None) 
     if thickness > 1.5:  # a thick slice integrates the tissue across it: smooth along the slice normal first
         source = _smooth_along(image, np.array(grid.GetDirection()).reshape(3, 3)[:, 2], thickness)
     inverse = motion.GetInverse() if motion is not None else sitk.Transform()
-    return sitk.Resample(source, grid, inverse, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    acquired = sitk.Resample(source, grid, inverse, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    # Skull stripping runs on the acquired series: zero outside its brain, as BraTS-style data are
+    # (the slice profile's tails would otherwise leave faint nonzero voxels along the whole column).
+    support = sitk.Resample(sitk.Cast(image != 0, sitk.sitkFloat32), grid, inverse, sitk.sitkLinear, 0.0)
+    return sitk.Mask(sitk.Clamp(acquired, sitk.sitkFloat32, 0.0), support >= 0.5)
 
 
 def _smooth_along(image: sitk.Image, normal: np.ndarray, thickness: float) -> sitk.Image:
     axis = int(np.argmax(np.abs(np.array(image.GetDirection()).reshape(3, 3).T @ normal)))
-    sigma = [0.0, 0.0, 0.0]
-    sigma[axis] = thickness / 2.355  # a Gaussian slice profile of FWHM = the thickness
-    return sitk.SmoothingRecursiveGaussian(image, sigma) if max(sigma) else image
+    smooth = sitk.RecursiveGaussianImageFilter()  # along one axis only (mm, physical units)
+    smooth.SetSigma(thickness / 2.355)  # a Gaussian slice profile of FWHM = the thickness
+    smooth.SetDirection(axis)
+    return smooth.Execute(sitk.Cast(image, sitk.sitkFloat32))
 
 
 def clinic_series(

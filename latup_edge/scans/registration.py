@@ -215,6 +215,14 @@ def check_registration(registration: Registration, modality: str, series_label: 
         )
 
 
+def logged_transform(step: dict) -> sitk.Euler3DTransform:
+    """The transform a run log's ``register`` step holds (``Registration.to_log``), rebuilt exactly."""
+    transform = sitk.Euler3DTransform()
+    transform.SetFixedParameters(step["fixed_parameters"])
+    transform.SetParameters(step["parameters"])
+    return transform
+
+
 def registration_error_mm(true: sitk.Transform, found: sitk.Transform, mask: sitk.Image, points: int = 20000) -> float:
     """Mean distance (mm) between where ``true`` and ``found`` send the voxels of ``mask`` (nonzero).
 
