@@ -9,6 +9,10 @@ cases of the independent generator (``--generator independent --n 6 --seed 9000`
 
     python benchmarks/ood_check.py /tmp/qa-ref /tmp/qa-ordinary --independent /tmp/qa-indep
 
+``--dice`` also segments the ordinary cases and their intensity shifts with the shipped bundle (or
+``--bundle``) and reports the mean Dice of each set: whether a shift the score does not flag costs
+the model accuracy (a flag should mean "the model may fail here", not just "unusual").
+
 Prints one row per set (cases, cases flagged, median and max overall score, the figures flagged
 most) and writes ``benchmarks/ood_check.json``.
 """
@@ -25,9 +29,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from latup_edge.data.cases import discover_cases, load_case_images
+from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
+from latup_edge.data.labels import region_masks
 from latup_edge.data.naming import MODEL_MODALITIES
+from latup_edge.evaluate.metrics import dice
 from latup_edge.runtime.input_stats import case_statistics, ood_score, reference_statistics
+from latup_edge.runtime.predictor import Predictor
 
 HERE = Path(__file__).resolve().parent
 Shift = Callable[[np.ndarray, tuple[float, ...]], tuple[np.ndarray, tuple[float, ...]]]
@@ -72,6 +79,11 @@ def unstripped_head(images: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.
     return head, spacing
 
 
+def region_dice(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    ours, theirs = region_masks(predicted), region_masks(truth)
+    return {region: dice(ours[region], theirs[region]) for region in REGIONS}
+
+
 SHIFTS: dict[str, Shift] = {
     "FLAIR/T2 swapped": swap_flair_t2,
     "gamma 0.5": gamma(0.5),
@@ -80,6 +92,11 @@ SHIFTS: dict[str, Shift] = {
     "not skull-stripped": unstripped_head,
     "intensity x7 (must not flag)": scale(7.0),
 }
+
+
+# Shifts of intensity only: the labels stay on the same grid, so --dice can score them.
+INTENSITY_SHIFTS = ("FLAIR/T2 swapped", "gamma 0.5", "gamma 2.0", "intensity x7 (must not flag)")
+REGIONS = ("WT", "TC", "ET")
 
 
 def load(case) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -116,8 +133,12 @@ def main() -> None:
     parser.add_argument("ordinary", type=Path)
     parser.add_argument("--independent", type=Path)
     parser.add_argument("--json", type=Path, default=HERE / "ood_check.json")
+    parser.add_argument("--dice", action="store_true", help="also segment the intensity shifts and report Dice")
+    parser.add_argument("--bundle", type=Path, default=None, help="bundle for --dice (default: the shipped one)")
     args = parser.parse_args()
     start = time.perf_counter()
+    predictor = Predictor.open("openvino", None, args.bundle) if args.dice else None
+    dice_rows: dict[str, list[dict[str, float]]] = {name: [] for name in ("ordinary", *INTENSITY_SHIFTS)}
 
     reference = reference_statistics([stats for _, stats in statistics_of(args.reference)])
     scored: dict[str, list[tuple[str, dict]]] = {"ordinary": [], **{name: [] for name in SHIFTS}}
@@ -129,24 +150,34 @@ def main() -> None:
             (case.case_id, ood_score(case_statistics(images, MODEL_MODALITIES, spacing), reference))
         )
         seconds.append(time.perf_counter() - tick)
+        truth = load_case_labels(case)[0] if predictor is not None else None
+        if predictor is not None:
+            dice_rows["ordinary"].append(region_dice(predictor.predict(images).classes, truth))
         for name, shift in SHIFTS.items():
             shifted, shifted_spacing = shift(images, spacing)
             stats = case_statistics(shifted, MODEL_MODALITIES, shifted_spacing)
             scored[name].append((case.case_id, ood_score(stats, reference)))
+            if predictor is not None and name in INTENSITY_SHIFTS:
+                dice_rows[name].append(region_dice(predictor.predict(shifted).classes, truth))
     if args.independent:
         scored["independent generator"] = [(cid, ood_score(s, reference)) for cid, s in statistics_of(args.independent)]
 
     rows = [summarise(name, results) for name, results in scored.items()]
+    for row in rows:
+        if dice_rows.get(row["set"]):
+            row["mean_dice"] = {r: round(float(np.mean([d[r] for d in dice_rows[row["set"]]])), 4) for r in REGIONS}
     print(f"{'set':<30} {'cases':>5} {'flagged':>7} {'median':>7} {'max':>7}  figures flagged most")
     for row in rows:
         top = ", ".join(f"{k} ({v})" for k, v in row["top_flagged_figures"].items())
         counts = f"{row['cases']:>5} {row['flagged']:>7} {row['median_score']:>7} {row['max_score']:>7}"
-        print(f"{row['set']:<30} {counts}  {top}")
+        dice_text = " / ".join(f"{v:.3f}" for v in row["mean_dice"].values()) if "mean_dice" in row else ""
+        print(f"{row['set']:<30} {counts}  {top}" + (f"  Dice WT/TC/ET {dice_text}" if dice_text else ""))
     result = {
         "reference": {"folder": str(args.reference), "n": reference["n"], "margin": reference["margin"]},
         "ordinary": str(args.ordinary),
         "independent": str(args.independent) if args.independent else None,
         "statistics_seconds_per_case": round(float(np.mean(seconds)), 2),
+        "dice_model": predictor.describe() if predictor is not None else None,
         "reference_statistics": reference,
         "sets": rows,
         "seconds": round(time.perf_counter() - start, 1),

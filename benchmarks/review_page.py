@@ -10,6 +10,9 @@ wall time of the headless run is reported beside that of an empty page (the brow
 
     latup-edge phantom /tmp/qa-ordinary --n 20 --seed 8000
     python benchmarks/review_page.py /tmp/qa-ordinary
+
+``--run OUT`` renders a real ``segment`` run's folder instead (its page is written into it), so the
+screenshot shows the network's labels, the OOD scores and the audit as a clinic would see them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from latup_edge.runtime.review import write_review_page
 
 HERE = Path(__file__).resolve().parent
 WINDOW = "1400,2000"
+# No network here: without these Chromium keeps trying (and failing) to reach Google's services.
+QUIET = ("--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run")
 
 
 def synthesise_run(cases_dir: Path, run_dir: Path, n: int = 20) -> Path:
@@ -68,7 +73,7 @@ def chromium(*args: str) -> tuple[str, float]:
         raise SystemExit("chromium is not on PATH: apt-get install chromium")
     start = time.perf_counter()
     done = subprocess.run(
-        [binary, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", *args],
+        [binary, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", *QUIET, *args],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     return done.stdout, time.perf_counter() - start
@@ -76,13 +81,17 @@ def chromium(*args: str) -> tuple[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cases", type=Path, help="phantom cases with label files (20 or more)")
+    parser.add_argument("cases", type=Path, nargs="?", help="phantom cases with label files (20 or more)")
+    parser.add_argument("--run", type=Path, default=None, help="a segment output folder to render instead")
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--png", type=Path, default=HERE / "review_page.png")
     parser.add_argument("--json", type=Path, default=HERE / "review_page.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        run_dir = synthesise_run(args.cases, Path(scratch) / "run", args.n)
+        if (args.run is None) == (args.cases is None):
+            raise SystemExit("give either CASES (a synthesised run) or --run OUT (a segment run's folder)")
+        run_dir = args.run if args.run is not None else synthesise_run(args.cases, Path(scratch) / "run", args.n)
+        cases = len(json.loads((run_dir / "segment-log.json").read_text())["cases"])
         start = time.perf_counter()
         page = write_review_page(run_dir)
         write_seconds = time.perf_counter() - start
@@ -93,7 +102,7 @@ def main() -> None:
         _, shot_seconds = chromium(f"--screenshot={args.png}", f"--window-size={WINDOW}", page.as_uri())
         found = re.search(r'id="render-ms">([0-9.]+)<', dom)
         result = {
-            "cases": args.n + 1,
+            "cases": cases,
             "page_kb": round(page.stat().st_size / 1024, 1),
             "write_seconds": round(write_seconds, 2),
             "browser_render_ms": float(found[1]) if found else None,
@@ -104,7 +113,7 @@ def main() -> None:
             "screenshot_kb": round(args.png.stat().st_size / 1024, 1),
             "rows": dom.count("<tr") - 1,
             "images": dom.count("data:image/png;base64,"),
-            "labels": "phantom truth copied in as predictions (no network run)",
+            "labels": f"segment run {args.run}" if args.run else "phantom truth copied in as predictions (no run)",
         }
     width = max(len(key) for key in result)
     for key, value in result.items():

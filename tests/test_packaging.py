@@ -36,6 +36,10 @@ def test_wheel_contains_every_module_the_shipped_weights_and_model_card(tmp_path
     names = set(zipfile.ZipFile(wheel).namelist())
     for shipped in ("latup-demo.safetensors", "latup-demo.json", "MODEL_CARD.md"):
         assert f"latup_edge/shipped/{shipped}" in names
+    # The bundle built from them: a runtime-only install segments with nothing built locally.
+    bundle = {path.name for path in (ROOT / "models" / "bundle").iterdir()}
+    assert bundle >= {"manifest.json", "int8.xml", "int8.bin", "fp32.xml", "fp32.bin"}
+    assert {f"latup_edge/shipped/bundle/{name}" for name in bundle} <= names
     # An explicit package list forgets new subpackages; an editable install would not notice.
     modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "latup_edge").rglob("*.py")}
     assert modules - names == set()
