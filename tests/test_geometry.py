@@ -202,3 +202,42 @@ def _native_box(box: tuple[slice, slice, slice], grid: sitk.Image, native: sitk.
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum()) + int(b.sum()))
+
+
+def test_the_through_plane_spline_is_simpleitks_bspline_along_one_axis():
+    from latup_edge.scans.geometry import _through_plane
+
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.normal(100, 20, (20, 30, 25)).astype(np.float32))
+    image.SetSpacing((0.9, 0.9, 5.0))
+    image.SetOrigin((3.0, 4.0, 5.0))
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(0.2, 0.1, 0.3)
+    image.SetDirection(rotation.GetMatrix())
+    ours = _through_plane(image)
+    assert ours.GetSize() == (25, 30, 111) and np.allclose(ours.GetSpacing(), (0.9, 0.9, 100 / 111))
+    reference = sitk.Resample(image, ours, sitk.Transform(), sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(reference), atol=1e-3)
+
+
+def test_labels_mapped_from_the_tumour_box_equal_labels_mapped_from_the_whole_grid():
+    grid = sitk.Image(40, 36, 30, sitk.sitkUInt8)
+    native = sitk.Image(50, 44, 12, sitk.sitkUInt8)
+    native.SetSpacing((0.9, 0.85, 2.7))
+    native.SetOrigin((-2.0, 1.5, 0.7))
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(0.05, -0.1, 0.2)
+    native.SetDirection(rotation.GetMatrix())
+    rng = np.random.default_rng(1)
+    probabilities = rng.dirichlet(np.ones(4), size=(40, 36, 30)).transpose(3, 0, 1, 2).astype(np.float32)
+    outside_tumour = np.pad(np.ones((28, 24, 18), bool), ((0, 12), (0, 12), (12, 0))) == 0
+    probabilities[0] += 3.0 * outside_tumour  # background wins there: the box to map is a part of the grid
+    probabilities /= probabilities.sum(axis=0)
+    found = labels_to_native(probabilities, grid, native)
+    # The whole grid, through SimpleITK directly: what the cropped path must reproduce.
+    vector = sitk.GetImageFromArray(np.ascontiguousarray(probabilities.transpose(3, 2, 1, 0)), True)
+    vector.CopyInformation(grid)
+    whole = sitk.Resample(vector, native, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
+    expected = np.argmax(sitk.GetArrayFromImage(whole), axis=-1)
+    assert 0 < (expected != 0).sum() < expected.size and (found != 0).sum() > 0
+    np.testing.assert_array_equal(found, expected)

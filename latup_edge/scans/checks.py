@@ -25,6 +25,7 @@ MAX_BRAIN_ML = 2500.0
 # A brain is 130-170 mm long along every axis; under this, a series cannot hold one.
 MIN_COVERAGE_MM = 100.0
 _SHELL_MM = 5.0
+CHECK_SPACING_MM = 2.0
 
 
 class ScanError(LatupError):
@@ -48,6 +49,10 @@ def check_skull_stripped(image: sitk.Image, label: str) -> dict:
     above 1 when a bright scalp surrounds it (logged only). A scan is refused when its zero fraction
     is under 0.5 or its foreground over 2.5 L.
     """
+    # At about 2 mm: the figures are coarse by nature and the morphology costs 8x less than at 1 mm.
+    # Bin-averaging keeps a bin of exact zeros at zero and a noise floor above it.
+    factors = [max(1, int(round(CHECK_SPACING_MM / s))) for s in image.GetSpacing()]
+    image = sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors) if max(factors) > 1 else image
     values = sitk.GetArrayViewFromImage(image)
     foreground = _foreground(values)
     spacing_zyx = np.asarray(image.GetSpacing())[::-1]

@@ -23,6 +23,7 @@ import time
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 # RAS (NIfTI) and LPS (ITK) differ by the sign of the first two physical axes.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -143,11 +144,12 @@ def _is_identity(transform: sitk.Transform | None) -> bool:
     return all(np.allclose(transform.TransformPoint(p), p, atol=1e-6) for p in points)
 
 
-def _through_plane(image: sitk.Image, interpolator: int) -> sitk.Image:
-    """Upsample only the coarse axis to the in-plane spacing, in the image's own frame.
+def _through_plane(image: sitk.Image) -> sitk.Image:
+    """Upsample only the coarse axis to the in-plane spacing, in the image's own frame: cubic B-spline.
 
-    In-plane the sample points stay on the original voxel centres, where a linear or B-spline
-    interpolant returns the samples themselves: the interpolation is purely 1D along the coarse axis.
+    The interpolation is purely 1D along the coarse axis (the in-plane samples stay where they are),
+    so it runs as one 1D spline prefilter and a 4-tap sum along that axis (scipy, mirror boundary):
+    the same interpolant as SimpleITK's 3D B-spline resampling there, at a fifth of its time.
     The new voxels tile the same slab as the old ones.
     """
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
@@ -161,17 +163,36 @@ def _through_plane(image: sitk.Image, interpolator: int) -> sitk.Image:
     shift = np.zeros(3)
     shift[axis] = -0.5 * spacing[axis] + 0.5 * new_spacing[axis]
     origin = np.asarray(image.GetOrigin()) + _direction(image) @ shift
-    return sitk.Resample(
-        image,
-        [int(s) for s in new_size],
-        sitk.Transform(),
-        interpolator,
-        tuple(float(o) for o in origin),
-        tuple(float(s) for s in new_spacing),
-        image.GetDirection(),
-        0.0,
-        sitk.sitkFloat32,
-    )
+
+    values = sitk.GetArrayFromImage(image).astype(np.float32)
+    along = 2 - axis  # SimpleITK's index axis -> the array's (z, y, x) axis
+    count = values.shape[along]
+    coefficients = ndi.spline_filter1d(values, order=3, axis=along, mode="mirror", output=np.float32)
+    # New voxel j sits at old continuous index (j + 0.5) * new / old - 0.5, in [-0.5, n - 0.5].
+    position = (np.arange(int(new_size[axis])) + 0.5) * new_spacing[axis] / spacing[axis] - 0.5
+    base = np.floor(position).astype(int)
+    f = (position - base).astype(np.float32)
+    weights = ((1 - f) ** 3 / 6, (3 * f**3 - 6 * f**2 + 4) / 6, (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6, f**3 / 6)
+    shape = [1, 1, 1]
+    shape[along] = -1
+    upsampled = np.zeros([len(position) if a == along else n for a, n in enumerate(values.shape)], np.float32)
+    for tap, weight in zip((-1, 0, 1, 2), weights, strict=True):
+        index = _mirror(base + tap, count)
+        upsampled += np.take(coefficients, index, axis=along) * weight.reshape(shape)
+    result = sitk.GetImageFromArray(upsampled)
+    result.SetOrigin(tuple(float(o) for o in origin))
+    result.SetSpacing(tuple(float(s) for s in new_spacing))
+    result.SetDirection(image.GetDirection())
+    return result
+
+
+def _mirror(index: np.ndarray, count: int) -> np.ndarray:
+    """Indices reflected into [0, count) about the end samples (scipy's "mirror": -1 -> 1, count -> count - 2)."""
+    if count == 1:
+        return np.zeros_like(index)
+    period = 2 * (count - 1)
+    index = np.abs(index) % period
+    return np.where(index >= count, period - index, index)
 
 
 def resample_onto(
@@ -190,8 +211,9 @@ def resample_onto(
       onto the grid, which is mostly in-plane by then. Measured on a BraTS-like phantom T1ce cut to
       0.9 x 0.9 x 5 mm slabs (tests/test_geometry.py), brain RMSE against the 1 mm truth in % of its
       99th percentile: nearest 8.8, single-pass linear 7.2, linear through-plane + B-spline in-plane
-      7.1, this 6.6, single-pass B-spline 6.4 at twice this one's time (1.3 s against 0.65 s for
-      160 x 190 x 145 voxels on 2 cores): the through-plane order is what matters.
+      7.1, this 6.6, single-pass B-spline 6.4 at several times this one's time: the through-plane
+      order is what matters. The through-plane step is a 1D spline in numpy (``_through_plane``):
+      0.6-1.0 s for a 267 x 267 x 31 FLAIR, against 2.4-2.9 s through SimpleITK's 3D B-spline.
     - ``resample`` otherwise: linear (the input is already near 1 mm).
 
     The output is clamped to the input's range (no B-spline undershoot below zero) and exact zeros
@@ -215,7 +237,7 @@ def resample_onto(
     statistics = sitk.MinimumMaximumImageFilter()
     statistics.Execute(image)
     anisotropic = max(spacing) / min(spacing) > ANISOTROPY_RATIO
-    source = _through_plane(image, sitk.sitkBSpline) if anisotropic else image
+    source = _through_plane(image) if anisotropic else image
     resampled = sitk.Resample(source, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     clamped = sitk.Clamp(resampled, sitk.sitkFloat32, statistics.GetMinimum(), statistics.GetMaximum())
     # Exact zeros stay zeros: downstream, the brain is the nonzero voxels of a skull-stripped scan.
@@ -234,19 +256,59 @@ def resample_onto(
 
 
 def _channels_to_native(channels: np.ndarray, grid: sitk.Image, native: sitk.Image) -> np.ndarray:
-    """Linearly interpolate (K, X, Y, Z) channels on ``grid`` onto ``native``; argmax as uint8 (z, y, x)."""
+    """Linearly interpolate (K, X, Y, Z) channels on ``grid`` onto ``native``; argmax as uint8 (z, y, x).
+
+    Only the box of ``grid`` voxels whose argmax is not channel 0 (background), one voxel wider, is
+    resampled: a linear interpolant is a convex combination of its corner vectors, and where every
+    corner's argmax is background the result's is too. The rest of ``native`` is 0 without work.
+    """
     expected = tuple(grid.GetSize())
     if channels.ndim != 4 or tuple(channels.shape[1:]) != expected:
         raise ValueError(f"expected channels of shape (K, {', '.join(map(str, expected))}), got {channels.shape}")
+    classes = np.zeros(tuple(native.GetSize())[::-1], dtype=np.uint8)
+    foreground = np.argmax(channels, axis=0) != 0
+    if not foreground.any():
+        return classes
+    box = _box(foreground, margin=1)
+    start = [s.start for s in box]
+    sub_grid = sitk.Image([s.stop - s.start for s in box], sitk.sitkUInt8)
+    sub_grid.SetSpacing(grid.GetSpacing())
+    sub_grid.SetDirection(grid.GetDirection())
+    sub_grid.SetOrigin(grid.TransformIndexToPhysicalPoint(start))
+    # The native voxels that can fall inside the box: its corners' native indices, rounded outwards.
+    corners = np.array([
+        native.TransformPhysicalPointToContinuousIndex(sub_grid.TransformContinuousIndexToPhysicalPoint(
+            [float(c) for c in np.array(corner) * (np.array(sub_grid.GetSize()) - 1)]))
+        for corner in np.ndindex(2, 2, 2)
+    ])  # fmt: skip
+    low = np.clip(np.floor(corners.min(axis=0)).astype(int), 0, native.GetSize())
+    high = np.clip(np.ceil(corners.max(axis=0)).astype(int) + 1, 0, native.GetSize())
+    if np.any(high <= low):
+        return classes
+    target = sitk.Image([int(n) for n in high - low], sitk.sitkUInt8)
+    target.SetSpacing(native.GetSpacing())
+    target.SetDirection(native.GetDirection())
+    target.SetOrigin(native.TransformIndexToPhysicalPoint([int(i) for i in low]))
     # (K, X, Y, Z) -> (Z, Y, X, K): SimpleITK's array order with the channels as vector components.
-    vector = sitk.GetImageFromArray(np.ascontiguousarray(channels.transpose(3, 2, 1, 0), dtype=np.float32), True)
-    vector.CopyInformation(grid)
-    resampled = sitk.Resample(vector, native, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
+    cropped = channels[(slice(None), *box)]
+    vector = sitk.GetImageFromArray(np.ascontiguousarray(cropped.transpose(3, 2, 1, 0), dtype=np.float32), True)
+    vector.CopyInformation(sub_grid)
+    resampled = sitk.Resample(vector, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
     values = sitk.GetArrayViewFromImage(resampled)
     if values.ndim == 3:
         values = values[..., None]
     # Outside the grid every channel is 0: the argmax there is class 0, background.
-    return np.argmax(values, axis=-1).astype(np.uint8)
+    classes[low[2] : high[2], low[1] : high[1], low[0] : high[0]] = np.argmax(values, axis=-1)
+    return classes
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The bounding box of ``mask``'s nonzero voxels, ``margin`` voxels wider, clipped to the array."""
+    box = []
+    for axis in range(mask.ndim):
+        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(occupied[0]) - margin, 0), min(int(occupied[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
 
 
 def _one_hot(classes: np.ndarray, count: int) -> np.ndarray:

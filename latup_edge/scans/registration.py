@@ -153,7 +153,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0) -> R
     jump by centimetres when one series covers less of the head than the other. Random sampling with
     ``seed`` makes it deterministic. Measured on BraTS-like phantoms of 160 x 190 x 145 at 1 mm on 2
     cores (tests/test_registration.py): about 1 s per pair with its quality figures (0.4 s of it the
-    registration itself), and 0.1-0.3 mm error on shifts of 4-7 mm with rotations of 3-5 degrees,
+    registration itself); 2.4-2.6 s for a 267 x 267 x 155 T1ce against a 5 mm FLAIR or a 3 mm
+    sagittal T2 (the quality figures on the 2 mm working copies), and 0.1-0.3 mm error on shifts of 4-7 mm with rotations of 3-5 degrees,
     across contrasts and from 5 mm slices.
     """
     start = time.perf_counter()
@@ -165,7 +166,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0) -> R
     method.SetInitialTransform(initial, inPlace=False)
     found = sitk.Euler3DTransform(method.Execute(fixed_small, moving_small).GetNthTransform(0))
 
-    fixed_mask = foreground_mask(fixed)
+    # The quality figures on the working copies too: a mask Dice at 2 mm judges a rigid fit as well, 5x cheaper.
+    fixed_mask = foreground_mask(fixed_small)
     parameters = found.GetParameters()
     registration = Registration(
         transform=found,
@@ -173,8 +175,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0) -> R
         rotation_deg=tuple(math.degrees(v) for v in parameters[:3]),
         metric_before=round(_metric(fixed_small, moving_small, initial, seed), 4),
         metric_after=round(_metric(fixed_small, moving_small, found, seed), 4),
-        mask_dice_before=round(_mask_dice(fixed_mask, fixed, moving, initial), 4),
-        mask_dice_after=round(_mask_dice(fixed_mask, fixed, moving, found), 4),
+        mask_dice_before=round(_mask_dice(fixed_mask, fixed_small, moving_small, initial), 4),
+        mask_dice_after=round(_mask_dice(fixed_mask, fixed_small, moving_small, found), 4),
         iterations=int(method.GetOptimizerIteration()),
         stop_condition=method.GetOptimizerStopConditionDescription(),
         seconds=0.0,
