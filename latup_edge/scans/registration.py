@@ -154,8 +154,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0) -> R
     ``seed`` makes it deterministic. Measured on BraTS-like phantoms of 160 x 190 x 145 at 1 mm on 2
     cores (tests/test_registration.py): about 1 s per pair with its quality figures (0.4 s of it the
     registration itself); 2.4-2.6 s for a 267 x 267 x 155 T1ce against a 5 mm FLAIR or a 3 mm
-    sagittal T2 (the quality figures on the 2 mm working copies), and 0.1-0.3 mm error on shifts of 4-7 mm with rotations of 3-5 degrees,
-    across contrasts and from 5 mm slices.
+    sagittal T2 (the quality figures on the 2 mm working copies), and 0.1-0.3 mm error on shifts
+    of 4-7 mm with rotations of 3-5 degrees, across contrasts and from 5 mm slices.
     """
     start = time.perf_counter()
     initial = sitk.Euler3DTransform()
