@@ -278,7 +278,7 @@ def test_a_missing_modality_is_refused_with_every_series_found():
         '8 "ep2d_diff": no rule matches',
     ):
         assert listed in message
-    assert "--rules" in message
+    assert "--rules" in message and "export the missing series" in message and "extra series" not in message
 
 
 def test_a_rules_file_of_ones_own_is_used_and_a_bad_one_is_one_sentence(tmp_path):

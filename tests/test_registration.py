@@ -92,7 +92,7 @@ def test_implausible_motion_is_refused(images):
     moving, _ = _moved(images, "flair", (45.0, 0.0, 0.0), (0.0, 0.0, 0.0))
     registration = register_rigid(images["t1ce"], moving)
     assert not registration.converged
-    with pytest.raises(RegistrationError, match=r"^The flair series 'AX FLAIR' could not be aligned .*same patient"):
+    with pytest.raises(RegistrationError, match=r"^the flair series 'AX FLAIR' could not be aligned .*same patient"):
         check_registration(registration, "flair", "'AX FLAIR'")
 
 

@@ -209,11 +209,16 @@ def assign_modalities(
         first = series[0] if series else None
         study = f"study {_short_uid(first.study_uid)} of patient {first.patient_id or '(none)'}" if first else "a study"
         listed = "; ".join(f"{_brief(item)}: {_found(item, found[item.series_uid])}" for item in series) or "none"
+        # What to do depends on the problem: a missing series must be exported, an extra one set aside.
+        remedy = []
+        if any(problem.startswith("no series") for problem in problems):
+            remedy.append("export the missing series into the study folder")
+        if any(not problem.startswith("no series") for problem in problems):
+            remedy.append("remove the extra series from the study folder")
         raise DicomError(
             f"in {study}, {' and '.join(problems)} (series found: {listed}) by {rules.source}: pass a copy of "
             "the rules edited so that exactly one series matches each of "
-            f"{', '.join(MODALITY_NAMES.get(k, k) for k in modalities)} with --rules, or remove the extra series "
-            "from the study folder"
+            f"{', '.join(MODALITY_NAMES.get(k, k) for k in modalities)} with --rules, or {' and '.join(remedy)}"
         )
     return chosen
 

@@ -212,7 +212,7 @@ def check_registration(registration: Registration, modality: str, series_label: 
     failure = _failure(registration)
     if failure is not None:
         raise RegistrationError(
-            f"The {modality} series {series_label} could not be aligned with the reference series: {failure}; "
+            f"the {modality} series {series_label} could not be aligned with the reference series: {failure}; "
             "check that both series belong to the same patient and session, or co-register them beforehand."
         )
 
