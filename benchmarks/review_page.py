@@ -90,7 +90,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if (args.run is None) == (args.cases is None):
             raise SystemExit("give either CASES (a synthesised run) or --run OUT (a segment run's folder)")
-        run_dir = args.run if args.run is not None else synthesise_run(args.cases, Path(scratch) / "run", args.n)
+        if args.run is not None:
+            run_dir = args.run.absolute()
+        else:
+            run_dir = synthesise_run(args.cases, Path(scratch) / "run", args.n)
         cases = len(json.loads((run_dir / "segment-log.json").read_text())["cases"])
         start = time.perf_counter()
         page = write_review_page(run_dir)

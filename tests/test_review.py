@@ -14,6 +14,7 @@ import pytest
 
 from latup_edge.runtime.qa import case_qa
 from latup_edge.runtime.review import ReviewError, orient_slices, write_review_page
+from latup_edge.runtime.trust import audit_case
 
 SHAPE = (32, 36, 28)
 
@@ -44,7 +45,7 @@ def _run(tmp_path: Path) -> Path:
         if index == 0:
             entry["qa"] = case_qa(np.where(labels == 4, 3, labels), (1, 1, 1))
             entry["ood"] = {"score": 7.5, "worst": "spacing.z", "flags": ["spacing.z 3 above the reference 1..1"]}
-            entry["audit"] = {"passed": True, "sha256": "ab12"}
+            entry["audit"] = audit_case(np.where(labels == 4, 3, labels), np.where(labels == 4, 2, labels), 0.99, 1.5)
         entries.append(entry)
     entries.append({
         "case_id": "BraTS2021_00009", "folder": str(cases / "BraTS2021_00009"), "status": "failed",
@@ -76,7 +77,8 @@ def test_flagged_and_failed_cases_come_first_and_show_their_results(page):
     order = re.findall(r'data-case="([^"]+)"', text)
     assert order == ["BraTS2021_00000", "BraTS2021_00009", "BraTS2021_00001"]
     assert "t2 missing" in text and "spacing.z 3 above the reference" in text
-    assert "passed: True" in text and "7.5" in text
+    assert "fp32 agreement WT 1.000 / TC 0.000 / ET 0.000, below the gate 0.99 in TC, ET (1.5 s)" in text
+    assert "7.5" in text
 
 
 def test_the_table_sorts_by_clicking_a_column(page):

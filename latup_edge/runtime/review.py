@@ -216,6 +216,21 @@ def _compact(value: Any) -> str:
     return str(value)
 
 
+def _audit_text(audit: Any) -> str:
+    """An audit entry as a reader wants it: "fp32 agreement WT 0.997 / TC 0.978 / ET 0.982, below the
+    gate 0.99 in TC, ET (22.9 s)"; anything else as ``_compact`` words it."""
+    if not (isinstance(audit, dict) and isinstance(audit.get("agreement"), dict)):
+        return _compact(audit)
+    scores = " / ".join(f"{region} {value:.3f}" for region, value in audit["agreement"].items())
+    verdict = (
+        f"below the gate {audit.get('gate')} in {', '.join(audit['below_gate'])}"
+        if audit.get("below_gate")
+        else f"at or above the gate {audit.get('gate')}"
+    )
+    seconds = f" ({audit['seconds']:.1f} s)" if isinstance(audit.get("seconds"), int | float) else ""
+    return f"{audit.get('reference', 'fp32')} agreement {scores}, {verdict}{seconds}"
+
+
 def _number(value: Any) -> str:
     return "" if value is None else f"{float(value):.1f}"
 
@@ -233,7 +248,7 @@ def _page(log: dict[str, Any], cases: list[dict[str, Any]]) -> str:
             *[(volumes.get(region, ""), _number(volumes.get(region))) for region in ("WT", "TC", "ET")],
             ("" if low is None else low, "" if low is None else f"{low:.0%}"),
             ("" if score is None else score, "" if score is None else f"{score:.1f}"),
-            (_compact(case["audit"]), html.escape(_compact(case["audit"]))),
+            (_audit_text(case["audit"]), html.escape(_audit_text(case["audit"]))),
         ]
         body = "".join(f'<td data-value="{html.escape(str(value))}">{text}</td>' for value, text in cells)
         flagged = ' class="review"' if case["needs_review"] else ""
@@ -325,6 +340,6 @@ def _case_section(case: dict[str, Any]) -> str:
             f"<p>OOD: score {case['ood'].get('score', 0):.1f}, largest on {html.escape(case['ood']['worst'])}</p>"
         )
     if case["audit"]:
-        parts.append(f"<p>audit: {html.escape(_compact(case['audit']))}</p>")
+        parts.append(f"<p>audit: {html.escape(_audit_text(case['audit']))}</p>")
     parts.append("</div>")
     return "\n".join(parts)
