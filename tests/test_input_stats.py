@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from latup_edge.runtime.input_stats import case_statistics, ood_score, reference_statistics
 
@@ -68,6 +69,19 @@ def test_ordinary_cases_and_any_intensity_scale_are_not_flagged(reference):
         assert ood_score(case_statistics(images, MODALITIES, (1, 1, 1)), reference)["flags"] == []
         scaled = images * np.array([7.0, 0.01, 300.0], np.float32)[:, None, None, None]
         assert ood_score(case_statistics(scaled, MODALITIES, (1, 1, 1)), reference)["flags"] == []
+
+
+def test_brain_masks_that_differ_at_the_edge_do_not_move_the_intensity_figures(reference):
+    # A resampled series: its brain mask lacks the reference's outermost voxel layer (zeros there).
+    images = _brain(100)
+    brain = np.any(images != 0, axis=0)
+    edge = brain & ~ndimage.binary_erosion(brain)
+    trimmed = images.copy()
+    trimmed[0][edge] = 0
+    before = case_statistics(images, MODALITIES, (1, 1, 1))["figures"]["mean_log_spread"]
+    stats = case_statistics(trimmed, MODALITIES, (1, 1, 1))
+    assert abs(stats["figures"]["mean_log_spread"] - before) < 0.05
+    assert ood_score(stats, reference)["flags"] == []
 
 
 def test_a_flair_t2_swap_is_flagged(reference):

@@ -21,7 +21,9 @@ Reported per modality (``modalities``), not scored (on domain-randomised data ea
 alone): the raw brain percentiles, the percentiles over the brain median, ``log_spread``
 (log(log(q99 / q1))) and ``tail_balance`` (log(q99/q50) / log(q99/q1): where the long tail lies).
 
-The brain is every voxel nonzero in any modality (BraTS data are skull-stripped and zero outside).
+The brain is every voxel nonzero in any modality (BraTS data are skull-stripped and zero outside);
+each modality's percentiles are taken over its own nonzero voxels in it (a resampled series' mask
+differs from the reference's at the edge).
 
 ``ood_score`` scores each figure as a z-score against the reference, (value - reference median) /
 spread, where the spread is the reference's standard deviation with a floor per figure
@@ -97,7 +99,10 @@ def case_statistics(images: np.ndarray, modalities: Sequence[str], spacing: Sequ
     ranks: dict[str, np.ndarray] = {}
     for name, volume in zip(modalities, images, strict=True):
         values = volume[box][in_box]
-        q = dict(zip(PERCENTILES, np.percentile(values, PERCENTILES).tolist(), strict=True))
+        # Percentiles over this modality's own nonzero voxels: after registration and resampling the
+        # modalities' brain masks differ at the edge, and zeros there would set q1 (and the spread).
+        own = values[values != 0]
+        q = dict(zip(PERCENTILES, np.percentile(own if own.size else values, PERCENTILES).tolist(), strict=True))
         median = q[50] if q[50] > 0 else float(np.abs(values).max()) or 1.0
         logs = {p: _log_ratio(q[p], median) for p in PERCENTILES}
         per_modality[name] = {
