@@ -27,9 +27,10 @@ from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
 from latup_edge.errors import LatupError
 from latup_edge.models.checkpoint import save_checkpoint
+from latup_edge.runtime import bundle as bundle_module
 from latup_edge.runtime import predictor as predictor_module
 from latup_edge.runtime.backends import BackendError, open_backend
-from latup_edge.runtime.bundle import Bundle
+from latup_edge.runtime.bundle import Bundle, shipped_bundle
 from latup_edge.runtime.openvino_backend import OpenVINOModel
 from latup_edge.runtime.segment import SegmentError, SegmentSettings, output_convention, segment_cases
 from latup_edge.runtime.volume import predict_classes
@@ -218,7 +219,16 @@ def test_an_unwritable_output_folder_fails_before_any_work(bundle, tmp_path, whe
     assert blocker.read_text() == "not a folder"
 
 
-def test_openvino_without_a_bundle_says_how_to_make_one(tmp_path):
+def test_without_bundle_segment_runs_the_shipped_one(tmp_path):
+    write_case(tmp_path / "data", "BraTS2021_00001")
+    result = segment(tmp_path / "data", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    log = json.loads((tmp_path / "out" / "segment-log.json").read_text())
+    assert Path(log["bundle"]["path"]) == shipped_bundle() and log["backend"]["precision"] == "int8"
+
+
+def test_an_install_without_a_shipped_bundle_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle_module, "shipped_bundle", lambda: None)
     write_case(tmp_path / "data", "BraTS2021_00001")
     result = segment(tmp_path / "data", "-o", tmp_path / "out")
     assert result.exit_code == 1 and "--bundle" in result.stderr and "latup-edge build" in result.stderr
