@@ -32,9 +32,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from latup_edge.data.cases import discover_cases
-from latup_edge.data.labels import region_masks, to_classes
+from latup_edge.data.labels import to_classes
 from latup_edge.data.naming import case_filename
-from latup_edge.evaluate.metrics import dice
+from latup_edge.evaluate.metrics import agreement
 from latup_edge.fileio import atomic_write
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.segment import SegmentSettings, segment_cases
@@ -54,8 +54,7 @@ def _write_nifti_study(series: dict[str, sitk.Image], folder: Path, case_id: str
 
 
 def _region_dice(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    masks_p, masks_t = region_masks(predicted), region_masks(truth)
-    return {name: round(dice(masks_p[name], masks_t[name]), 4) for name in masks_p}
+    return {name: round(value, 4) for name, value in agreement(predicted, truth).items()}
 
 
 def _labels(path: Path) -> np.ndarray:

@@ -30,9 +30,8 @@ import numpy as np
 from scipy import ndimage
 
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
-from latup_edge.data.labels import region_masks
 from latup_edge.data.naming import MODEL_MODALITIES
-from latup_edge.evaluate.metrics import dice
+from latup_edge.evaluate.metrics import agreement
 from latup_edge.runtime.input_stats import case_statistics, ood_score, reference_statistics
 from latup_edge.runtime.predictor import Predictor
 
@@ -77,11 +76,6 @@ def unstripped_head(images: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.
         air = depth > 12
         volume[air] = np.abs(rng.normal(0, 0.03 * level, size=int(air.sum())))
     return head, spacing
-
-
-def region_dice(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    ours, theirs = region_masks(predicted), region_masks(truth)
-    return {region: dice(ours[region], theirs[region]) for region in REGIONS}
 
 
 SHIFTS: dict[str, Shift] = {
@@ -152,13 +146,13 @@ def main() -> None:
         seconds.append(time.perf_counter() - tick)
         truth = load_case_labels(case)[0] if predictor is not None else None
         if predictor is not None:
-            dice_rows["ordinary"].append(region_dice(predictor.predict(images).classes, truth))
+            dice_rows["ordinary"].append(agreement(predictor.predict(images).classes, truth))
         for name, shift in SHIFTS.items():
             shifted, shifted_spacing = shift(images, spacing)
             stats = case_statistics(shifted, MODEL_MODALITIES, shifted_spacing)
             scored[name].append((case.case_id, ood_score(stats, reference)))
             if predictor is not None and name in INTENSITY_SHIFTS:
-                dice_rows[name].append(region_dice(predictor.predict(shifted).classes, truth))
+                dice_rows[name].append(agreement(predictor.predict(shifted).classes, truth))
     if args.independent:
         scored["independent generator"] = [(cid, ood_score(s, reference)) for cid, s in statistics_of(args.independent)]
 

@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 
 from latup_edge.data.cases import discover_cases, load_case_labels
-from latup_edge.data.labels import region_masks, to_classes
-from latup_edge.evaluate.metrics import dice
+from latup_edge.data.labels import to_classes
+from latup_edge.evaluate.metrics import agreement
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.segment import SegmentSettings, segment_cases
 from latup_edge.scans.clinic_like import case_volumes, write_clinic_study
@@ -26,11 +26,6 @@ from latup_edge.scans.registration import logged_transform, registration_error_m
 # 0.032 / 0.016 / 0.043 on the mean, 0.049 / 0.027 / 0.056 at worst (5 mm FLAIR, 0.9 mm T1ce made from
 # 1 mm data); a wrong orientation, flip or registration costs far more than this bound.
 MAX_DICE_CHANGE = 0.06
-
-
-def region_dice(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    ours, theirs = region_masks(predicted), region_masks(truth)
-    return {region: dice(ours[region], theirs[region]) for region in ours}
 
 
 def test_a_dicom_study_segments_on_its_t1ce_grid_as_well_as_brats_ready(two_phantoms, tmp_path):
@@ -53,7 +48,7 @@ def test_a_dicom_study_segments_on_its_t1ce_grid_as_well_as_brats_ready(two_phan
     native = to_classes(np.asanyarray(nib.load(tmp_path / "out-dicom" / f"{entry['case_id']}.nii.gz").dataobj), "2021")
     native_truth = sitk.GetArrayFromImage(truth.labels_native).transpose(2, 1, 0)
     assert native.shape == native_truth.shape  # T1ce's own grid, not the 1 mm model grid
-    dice_ready, dice_native = region_dice(ready_labels, classes), region_dice(native, native_truth)
+    dice_ready, dice_native = agreement(ready_labels, classes), agreement(native, native_truth)
     assert all(dice_ready[region] > 0.7 for region in dice_ready), dice_ready
     for region in dice_ready:
         assert dice_ready[region] - dice_native[region] <= MAX_DICE_CHANGE, (region, dice_ready, dice_native)

@@ -59,7 +59,7 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1
         return 0.0
     if pred_empty or truth_empty:
         return HD95_EMPTY
-    box = _bounding_box(pred | truth, margin=1)
+    box = bounding_box(pred | truth, margin=1)
     return float(np.percentile(_pooled_surface_distances(pred[box], truth[box], spacing), 95))
 
 
@@ -135,7 +135,7 @@ def _as_masks(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pred, truth
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     """Slices of the smallest box holding every True voxel, grown by ``margin`` and clipped to the array."""
     box = []
     for axis, size in enumerate(mask.shape):

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from latup_edge.errors import LatupError
-from latup_edge.scans.geometry import physical_extent_mm, voxel_volume_ml
+from latup_edge.scans.geometry import binned, physical_extent_mm, voxel_volume_ml
 
 # Skull-stripped scans are exact zeros outside the brain; a head has a noise floor there.
 MIN_ZERO_FRACTION = 0.5
@@ -50,9 +50,7 @@ def check_skull_stripped(image: sitk.Image, label: str) -> dict:
     is under 0.5 or its foreground over 2.5 L.
     """
     # At about 2 mm: the figures are coarse by nature and the morphology costs 8x less than at 1 mm.
-    # Bin-averaging keeps a bin of exact zeros at zero and a noise floor above it.
-    factors = [max(1, int(round(CHECK_SPACING_MM / s))) for s in image.GetSpacing()]
-    image = sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors) if max(factors) > 1 else image
+    image = binned(image, CHECK_SPACING_MM)
     values = sitk.GetArrayViewFromImage(image)
     foreground = _foreground(values)
     spacing_zyx = np.asarray(image.GetSpacing())[::-1]

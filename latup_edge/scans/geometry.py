@@ -25,6 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from latup_edge.evaluate.metrics import bounding_box
+
 # RAS (NIfTI) and LPS (ITK) differ by the sign of the first two physical axes.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # nnU-Net's rule: a volume is anisotropic when its coarsest spacing exceeds three times its finest.
@@ -269,9 +271,9 @@ def _channels_to_native(channels: np.ndarray, grid: sitk.Image, native: sitk.Ima
     foreground = np.argmax(channels, axis=0) != 0
     if not foreground.any():
         return classes
-    box = _box(foreground, margin=1)
-    start = [s.start for s in box]
-    sub_grid = sitk.Image([s.stop - s.start for s in box], sitk.sitkUInt8)
+    box = bounding_box(foreground, margin=1)
+    start = [int(s.start) for s in box]
+    sub_grid = sitk.Image([int(s.stop - s.start) for s in box], sitk.sitkUInt8)
     sub_grid.SetSpacing(grid.GetSpacing())
     sub_grid.SetDirection(grid.GetDirection())
     sub_grid.SetOrigin(grid.TransformIndexToPhysicalPoint(start))
@@ -300,15 +302,6 @@ def _channels_to_native(channels: np.ndarray, grid: sitk.Image, native: sitk.Ima
     # Outside the grid every channel is 0: the argmax there is class 0, background.
     classes[low[2] : high[2], low[1] : high[1], low[0] : high[0]] = np.argmax(values, axis=-1)
     return classes
-
-
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """The bounding box of ``mask``'s nonzero voxels, ``margin`` voxels wider, clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(occupied[0]) - margin, 0), min(int(occupied[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(box)
 
 
 def _one_hot(classes: np.ndarray, count: int) -> np.ndarray:
@@ -348,6 +341,15 @@ def classes_to_native(classes: np.ndarray, grid: sitk.Image, native: sitk.Image)
     """
     count = int(classes.max()) + 1
     return _channels_to_native(_one_hot(np.asarray(classes), count), grid, native)
+
+
+def binned(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """``image`` bin-averaged (float32) to about ``spacing_mm`` per axis; an axis already that coarse stays.
+
+    A bin of exact zeros stays zero, so a skull-stripped background survives.
+    """
+    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
 
 
 def voxel_volume_ml(image: sitk.Image) -> float:

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from latup_edge.errors import LatupError
+from latup_edge.scans.geometry import binned
 
 # Below this foreground-mask Dice after registration the series do not overlap as one brain.
 MIN_MASK_DICE = 0.85
@@ -131,12 +132,6 @@ def _fov_centre(image: sitk.Image) -> tuple[float, float, float]:
     return image.TransformContinuousIndexToPhysicalPoint(centre_index)
 
 
-def _working_copy(image: sitk.Image) -> sitk.Image:
-    """The image bin-averaged to about WORKING_SPACING_MM per axis (a 5 mm axis stays as it is)."""
-    factors = [max(1, int(round(WORKING_SPACING_MM / s))) for s in image.GetSpacing()]
-    return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
-
-
 def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, seed: int) -> float:
     """Mattes MI of the working copies under ``transform``, at their own resolution."""
     method = _method(seed)
@@ -160,7 +155,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0) -> R
     start = time.perf_counter()
     initial = sitk.Euler3DTransform()
     initial.SetCenter(_fov_centre(fixed))
-    fixed_small, moving_small = _working_copy(fixed), _working_copy(moving)
+    fixed_small, moving_small = binned(fixed, WORKING_SPACING_MM), binned(moving, WORKING_SPACING_MM)
 
     method = _method(seed)
     method.SetInitialTransform(initial, inPlace=False)
