@@ -90,6 +90,9 @@ def test_narrow_network_learns_on_two_phantoms_and_resumes(two_phantoms, tmp_pat
     settings.epochs = 3
     resumed = train(two_phantoms, tmp_path / "run", settings, resume=True)
     assert resumed.epoch == 3 and resumed.step == 24 and len(resumed.history) == 3
+    # The poly schedule follows the resumed run's own total: epoch 3 ends on its last, smallest rate.
+    rates = [entry["lr"] for entry in resumed.history]
+    assert rates[0] > rates[1] > rates[2] > 0
 
 
 def test_resume_without_a_run_is_refused(two_phantoms, tmp_path):
@@ -111,3 +114,16 @@ def test_training_with_augmentation_is_reproducible_and_recorded(two_phantoms, t
     assert provenance["settings"]["augmentation"]["flip"] == settings.augmentation.flip
     assert provenance["config"]["statistics"] == "brain"
     assert provenance["config"]["normalization"] == "zscore-brain"
+
+
+def test_poly_schedule_decays_to_near_zero_on_the_runs_own_steps_and_constant_stays():
+    from latup_edge.train.loop import learning_rate
+
+    settings = TrainingSettings(epochs=3, steps_per_epoch=10, lr=1e-3)
+    rates = [learning_rate(settings, step) for step in range(30)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:]))
+    assert 0 < rates[-1] < 1e-3 / 20
+    assert rates[15] == pytest.approx(1e-3 * 0.5**0.9)
+    settings.lr_schedule = "constant"
+    assert {learning_rate(settings, step) for step in range(30)} == {1e-3}

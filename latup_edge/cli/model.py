@@ -70,6 +70,9 @@ def train(
     steps_per_epoch: Annotated[int, typer.Option(min=1)] = 100,
     batch: Annotated[int, typer.Option(min=1)] = 1,
     lr: Annotated[float, typer.Option(help="Adam learning rate (paper: 1e-4).")] = 1e-4,
+    lr_schedule: Annotated[
+        str, typer.Option(help="poly (nnU-Net's decay to 0 over the run's steps) or constant (paper).")
+    ] = "poly",
     l2: Annotated[float, typer.Option(help="L2 penalty on the paper's kernels (paper: 0.02).")] = 0.02,
     grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm (0: off).")] = 0.0,
     tumour_fraction: Annotated[float, typer.Option(help="Share of patches centred on tumour.")] = 0.7,
@@ -130,6 +133,8 @@ def train(
 
     if patch % SIZE_MULTIPLE:
         raise typer.BadParameter(f"must be a multiple of {SIZE_MULTIPLE}, got {patch}", param_hint="--patch")
+    if lr_schedule not in ("poly", "constant"):
+        raise typer.BadParameter("must be poly or constant", param_hint="--lr-schedule")
     if precision not in ("auto", "bf16", "fp32"):
         raise typer.BadParameter("must be auto, bf16 or fp32", param_hint="--precision")
     settings = TrainingSettings(
@@ -138,6 +143,7 @@ def train(
         steps_per_epoch=steps_per_epoch,
         batch=batch,
         lr=lr,
+        lr_schedule=lr_schedule,
         l2=l2,
         grad_clip=grad_clip or None,
         tumour_fraction=tumour_fraction,

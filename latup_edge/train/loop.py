@@ -32,6 +32,7 @@ from latup_edge.train.loss import l2_penalty, weighted_dice_loss
 from latup_edge.train.sampling import TrainingCase, load_training_case, sample_patch
 
 Precision = Literal["auto", "bf16", "fp32"]
+Schedule = Literal["poly", "constant"]
 Event = dict[str, Any]
 
 
@@ -44,6 +45,7 @@ class TrainingSettings:
     steps_per_epoch: int = 100
     batch: int = 1
     lr: float = 1e-4
+    lr_schedule: Schedule = "poly"  # nnU-Net's lr * (1 - step / total) ** 0.9 over epochs x steps_per_epoch
     l2: float = 0.02
     grad_clip: float | None = None
     tumour_fraction: float = 0.7
@@ -81,6 +83,15 @@ def use_bf16(precision: Precision, device: torch.device) -> bool:
         return True
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def learning_rate(settings: TrainingSettings, step: int) -> float:
+    """The learning rate of the step after ``step`` steps: constant, or decayed polynomially to 0 at the
+    run's last step (a resumed run lands on the same curve; raising --epochs stretches what is left)."""
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    total = settings.epochs * settings.steps_per_epoch
+    return settings.lr * (1 - min(step, total - 1) / total) ** 0.9
 
 
 def split_cases(case_ids: list[str], val_cases: int, seed: int) -> tuple[list[str], list[str]]:
@@ -166,6 +177,8 @@ def train(
         model.train()
         losses = []
         for _ in range(settings.steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(settings, state.step)
             loss = _step(model, optimizer, train_set, settings, rng, device, bf16)
             losses.append(loss)
             state.step += 1
@@ -175,7 +188,13 @@ def train(
         state.seconds += time.perf_counter() - started
         state.epoch = epoch + 1
         state.history.append(
-            {"epoch": state.epoch, "step": state.step, "loss": float(np.mean(losses)), "val_dice": metrics}
+            {
+                "epoch": state.epoch,
+                "step": state.step,
+                "lr": optimizer.param_groups[0]["lr"],
+                "loss": float(np.mean(losses)),
+                "val_dice": metrics,
+            }
         )
         improved = score > state.best_score
         if improved:
