@@ -122,7 +122,7 @@ def test_poly_schedule_decays_to_near_zero_on_the_runs_own_steps_and_constant_st
     settings = TrainingSettings(epochs=3, steps_per_epoch=10, lr=1e-3)
     rates = [learning_rate(settings, step) for step in range(30)]
     assert rates[0] == pytest.approx(1e-3)
-    assert all(later < earlier for earlier, later in zip(rates, rates[1:]))
+    assert all(later < earlier for earlier, later in zip(rates[:-1], rates[1:], strict=True))
     assert 0 < rates[-1] < 1e-3 / 20
     assert rates[15] == pytest.approx(1e-3 * 0.5**0.9)
     settings.lr_schedule = "constant"
