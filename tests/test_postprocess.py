@@ -32,3 +32,21 @@ def test_rules_keep_what_they_should():
     assert (postprocess(classes, Postprocessing.none()) == classes).all()
     empty = np.zeros((8, 8, 8), np.uint8)
     assert (postprocess(empty) == 0).all()
+
+
+def test_coreless_components_go_even_when_larger_than_the_tumour_but_never_the_only_ones():
+    classes = np.zeros((60, 60, 60), np.uint8)
+    classes[5:15, 5:15, 5:15] = 2  # a small lesion: ED ...
+    classes[8:12, 8:12, 8:12] = 1  # ... around a core
+    classes[25:55, 25:55, 25:55] = 2  # false oedema, far larger than the lesion, with no core
+    rules = Postprocessing(min_component_fraction=0.1, drop_coreless=True)
+    out = postprocess(classes, rules)
+    assert not out[25:55, 25:55, 25:55].any()  # the coreless component goes first ...
+    assert (out[5:15, 5:15, 5:15] == classes[5:15, 5:15, 5:15]).all()  # ... so the size rule keeps the lesion
+    assert not postprocess(classes, Postprocessing(min_component_fraction=0.1))[5:15, 5:15, 5:15].any()
+    oedema_only = np.where(classes == 1, np.uint8(2), classes)  # no core anywhere: nothing to tell apart
+    assert (postprocess(oedema_only, Postprocessing(min_component_fraction=0, drop_coreless=True)) == oedema_only).all()
+    two_lesions = classes.copy()
+    two_lesions[38:42, 38:42, 38:42] = 3  # the big component gets an enhancing core: it stays
+    coreless_only = Postprocessing(min_component_fraction=0, drop_coreless=True)
+    assert (postprocess(two_lesions, coreless_only) == two_lesions).all()

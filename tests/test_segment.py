@@ -32,6 +32,7 @@ from latup_edge.runtime import predictor as predictor_module
 from latup_edge.runtime.backends import BackendError, open_backend
 from latup_edge.runtime.bundle import Bundle, shipped_bundle
 from latup_edge.runtime.openvino_backend import OpenVINOModel
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
 from latup_edge.runtime.segment import SegmentError, SegmentSettings, output_convention, segment_cases
 from latup_edge.runtime.volume import predict_classes
 
@@ -116,7 +117,7 @@ def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_p
     log = json.loads(result.stdout)
     assert log == json.loads((out / "segment-log.json").read_text())
     assert log["summary"] == {"ok": 2, "failed": 0, "skipped": 0} and log["finished"]
-    assert log["postprocessing"] == {"min_et_voxels": 0, "min_component_fraction": 0.0}
+    assert log["postprocessing"] == {"min_et_voxels": 0, "min_component_fraction": 0.0, "drop_coreless": False}
     assert log["backend"]["name"] == "openvino" and log["backend"]["precision"] == "fp32"
     assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()
     for entry in log["cases"]:
@@ -467,8 +468,8 @@ def test_segment_post_processes_its_labels_by_default(bundle, tmp_path, monkeypa
     original = volume.postprocess
     monkeypatch.setattr(volume, "postprocess", lambda classes, rules: seen.append(rules) or original(classes, rules))
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
-    assert log["postprocessing"] == {"min_et_voxels": 0, "min_component_fraction": 0.1}
-    assert [rules.min_component_fraction for rules in seen] == [0.1]
+    assert log["postprocessing"] == DEFAULT_POSTPROCESSING.to_dict()
+    assert seen == [DEFAULT_POSTPROCESSING] and Postprocessing.none() != DEFAULT_POSTPROCESSING
 
 
 def test_a_nifti_case_of_another_geometry_is_registered_and_labelled_on_its_reference_grid(bundle, tmp_path):

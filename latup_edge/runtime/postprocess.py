@@ -35,11 +35,12 @@ NCR, ET = 1, 3
 class Postprocessing:
     min_et_voxels: int = 0
     min_component_fraction: float = 0.1
+    drop_coreless: bool = False
 
     @classmethod
     def none(cls) -> Postprocessing:
         """The network's argmax as it is."""
-        return cls(min_et_voxels=0, min_component_fraction=0.0)
+        return cls(min_et_voxels=0, min_component_fraction=0.0, drop_coreless=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +51,14 @@ DEFAULT_POSTPROCESSING = Postprocessing()
 
 def postprocess(classes: np.ndarray, rules: Postprocessing = DEFAULT_POSTPROCESSING) -> np.ndarray:
     """``classes`` (uint8, 0 bg, 1 NCR, 2 ED, 3 ET) with ``rules`` applied; a new array when anything changes."""
+    if rules.drop_coreless:
+        components, count = ndimage.label(classes > 0)
+        if count > 1:
+            cored = np.zeros(count + 1, dtype=bool)
+            cored[np.unique(components[(classes == NCR) | (classes == ET)])] = True
+            cored[0] = True
+            if cored[1:].any() and not cored.all():
+                classes = np.where(cored[components], classes, np.uint8(0))
     if rules.min_component_fraction > 0:
         components, count = ndimage.label(classes > 0)
         if count > 1:
