@@ -37,6 +37,8 @@ RULES: dict[str, Postprocessing] = {
     "coreless components go": Postprocessing(min_component_fraction=0.0, drop_coreless=True),
     "coreless, then < 0.1 of the largest go": Postprocessing(min_component_fraction=0.1, drop_coreless=True),
     "coreless, then < 0.05 of the largest go": Postprocessing(min_component_fraction=0.05, drop_coreless=True),
+    "< 0.1 go, then under 250 ET voxels is NCR": Postprocessing(min_component_fraction=0.1, min_et_voxels=250),
+    "< 0.1 go, then under 500 ET voxels is NCR": Postprocessing(min_component_fraction=0.1, min_et_voxels=500),
 }
 
 
