@@ -54,23 +54,23 @@ DEFAULT_POSTPROCESSING = Postprocessing()
 
 def postprocess(classes: np.ndarray, rules: Postprocessing = DEFAULT_POSTPROCESSING) -> np.ndarray:
     """``classes`` (uint8, 0 bg, 1 NCR, 2 ED, 3 ET) with ``rules`` applied; a new array when anything changes."""
-    if rules.drop_coreless:
-        components, count = ndimage.label(classes > 0)
+    if rules.drop_coreless or rules.min_component_fraction > 0:
+        components, count = ndimage.label(classes > 0)  # one labelling serves both component rules
         if count > 1:
-            cored = np.zeros(count + 1, dtype=bool)
-            cored[np.unique(components[(classes == NCR) | (classes == ET)])] = True
-            cored[0] = True
-            if cored[1:].any() and not cored.all():
-                classes = np.where(cored[components], classes, np.uint8(0))
-    if rules.min_component_fraction > 0:
-        components, count = ndimage.label(classes > 0)
-        if count > 1:
-            sizes = np.bincount(components.ravel())
-            sizes[0] = 0
-            small = sizes < rules.min_component_fraction * sizes.max()
-            small[0] = False
-            if small.any():
-                classes = np.where(small[components], np.uint8(0), classes)
+            keep = np.ones(count + 1, dtype=bool)
+            if rules.drop_coreless:
+                cored = np.zeros(count + 1, dtype=bool)
+                cored[np.unique(components[(classes == NCR) | (classes == ET)])] = True
+                if cored[1:].any():
+                    keep &= cored
+            if rules.min_component_fraction > 0:
+                sizes = np.bincount(components.ravel(), minlength=count + 1)
+                sizes[~keep] = 0
+                sizes[0] = 0
+                keep &= sizes >= rules.min_component_fraction * sizes.max()
+            keep[0] = True
+            if not keep.all():
+                classes = np.where(keep[components], classes, np.uint8(0))
     if rules.min_et_voxels > 0:
         et = classes == ET
         if 0 < np.count_nonzero(et) < rules.min_et_voxels:
