@@ -305,3 +305,47 @@ def test_build_never_makes_a_broken_int8_model_the_default(two_phantoms, tmp_pat
 def test_engines_leave_stdout_to_the_json_result(engine, float_onnx, samples, tmp_path, capfd):
     run_engine(engine, float_onnx, samples, tmp_path)
     assert capfd.readouterr().out == ""
+
+
+def _activation_ranges(model: ov.Model) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input_low, input_high) of every activation quantizer, in graph order."""
+    ranges = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
+            low, high = (op.input_value(i).get_node().get_data() for i in (1, 2))
+            ranges.append((low, high))
+    return ranges
+
+
+def test_extreme_activation_ranges_cover_every_calibration_sample(float_onnx, tmp_path):
+    # Two samples of different contrast: the mean of their extremes clips the brighter one.
+    case = tiny_case("s", 0).inputs
+    samples = [case, case * 3]
+    mean, extreme = (
+        _activation_ranges(
+            ov.Core().read_model(str(run_engine("nncf", float_onnx, samples, tmp_path / r, activation_ranges=r)))
+        )
+        for r in ("mean", "extreme")
+    )
+    assert len(mean) == len(extreme) > 10
+    assert all(
+        np.all(e_low <= m_low + 1e-6) and np.all(e_high >= m_high - 1e-6)
+        for (m_low, m_high), (e_low, e_high) in zip(mean, extreme, strict=True)
+    )
+    widths = [
+        float(np.max(e_high - e_low) / np.max(m_high - m_low))
+        for (m_low, m_high), (e_low, e_high) in zip(mean, extreme, strict=True)
+    ]
+    assert max(widths) > 1.2
+
+
+def test_an_unknown_activation_range_rule_is_refused(float_onnx, samples, tmp_path):
+    with pytest.raises(LatupError, match="activation ranges must be one of mean, extreme"):
+        run_engine("nncf", float_onnx, samples, tmp_path, activation_ranges="median")
+
+
+def test_the_cli_default_activation_ranges_are_the_library_default():
+    from latup_edge.cli.quantize import DEFAULT_ACTIVATION_RANGES as cli_default
+    from latup_edge.deploy.quantize.nncf_engine import DEFAULT_ACTIVATION_RANGES
+
+    assert cli_default == DEFAULT_ACTIVATION_RANGES

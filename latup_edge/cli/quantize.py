@@ -16,7 +16,23 @@ EngineOption = Annotated[str, typer.Option(help="nncf (OpenVINO's NNCF) or inc (
 MaxDropOption = Annotated[
     float, typer.Option(help="Largest Dice loss allowed, as a share of fp32 per region (0.001: 99.9 %).")
 ]
+RangesOption = Annotated[
+    str,
+    typer.Option(
+        help="How NNCF sets each activation's INT8 range from the calibration samples: mean (of each sample's "
+        "min and max, NNCF's default) or extreme (over all samples). neural-compressor always takes the extremes."
+    ),
+]
+# The library's default (nncf_engine.DEFAULT_ACTIVATION_RANGES), not imported: it would load OpenVINO.
+DEFAULT_ACTIVATION_RANGES = "mean"
 REGIONS = ("WT", "TC", "ET")
+
+
+def _check_ranges(activation_ranges: str) -> None:
+    from latup_edge.deploy.quantize.nncf_engine import ACTIVATION_RANGES
+
+    if activation_ranges not in ACTIVATION_RANGES:
+        raise typer.BadParameter(f"must be one of {', '.join(ACTIVATION_RANGES)}", param_hint="--activation-ranges")
 
 
 def _check_engine(engine: str) -> None:
@@ -48,6 +64,7 @@ def quantize_command(
     eval_data: Annotated[
         Path | None, typer.Option(help="Held-out cases (not in the calibration set) for the drift summary.")
     ] = None,
+    activation_ranges: RangesOption = DEFAULT_ACTIVATION_RANGES,
     max_dice_drop: MaxDropOption = DEFAULT_MAX_DICE_DROP,
     as_json: JsonOption = False,
 ) -> None:
@@ -63,6 +80,7 @@ def quantize_command(
     from latup_edge.runtime.openvino_backend import OpenVINOModel
 
     _check_engine(engine)
+    _check_ranges(activation_ranges)
     normalization = model_normalization(model)
     calibration = read_calibration_set(calib, normalization=normalization)
     judge = None
@@ -75,7 +93,7 @@ def quantize_command(
     result = quantize(
         engine, model, list(calibration), output, keep_float=keep_float or (), judge=judge,
         mixed=mixed and sensitivity, progress=lambda message: err_console.print(message), screen=not full_ranking,
-        accuracy_control=accuracy_control,
+        accuracy_control=accuracy_control, activation_ranges=activation_ranges,
     )  # fmt: skip
     report: dict[str, Any] = {"quantization": result.to_dict()}
     if eval_data is not None:
@@ -172,6 +190,7 @@ def build(
     include_onnx: Annotated[
         bool, typer.Option(help="Also keep fp32.onnx in the bundle (the onnxruntime backend needs it).")
     ] = True,
+    activation_ranges: RangesOption = DEFAULT_ACTIVATION_RANGES,
     as_json: JsonOption = False,
 ) -> None:
     """Export, calibrate, quantize, gate on Dice drift and compile a bundle, in one command."""
@@ -180,10 +199,12 @@ def build(
     from latup_edge.deploy.build import BuildSettings, build_bundle
 
     _check_engine(engine)
+    _check_ranges(activation_ranges)
     settings = BuildSettings(
         engine=engine, weights=weights, max_dice_drop=max_dice_drop, min_agreement=min_agreement, held_out=held_out,
         calibration_cases=calibration_cases, calibration_kind=calibration_kind, threads=threads or None,
         accuracy_control=accuracy_control, gate_data=tuple(gate_data or ()), include_onnx=include_onnx,
+        activation_ranges=activation_ranges,
     )  # fmt: skip
     with Status("building", console=err_console) as status:
         report = build_bundle(calib_data, output, settings, progress=lambda stage: status.update(stage))

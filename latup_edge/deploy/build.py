@@ -21,6 +21,7 @@ from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_for_deploy
 from latup_edge.deploy.quantize import DEFAULT_AGREEMENT_TARGET, Engine, quantize
+from latup_edge.deploy.quantize.nncf_engine import DEFAULT_ACTIVATION_RANGES, ActivationRanges
 from latup_edge.deploy.quantize.sensitivity import AgreementJudge
 from latup_edge.errors import LatupError
 from latup_edge.evaluate.drift import (
@@ -57,6 +58,7 @@ class BuildSettings:
     screen: bool = True  # rank blocks first, then only the layers of blocks that matter
     accuracy_control: bool = False  # let the engine's own accuracy-aware loop choose the float layers
     agreement_target: float = DEFAULT_AGREEMENT_TARGET
+    activation_ranges: ActivationRanges = DEFAULT_ACTIVATION_RANGES  # NNCF's range rule (docs/INT8.md)
     threads: int | None = None
     latency_repeats: int = 3  # timed passes per precision for the manifest's latency
     # More labelled folders the gate must pass on too (e.g. the independent generator's cases); never calibrated on.
@@ -157,7 +159,7 @@ def build_bundle(
         quantized = quantize(
             settings.engine, onnx_path, list(calibration), work / "int8", judge=judge,
             mixed=settings.mixed, target=settings.agreement_target, progress=progress, screen=settings.screen,
-            accuracy_control=settings.accuracy_control,
+            accuracy_control=settings.accuracy_control, activation_ranges=settings.activation_ranges,
         )  # fmt: skip
 
         progress("drift")

@@ -21,6 +21,7 @@ import numpy as np
 import openvino as ov
 
 from latup_edge.deploy.quantize.graph import quantized_layers
+from latup_edge.deploy.quantize.nncf_engine import DEFAULT_ACTIVATION_RANGES, ActivationRanges
 from latup_edge.deploy.quantize.sensitivity import (
     MIN_GAIN,
     AgreementJudge,
@@ -46,6 +47,7 @@ class QuantizationResult:
     path: Path
     keep_float: list[str]
     seconds: float
+    activation_ranges: str = DEFAULT_ACTIVATION_RANGES
     baseline_agreement: float | None = None
     agreement: float | None = None
     ranking: list[LayerSensitivity] = field(default_factory=list)
@@ -56,6 +58,7 @@ class QuantizationResult:
             "engine": self.engine,
             "path": str(self.path),
             "keep_float": self.keep_float,
+            "activation_ranges": self.activation_ranges if self.engine == "nncf" else "extreme",
             "seconds": round(self.seconds, 1),
             "agreement_fully_int8": self.baseline_agreement,
             "agreement": self.agreement,
@@ -89,11 +92,14 @@ def run_engine(
     keep_float: Sequence[str] = (),
     judge: AgreementJudge | None = None,
     max_drop: float = 0.0,
+    activation_ranges: ActivationRanges = DEFAULT_ACTIVATION_RANGES,
 ) -> Path:
     """Quantize with one engine; returns the INT8 model file (IR .xml for NNCF, QDQ .onnx for INC).
 
     With a ``judge``, the engine's own accuracy-aware search (NNCF accuracy control, INC tuning),
     scored by that judge, returns layers to float until the score is within ``max_drop`` of fp32's.
+    ``activation_ranges`` is NNCF's rule (``nncf_engine.ACTIVATION_RANGES``); neural-compressor always
+    takes the extremes over the samples.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     with _progress_to_stderr():
@@ -101,9 +107,11 @@ def run_engine(
             from latup_edge.deploy.quantize.nncf_engine import quantize_nncf, quantize_nncf_with_accuracy_control
 
             if judge is None:
-                model = quantize_nncf(str(onnx_path), samples, keep_float)
+                model = quantize_nncf(str(onnx_path), samples, keep_float, activation_ranges)
             else:
-                model = quantize_nncf_with_accuracy_control(str(onnx_path), samples, judge, max_drop, keep_float)
+                model = quantize_nncf_with_accuracy_control(
+                    str(onnx_path), samples, judge, max_drop, keep_float, activation_ranges=activation_ranges
+                )
             path = out_dir / "int8_nncf.xml"
             ov.save_model(model, str(path), compress_to_fp16=False)
             return path
@@ -127,6 +135,7 @@ def quantize(
     progress: Callable[[str], None] = lambda message: None,
     screen: bool = True,
     accuracy_control: bool = False,
+    activation_ranges: ActivationRanges = DEFAULT_ACTIVATION_RANGES,
 ) -> QuantizationResult:
     """Quantize; with a ``judge``, rank the layers and (``mixed``) keep the harmful ones in float.
 
@@ -137,13 +146,14 @@ def quantize(
     """
     started = time.perf_counter()
     progress(f"{engine}: quantizing")
-    path = run_engine(engine, onnx_path, samples, out_dir, keep_float)
-    result = QuantizationResult(engine, path, list(keep_float), 0.0)
+    ranges = {"activation_ranges": activation_ranges}
+    path = run_engine(engine, onnx_path, samples, out_dir, keep_float, **ranges)
+    result = QuantizationResult(engine, path, list(keep_float), 0.0, activation_ranges=activation_ranges)
     if judge is not None and accuracy_control:
         result.baseline_agreement = judge(path)
         plain_layers = quantized_layers(ov.Core().read_model(str(path)))
         progress(f"{engine}: accuracy-aware search (target agreement {target})")
-        result.path = run_engine(engine, onnx_path, samples, out_dir, keep_float, judge, max_drop=1 - target)
+        result.path = run_engine(engine, onnx_path, samples, out_dir, keep_float, judge, 1 - target, **ranges)
         kept = set(quantized_layers(ov.Core().read_model(str(result.path))))
         result.keep_float = [*keep_float, *(layer for layer in plain_layers if layer not in kept)]
         result.agreement = judge(result.path)
@@ -164,7 +174,7 @@ def quantize(
             if extra:
                 progress(f"{engine}: quantizing again with {len(extra)} layer(s) in float")
                 result.keep_float = [*keep_float, *extra]
-                result.path = run_engine(engine, onnx_path, samples, out_dir, result.keep_float)
+                result.path = run_engine(engine, onnx_path, samples, out_dir, result.keep_float, **ranges)
                 result.agreement = judge(result.path)
     result.seconds = time.perf_counter() - started
     return result

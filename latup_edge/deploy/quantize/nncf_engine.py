@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import openvino as ov
 
 from latup_edge.deploy.quantize.graph import brain_statistics_ops, friendly_names
+from latup_edge.errors import LatupError
 
 if TYPE_CHECKING:
     from latup_edge.deploy.quantize.sensitivity import AgreementJudge
@@ -28,7 +29,32 @@ def _preset():
     return nncf.QuantizationPreset.MIXED
 
 
-def quantize_nncf(onnx_path: str, samples: Sequence[np.ndarray], keep_float: Sequence[str] = ()) -> ov.Model:
+# How an activation quantizer's range is set from the calibration samples: NNCF's default averages
+# each sample's min and max ("mean"); "extreme" takes the min and max over all samples, as
+# neural-compressor's QDQ calibration does (docs/INT8.md, "Activation ranges under a shift").
+ActivationRanges = Literal["mean", "extreme"]
+ACTIVATION_RANGES: tuple[str, ...] = ("mean", "extreme")
+DEFAULT_ACTIVATION_RANGES: ActivationRanges = "mean"
+
+
+def _advanced(activation_ranges: str):
+    """NNCF's advanced parameters for a range rule (None: its defaults)."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    if activation_ranges not in ACTIVATION_RANGES:
+        raise LatupError(f"activation ranges must be one of {', '.join(ACTIVATION_RANGES)}, got {activation_ranges!r}")
+    if activation_ranges == "mean":
+        return None
+    return AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+
+
+def quantize_nncf(
+    onnx_path: str,
+    samples: Sequence[np.ndarray],
+    keep_float: Sequence[str] = (),
+    activation_ranges: ActivationRanges = DEFAULT_ACTIVATION_RANGES,
+) -> ov.Model:
     """Static INT8 post-training quantization; the layers labelled in ``keep_float`` stay float."""
     import nncf
 
@@ -40,6 +66,7 @@ def quantize_nncf(onnx_path: str, samples: Sequence[np.ndarray], keep_float: Seq
             subset_size=len(samples),
             preset=_preset(),
             ignored_scope=_ignored(model, keep_float),
+            advanced_parameters=_advanced(activation_ranges),
         )
 
 
@@ -50,6 +77,7 @@ def quantize_nncf_with_accuracy_control(
     max_drop: float,
     keep_float: Sequence[str] = (),
     max_layers: int = 6,
+    activation_ranges: ActivationRanges = DEFAULT_ACTIVATION_RANGES,
 ) -> ov.Model:
     """``nncf.quantize_with_accuracy_control`` driven by our agreement Dice with fp32 on the judge's cases.
 
@@ -75,6 +103,7 @@ def quantize_nncf_with_accuracy_control(
             subset_size=len(samples),
             preset=_preset(),
             ignored_scope=_ignored(model, keep_float),
+            advanced_quantization_parameters=_advanced(activation_ranges),
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=max_layers),
         )
 
