@@ -349,3 +349,16 @@ def test_the_cli_default_activation_ranges_are_the_library_default():
     from latup_edge.deploy.quantize.nncf_engine import DEFAULT_ACTIVATION_RANGES
 
     assert cli_default == DEFAULT_ACTIVATION_RANGES
+
+
+def test_quantize_passes_the_range_rule_to_the_engine_and_records_it(float_onnx, tmp_path):
+    case = tiny_case("s", 0).inputs
+    samples = [case, case * 3]
+    result = quantize("nncf", float_onnx, samples, tmp_path / "q", activation_ranges="extreme")
+    direct = run_engine("nncf", float_onnx, samples, tmp_path / "direct", activation_ranges="extreme")
+    mean = run_engine("nncf", float_onnx, samples, tmp_path / "mean")
+    ranges = [_activation_ranges(ov.Core().read_model(str(path))) for path in (result.path, direct, mean)]
+    flat = [np.concatenate([np.ravel(bound) for pair in r for bound in pair]) for r in ranges]
+    np.testing.assert_allclose(flat[0], flat[1])
+    assert not np.allclose(flat[0], flat[2])
+    assert result.to_dict()["activation_ranges"] == "extreme"

@@ -146,14 +146,15 @@ def quantize(
     """
     started = time.perf_counter()
     progress(f"{engine}: quantizing")
-    ranges = {"activation_ranges": activation_ranges}
-    path = run_engine(engine, onnx_path, samples, out_dir, keep_float, **ranges)
+    path = run_engine(engine, onnx_path, samples, out_dir, keep_float, activation_ranges=activation_ranges)
     result = QuantizationResult(engine, path, list(keep_float), 0.0, activation_ranges=activation_ranges)
     if judge is not None and accuracy_control:
         result.baseline_agreement = judge(path)
         plain_layers = quantized_layers(ov.Core().read_model(str(path)))
         progress(f"{engine}: accuracy-aware search (target agreement {target})")
-        result.path = run_engine(engine, onnx_path, samples, out_dir, keep_float, judge, 1 - target, **ranges)
+        result.path = run_engine(
+            engine, onnx_path, samples, out_dir, keep_float, judge, 1 - target, activation_ranges=activation_ranges
+        )
         kept = set(quantized_layers(ov.Core().read_model(str(result.path))))
         result.keep_float = [*keep_float, *(layer for layer in plain_layers if layer not in kept)]
         result.agreement = judge(result.path)
@@ -174,7 +175,9 @@ def quantize(
             if extra:
                 progress(f"{engine}: quantizing again with {len(extra)} layer(s) in float")
                 result.keep_float = [*keep_float, *extra]
-                result.path = run_engine(engine, onnx_path, samples, out_dir, result.keep_float, **ranges)
+                result.path = run_engine(
+                    engine, onnx_path, samples, out_dir, result.keep_float, activation_ranges=activation_ranges
+                )
                 result.agreement = judge(result.path)
     result.seconds = time.perf_counter() - started
     return result
