@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 from latup_edge.data.cases import discover_cases
+from latup_edge.data.labels import REGIONS
 from latup_edge.deploy.quantize.nncf_engine import ACTIVATION_RANGES, quantize_nncf
 from latup_edge.evaluate.drift import measure_drift, prepare_case
 from latup_edge.runtime.bundle import load_bundle
 from latup_edge.runtime.openvino_backend import OpenVINOModel
-
-REGIONS = ("WT", "TC", "ET")
 
 
 def main() -> int:

@@ -21,31 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import openvino as ov
 
 from latup_edge.data.cases import discover_cases
+from latup_edge.data.labels import REGIONS, region_masks
 from latup_edge.deploy.quantize.graph import bypass, quantized_layers
-from latup_edge.deploy.quantize.sensitivity import AgreementJudge, block_of
+from latup_edge.deploy.quantize.sensitivity import AgreementJudge, blocks_of, mean_per_region
 from latup_edge.evaluate.drift import prepare_case
-from latup_edge.evaluate.metrics import agreement
 from latup_edge.runtime.bundle import load_bundle
-from latup_edge.runtime.openvino_backend import OpenVINOModel
-
-REGIONS = ("WT", "TC", "ET")
-
-
-def region_voxels(classes: np.ndarray) -> dict[str, int]:
-    return {"WT": int((classes > 0).sum()), "TC": int(np.isin(classes, (1, 3)).sum()), "ET": int((classes == 3).sum())}
-
-
-def per_case(judge: AgreementJudge, model: ov.Model) -> dict[str, dict[str, float]]:
-    int8 = OpenVINOModel(model, "int8", threads=judge.threads)
-    return {c.case_id: agreement(c.classes(int8(c.inputs)), judge.reference[c.case_id]) for c in judge.cases}
-
-
-def summary(scores: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {r: float(np.mean([s[r] for s in scores.values()])) for r in REGIONS}
 
 
 def main() -> int:
@@ -63,17 +46,15 @@ def main() -> int:
     prepared = [prepare_case(c, normalization=bundle.normalization) for c in cases]
     judge = AgreementJudge.from_float_model(args.bundle / "fp32.xml", prepared)
     int8 = ov.Core().read_model(str(args.bundle / "int8.xml"))
-    sizes = {cid: region_voxels(labels) for cid, labels in judge.reference.items()}
+    sizes = {cid: {r: int(m.sum()) for r, m in region_masks(labels).items()} for cid, labels in judge.reference.items()}
 
     started = time.perf_counter()
-    base_cases = per_case(judge, int8)
-    base = summary(base_cases)
+    base_cases = judge.per_case(int8)
+    base = mean_per_region(base_cases)
     print(f"fully int8 (as shipped): {base}", file=sys.stderr)
     rows = []
     layers = quantized_layers(int8)
-    blocks: dict[str, list[str]] = {}
-    for layer in layers:
-        blocks.setdefault(block_of(layer), []).append(layer)
+    blocks = blocks_of(int8)
 
     result = {
         "bundle": str(args.bundle),
@@ -86,8 +67,8 @@ def main() -> int:
     }
 
     def measure(kind: str, name: str, bypassed: list[str]) -> dict:
-        scores = per_case(judge, bypass(int8, bypassed))
-        regions = summary(scores)
+        scores = judge.per_case(bypass(int8, bypassed))
+        regions = mean_per_region(scores)
         row = {"kind": kind, "name": name, "layers": len(bypassed), "agreement": regions}
         row["gain"] = {r: regions[r] - base[r] for r in REGIONS}
         row["worst_gain"] = min(regions.values()) - min(base.values())

@@ -31,7 +31,7 @@ def _preset():
 
 # How an activation quantizer's range is set from the calibration samples: NNCF's default averages
 # each sample's min and max ("mean"); "extreme" takes the min and max over all samples, as
-# neural-compressor's QDQ calibration does (docs/INT8.md, "Activation ranges under a shift").
+# neural-compressor's QDQ calibration does (docs/INT8.md, "Under a shift of data").
 ActivationRanges = Literal["mean", "extreme"]
 ACTIVATION_RANGES: tuple[str, ...] = ("mean", "extreme")
 DEFAULT_ACTIVATION_RANGES: ActivationRanges = "mean"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from latup_edge.data.labels import REGIONS
 from latup_edge.deploy.quantize.graph import bypass, quantized_layers
 from latup_edge.evaluate.drift import PreparedCase
 from latup_edge.evaluate.metrics import agreement
@@ -34,11 +35,14 @@ class AgreementJudge:
         fp32 = OpenVINOModel(float_model, "fp32", threads=threads)
         return cls(cases, {case.case_id: case.classes(fp32(case.inputs)) for case in cases}, threads)
 
+    def per_case(self, model: ov.Model | Path) -> dict[str, dict[str, float]]:
+        """Agreement Dice per case and region (WT, TC, ET)."""
+        int8 = OpenVINOModel(model, "int8", threads=self.threads)
+        return {c.case_id: agreement(c.classes(int8(c.inputs)), self.reference[c.case_id]) for c in self.cases}
+
     def regions(self, model: ov.Model | Path) -> dict[str, float]:
         """Mean agreement Dice per region (WT, TC, ET) over the cases."""
-        int8 = OpenVINOModel(model, "int8", threads=self.threads)
-        scores = [agreement(case.classes(int8(case.inputs)), self.reference[case.case_id]) for case in self.cases]
-        return {region: float(np.mean([s[region] for s in scores])) for region in scores[0]}
+        return mean_per_region(self.per_case(model))
 
     def __call__(self, model: ov.Model | Path) -> float:
         """The worst region's mean agreement: one number to rank and to stop on."""
@@ -47,6 +51,11 @@ class AgreementJudge:
     def case_score(self, case: PreparedCase, scores: np.ndarray) -> float:
         """One case's worst-region agreement, from the network's output on it (for engines' own loops)."""
         return min(agreement(case.classes(scores), self.reference[case.case_id]).values())
+
+
+def mean_per_region(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean over cases of per-case, per-region scores."""
+    return {region: float(np.mean([s[region] for s in scores.values()])) for region in REGIONS}
 
 
 # Below this agreement gain a layer is noise: on the shipped weights every layer but one gained
@@ -69,6 +78,14 @@ def block_of(layer: str) -> str:
     return layer.split("/")[1] if layer.startswith("/") else layer
 
 
+def blocks_of(int8: ov.Model) -> dict[str, list[str]]:
+    """The quantized layers of a model, grouped by network block, in graph order."""
+    blocks: dict[str, list[str]] = {}
+    for layer in quantized_layers(int8):
+        blocks.setdefault(block_of(layer), []).append(layer)
+    return blocks
+
+
 def rank_blocks(
     int8: ov.Model, judge: AgreementJudge, baseline: float, progress: Callable[[str], None] = lambda block: None
 ) -> list[LayerSensitivity]:
@@ -77,11 +94,8 @@ def rank_blocks(
     A block's gain bounds what any one of its layers can restore, so blocks below ``MIN_GAIN`` need no
     layer-by-layer look: on the shipped weights that cuts the search from 54 models to 13.
     """
-    blocks: dict[str, list[str]] = {}
-    for layer in quantized_layers(int8):
-        blocks.setdefault(block_of(layer), []).append(layer)
     ranking = []
-    for block, layers in blocks.items():
+    for block, layers in blocks_of(int8).items():
         score = judge(bypass(int8, layers))
         ranking.append(LayerSensitivity(block, score, score - baseline))
         progress(block)
