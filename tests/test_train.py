@@ -8,8 +8,8 @@ from latup_edge.data.cases import discover_cases
 from latup_edge.models import LATUPNet, LATUPNetConfig
 from latup_edge.models.checkpoint import load_model
 from latup_edge.train.loop import TrainingSettings, split_cases, train
-from latup_edge.train.loss import l2_penalty, soft_dice_losses, weighted_dice_loss
-from latup_edge.train.sampling import load_training_case, sample_patch
+from latup_edge.train.loss import cross_entropy, l2_penalty, soft_dice_losses, weighted_dice_loss
+from latup_edge.train.sampling import TrainingCase, choose_case, load_training_case, sample_patch
 
 
 def test_soft_dice_by_hand():
@@ -38,6 +38,50 @@ def test_l2_penalty_covers_the_papers_kernels_only():
     assert id(net.decoder1.up_conv.conv.weight) not in penalised
     expected = 0.02 * sum(float((w.detach() ** 2).sum()) for w in weights)
     assert l2_penalty(weights).item() == pytest.approx(expected, rel=1e-5)
+
+
+def _false_et_gradient(loss_of) -> float:
+    # A non-enhancing core (NCR everywhere in the patch) that the network calls ET on half its voxels.
+    target = torch.ones((1, 4, 4, 4), dtype=torch.long)
+    logits = torch.zeros((1, 4, 4, 4, 4))
+    logits[:, 1, :2] = 3.0
+    logits[:, 3, 2:] = 3.0
+    logits.requires_grad_(True)
+    loss_of(logits, target).backward()
+    return float(logits.grad[:, 3, 2:].mean())  # > 0: descending lowers the false ET logits
+
+
+def test_cross_entropy_punishes_false_et_where_the_et_dice_term_cannot():
+    def et_dice_only(logits, target):
+        return soft_dice_losses(torch.softmax(logits, dim=1), target)[3]
+
+    # No ET voxel in the batch: the ET Dice term sits at 1 whatever is predicted, no gradient.
+    assert abs(_false_et_gradient(et_dice_only)) < 1e-6
+    assert _false_et_gradient(cross_entropy) > 1e-3
+    assert cross_entropy(torch.zeros((1, 4, 2, 2, 2)), torch.zeros((1, 2, 2, 2), dtype=torch.long)).item() == (
+        pytest.approx(np.log(4))
+    )
+
+
+def _case(case_id: str, with_et: bool) -> TrainingCase:
+    classes = np.zeros((4, 4, 4), np.uint8)
+    classes[1, 1, 1] = 3 if with_et else 1
+    return TrainingCase(case_id, np.zeros((4, 4, 4, 4), np.float16), classes, np.argwhere(classes > 0))
+
+
+def test_cases_without_et_are_drawn_at_the_asked_share_and_zero_draws_as_before():
+    cases = [_case(f"et{i}", True) for i in range(9)] + [_case("no-et", False)]
+    assert [c.has_et for c in cases].count(False) == 1
+    draws = [choose_case(cases, np.random.default_rng([3, i]), 0.5).case_id for i in range(2000)]
+    share = draws.count("no-et") / len(draws)
+    assert 0.5 + 0.5 * 0.1 - 0.04 < share < 0.55 + 0.04  # half by choice, a tenth of the uniform rest
+    # Share 0: the same random stream as the old uniform draw (runs made before the option reproduce).
+    rng_new, rng_old = np.random.default_rng(5), np.random.default_rng(5)
+    assert [choose_case(cases, rng_new).case_id for _ in range(50)] == [
+        cases[rng_old.integers(len(cases))].case_id for _ in range(50)
+    ]
+    # Nothing without ET to draw: uniform, never an error.
+    assert choose_case(cases[:9], np.random.default_rng(0), 1.0).has_et
 
 
 def test_split_is_seeded_and_disjoint():

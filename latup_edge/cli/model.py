@@ -76,6 +76,12 @@ def train(
     l2: Annotated[float, typer.Option(help="L2 penalty on the paper's kernels (paper: 0.02).")] = 0.02,
     grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm (0: off).")] = 0.0,
     tumour_fraction: Annotated[float, typer.Option(help="Share of patches centred on tumour.")] = 0.7,
+    no_et_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of patches from cases without ET (0: cases drawn uniformly).")
+    ] = 0.0,
+    ce_weight: Annotated[
+        float, typer.Option(min=0.0, help="Cross-entropy added to the paper's Dice loss (0: the paper's loss).")
+    ] = 0.0,
     val_cases: Annotated[int, typer.Option(help="Cases held out for per-epoch validation.")] = 4,
     seed: Annotated[int, typer.Option()] = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA and AMX CPUs), bf16 or fp32.")] = "auto",
@@ -147,6 +153,8 @@ def train(
         l2=l2,
         grad_clip=grad_clip or None,
         tumour_fraction=tumour_fraction,
+        no_et_fraction=no_et_fraction,
+        ce_weight=ce_weight,
         val_cases=val_cases,
         seed=seed,
         precision=precision,

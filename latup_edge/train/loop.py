@@ -28,8 +28,8 @@ from latup_edge.fileio import atomic_write
 from latup_edge.models.checkpoint import load_model, save_checkpoint
 from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
 from latup_edge.train.augment import Augmentation, augment_patch
-from latup_edge.train.loss import l2_penalty, weighted_dice_loss
-from latup_edge.train.sampling import TrainingCase, load_training_case, sample_patch
+from latup_edge.train.loss import cross_entropy, l2_penalty, weighted_dice_loss
+from latup_edge.train.sampling import TrainingCase, choose_case, load_training_case, sample_patch
 
 Precision = Literal["auto", "bf16", "fp32"]
 Schedule = Literal["poly", "constant"]
@@ -49,6 +49,8 @@ class TrainingSettings:
     l2: float = 0.02
     grad_clip: float | None = None
     tumour_fraction: float = 0.7
+    no_et_fraction: float = 0.0  # share of samples drawn from cases without ET (0: uniform over cases)
+    ce_weight: float = 0.0  # cross-entropy added to the paper's weighted Dice loss (0: the paper's loss)
     val_cases: int = 4
     seed: int = 0
     precision: Precision = "auto"
@@ -227,7 +229,9 @@ def train(
 def _step(model, optimizer, train_set, settings, rng, device, bf16: bool) -> float:
     pairs = [
         augment_patch(
-            *sample_patch(train_set[rng.integers(len(train_set))], settings.patch, rng, settings.tumour_fraction),
+            *sample_patch(
+                choose_case(train_set, rng, settings.no_et_fraction), settings.patch, rng, settings.tumour_fraction
+            ),
             rng,
             settings.augmentation,
         )
@@ -239,6 +243,8 @@ def _step(model, optimizer, train_set, settings, rng, device, bf16: bool) -> flo
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)
     loss = weighted_dice_loss(logits, y) + l2_penalty(model.penalised_weights(), settings.l2)
+    if settings.ce_weight:
+        loss = loss + settings.ce_weight * cross_entropy(logits, y)
     loss.backward()
     if settings.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)

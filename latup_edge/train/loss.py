@@ -30,6 +30,16 @@ def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return REGION_WEIGHTS["WT"] * (ncr + ed + et) + REGION_WEIGHTS["TC"] * (ncr + et) + REGION_WEIGHTS["ET"] * et
 
 
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Voxel-wise cross-entropy (nnU-Net's partner to Dice; not in the paper).
+
+    Soft Dice over a batch with no voxel of a class gives that class almost no gradient (the loss sits
+    at 1 whatever is predicted), so false ET on a non-enhancing tumour goes unpunished; cross-entropy
+    punishes every wrong voxel.
+    """
+    return F.cross_entropy(logits.float(), target.long())
+
+
 def l2_penalty(weights: list[torch.Tensor], scale: float = L2_WEIGHT) -> torch.Tensor:
     """scale * sum(w^2) over the given kernels (an explicit term, not Adam weight decay)."""
     return scale * sum(w.pow(2).sum() for w in weights)

@@ -9,6 +9,8 @@ import numpy as np
 from latup_edge.data.cases import BratsCase, load_case_images, load_case_labels
 from latup_edge.data.preprocess import Crop, apply_crop, brain_box, normalize
 
+ET = 3
+
 
 @dataclass(frozen=True)
 class TrainingCase:
@@ -18,6 +20,10 @@ class TrainingCase:
     images: np.ndarray  # float16 (C, X, Y, Z): half the memory; exact zeros stay exact (the brain mask)
     classes: np.ndarray  # uint8 (X, Y, Z)
     tumour_voxels: np.ndarray  # (n, 3) coordinates of tumour voxels, for tumour-centred patches
+
+    @property
+    def has_et(self) -> bool:
+        return bool((self.classes == ET).any())
 
 
 def load_training_case(case: BratsCase, normalization: str) -> TrainingCase:
@@ -32,6 +38,19 @@ def load_training_case(case: BratsCase, normalization: str) -> TrainingCase:
         classes=boxed_classes,
         tumour_voxels=np.argwhere(boxed_classes > 0).astype(np.int32),
     )
+
+
+def choose_case(cases: list[TrainingCase], rng: np.random.Generator, no_et_fraction: float = 0.0) -> TrainingCase:
+    """A case drawn uniformly, or, with probability ``no_et_fraction``, one without ET.
+
+    Non-enhancing tumours are about one case in ten; drawn that rarely, their patches rarely teach the
+    network to paint a core without ET (docs/GENERALISATION.md, section 10). 0 draws exactly as before.
+    """
+    if no_et_fraction > 0:
+        without_et = [case for case in cases if not case.has_et]
+        if without_et and rng.random() < no_et_fraction:
+            return without_et[rng.integers(len(without_et))]
+    return cases[rng.integers(len(cases))]
 
 
 def sample_patch(
