@@ -31,15 +31,19 @@ from latup_edge.runtime.volume import predict_classes
 
 FORMAT = "latup-edge-postprocess-rules/1"
 REGIONS = ("WT", "TC", "ET")
-RULES: dict[str, Postprocessing] = {
+RULES: dict[str, Postprocessing] = {  # drop_coreless is on by default: rules without it say so
     "none (raw argmax)": Postprocessing.none(),
-    "components < 0.1 of the largest go": Postprocessing(min_component_fraction=0.1),
+    "components < 0.1 of the largest go": Postprocessing(min_component_fraction=0.1, drop_coreless=False),
     "coreless components go": Postprocessing(min_component_fraction=0.0, drop_coreless=True),
     "coreless, then < 0.1 of the largest go": Postprocessing(min_component_fraction=0.1, drop_coreless=True),
     "coreless, then < 0.05 of the largest go": Postprocessing(min_component_fraction=0.05, drop_coreless=True),
-    "< 0.1 go, then under 250 ET voxels is NCR": Postprocessing(min_component_fraction=0.1, min_et_voxels=250),
-    "< 0.1 go, then under 500 ET voxels is NCR": Postprocessing(min_component_fraction=0.1, min_et_voxels=500),
+    **{  # the BraTS ET rule on top of the default
+        f"default, then under {n} ET voxels is NCR": Postprocessing(min_component_fraction=0.1, min_et_voxels=n)
+        for n in (50, 100, 250, 500)
+    },
 }
+DEFAULT_RULE = "coreless, then < 0.1 of the largest go"  # what segment applies (DEFAULT_POSTPROCESSING)
+ET = 3
 
 
 def raw_labels(folder: Path, weights: Path | None, precision: str, cache: Path) -> dict[str, tuple[Any, Any]]:
@@ -88,6 +92,19 @@ def score(labels: dict[str, tuple[Any, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
+def by_et(labels: dict[str, tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
+    """The default rule scored apart on cases whose truth has ET and on those without (non-enhancing)."""
+    groups = {"with ET": {}, "without ET": {}}
+    for case_id, (raw, truth) in labels.items():
+        groups["with ET" if (truth == ET).any() else "without ET"][case_id] = (raw, truth)
+    result = {}
+    for name, group in groups.items():
+        per_case = [agreement(postprocess(raw, RULES[DEFAULT_RULE]), truth) for raw, truth in group.values()]
+        means = {r: round(float(np.mean([d[r] for d in per_case])), 4) for r in REGIONS} if per_case else {}
+        result[name] = {"cases": len(group), **means}
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", type=Path, nargs="+", help="Labelled BraTS-format folders.")
@@ -100,11 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     sets = {}
     for folder in args.folders:
         labels = raw_labels(folder, args.weights, args.precision, args.cache)
-        sets[str(folder)] = {"cases": len(labels), "rules": score(labels)}
+        sets[str(folder)] = {"cases": len(labels), "rules": score(labels), "default_rule_by_et": by_et(labels)}
     print(f"{'rule':42s} " + " ".join(f"{str(f)[-22:]:>24s}" for f in sets))
     for name in RULES:
         cells = [" / ".join(f"{one['rules'][name][r]:.4f}" for r in REGIONS) for one in sets.values()]
         print(f"{name:42s} " + " ".join(f"{c:>24s}" for c in cells))
+    for group in ("with ET", "without ET"):
+        cells = [
+            f"({one['default_rule_by_et'][group]['cases']}) "
+            + " / ".join(f"{one['default_rule_by_et'][group].get(r, float('nan')):.4f}" for r in REGIONS)
+            for one in sets.values()
+        ]
+        print(f"{'default rule, cases ' + group:42s} " + " ".join(f"{c:>24s}" for c in cells))
     result = {
         "format": FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
