@@ -45,6 +45,14 @@ def test_phantom_2023_cases_are_discovered_with_every_label(tmp_path):
         assert convention == "2023" and set(np.unique(classes)) == {0, 1, 2, 3}
 
 
+def test_phantom_refuses_a_non_enhancing_share_it_would_ignore(tmp_path):
+    for extra in (["--randomise", "none"], ["--generator", "independent"]):
+        out = tmp_path / extra[-1]
+        result = runner.invoke(app, ["phantom", str(out), "--n", "1", "--non-enhancing", "1", *extra])
+        assert result.exit_code == 2 and "--non-enhancing" in result.output
+        assert not out.exists()
+
+
 def test_evaluate_reports_every_case_and_region(two_phantoms, tmp_path):
     torch.manual_seed(0)
     weights = save_checkpoint(LATUPNet(LATUPNetConfig(base_filters=4)), tmp_path / "narrow")

@@ -177,3 +177,15 @@ def test_preview_png(other_case: PhantomCase, tmp_path: Path) -> None:
     with Image.open(path) as image:
         assert image.size == (5 * GRID_SHAPE[0], GRID_SHAPE[1])
         assert image.mode == "RGB"
+
+
+def test_non_enhancing_share_makes_cases_without_et_and_leaves_the_stream_alone() -> None:
+    without = make_phantom("w", seed=SEED, index=0, randomise=WIDE, non_enhancing=1.0)
+    counts = np.bincount(without.classes.ravel(), minlength=4)
+    assert counts[3] == 0 and counts[1] > 0 and counts[2] > 0  # NCR and oedema, no ET
+    default = make_phantom("w", seed=SEED, index=0, randomise=WIDE)
+    assert (default.classes == 3).any()
+    # The share only moves the threshold of a draw that is always made: an enhancing case is unchanged.
+    never = make_phantom("w", seed=SEED, index=0, randomise=WIDE, non_enhancing=0.0)
+    assert np.array_equal(never.classes, default.classes)
+    assert all(np.array_equal(never.images[m], default.images[m]) for m in MODALITIES)

@@ -32,9 +32,18 @@ def phantom(
             "contrast and lesion models; never train or calibrate on it)."
         ),
     ] = "phantom",
+    non_enhancing: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of tumour foci without ET (default 0.1; 1: every case non-enhancing, e.g. to test that "
+            "failure mode). Needs the lesion family randomised; not for the independent generator.",
+        ),
+    ] = None,
 ) -> None:
     """Write BraTS-like cases: MNI152 anatomy, four contrasts, a glioma with NCR, ED and ET."""
-    from latup_edge.data.phantom import Randomisation, write_phantoms
+    from latup_edge.data.phantom import NON_ENHANCING_SHARE, Randomisation, write_phantoms
 
     if naming not in ("2020", "2021", "2023"):
         raise typer.BadParameter(f"naming must be 2020, 2021 or 2023, not {naming!r}", param_hint="--naming")
@@ -45,6 +54,12 @@ def phantom(
     if generator not in ("phantom", "independent"):
         raise typer.BadParameter(
             f"generator must be phantom or independent, not {generator!r}", param_hint="--generator"
+        )
+    if non_enhancing is not None and (generator == "independent" or not families.lesion):
+        raise typer.BadParameter(
+            "applies to the training generator with the lesion family randomised (the narrow lesions always "
+            "enhance; the independent generator keeps its own share)",
+            param_hint="--non-enhancing",
         )
     if generator == "independent":
         from latup_edge.data.independent import write_independent_cases
@@ -67,5 +82,6 @@ def phantom(
             preview=preview,
             progress=lambda done: bar.update(task, completed=done),
             randomise=families,
+            non_enhancing=NON_ENHANCING_SHARE if non_enhancing is None else non_enhancing,
         )
     console.print(f"Wrote {len(folders)} case(s) to {out_dir}")

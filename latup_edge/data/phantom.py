@@ -71,6 +71,8 @@ WT_RANGE: tuple[int, int] = (15_000, 180_000)
 WIDE_MIN_VOXELS: dict[str, int] = {"ncr": 150, "ed": 600, "et": 300}
 WIDE_WT_RANGE: tuple[int, int] = (2_500, 200_000)
 _MAX_LESION_DRAWS = 50
+# Share of wide-generator foci without ET (non-enhancing tumours; BraTS has about one in ten).
+NON_ENHANCING_SHARE = 0.1
 _GZIP_LEVEL = 1  # nibabel's default: the int16 noise barely compresses further, and level 1 is fast
 
 T = TypeVar("T")
@@ -328,7 +330,9 @@ class _LesionShape:
     enhancing: bool
 
 
-def _lesion_shape(rng: np.random.Generator, anatomy: _Anatomy, wide: bool, focus: int = 0) -> _LesionShape:
+def _lesion_shape(
+    rng: np.random.Generator, anatomy: _Anatomy, wide: bool, focus: int = 0, non_enhancing: float = NON_ENHANCING_SHARE
+) -> _LesionShape:
     """Draw a focus's site and size: deep WM only (narrow), or deep, cortical or infratentorial (wide)."""
     template = _template()
     if not wide:
@@ -341,7 +345,7 @@ def _lesion_shape(rng: np.random.Generator, anatomy: _Anatomy, wide: bool, focus
         small = focus > 0 or rng.random() < 0.2
         radius = rng.uniform(4.0, 10.0) if small else rng.uniform(9.0, 22.0)
         rim, edema_reach = rng.uniform(1.5, 6.0), rng.uniform(2.0, 25.0)
-        enhancing = rng.random() >= 0.1
+        enhancing = rng.random() >= non_enhancing
     centre = anatomy.to_box(sites[rng.integers(len(sites))])
     return _LesionShape(centre, float(radius), float(rim), float(edema_reach), enhancing)
 
@@ -410,11 +414,13 @@ def _draw_focus(
     return local, classes
 
 
-def _draw_lesion(rng: np.random.Generator, anatomy: _Anatomy, wide: bool) -> tuple[_Anatomy, _Lesion]:
+def _draw_lesion(
+    rng: np.random.Generator, anatomy: _Anatomy, wide: bool, non_enhancing: float = NON_ENHANCING_SHARE
+) -> tuple[_Anatomy, _Lesion]:
     """One lesion draw (one focus, or with ``wide`` sometimes two, with mass effect) on ``anatomy``."""
-    shapes = [_lesion_shape(rng, anatomy, wide)]
+    shapes = [_lesion_shape(rng, anatomy, wide, non_enhancing=non_enhancing)]
     if wide and rng.random() < 0.15:
-        shapes.append(_lesion_shape(rng, anatomy, wide, focus=1))
+        shapes.append(_lesion_shape(rng, anatomy, wide, focus=1, non_enhancing=non_enhancing))
     if wide and rng.random() < 0.6:
         anatomy = _push_tissue(rng, anatomy, shapes[0])
     classes = np.zeros(anatomy.mask.shape, dtype=np.uint8)
@@ -456,10 +462,12 @@ def _lesion_is_valid(lesion: _Lesion, wide: bool) -> bool:
     return sizes_ok and low <= counts[1:].sum() <= high
 
 
-def _grow_lesion(rng: np.random.Generator, anatomy: _Anatomy, wide: bool = False) -> tuple[_Anatomy, _Lesion]:
+def _grow_lesion(
+    rng: np.random.Generator, anatomy: _Anatomy, wide: bool = False, non_enhancing: float = NON_ENHANCING_SHARE
+) -> tuple[_Anatomy, _Lesion]:
     """Draw lesions until one meets the volume requirements (the next draw of the same rng)."""
     for _ in range(_MAX_LESION_DRAWS):
-        placed, lesion = _draw_lesion(rng, anatomy, wide)
+        placed, lesion = _draw_lesion(rng, anatomy, wide, non_enhancing)
         if _lesion_is_valid(lesion, wide):
             return placed, lesion
     raise RuntimeError(f"no valid lesion in {_MAX_LESION_DRAWS} draws: the volume limits are too tight")
@@ -578,16 +586,19 @@ def _back_to_1mm(volume: np.ndarray, axis: int, shape: tuple[int, ...]) -> np.nd
     return np.pad(resampled, pad, mode="edge")[tuple(slice(0, s) for s in shape)]
 
 
-def make_phantom(case_id: str, seed: int, index: int, randomise: Randomisation = WIDE) -> PhantomCase:
-    """Generate one BraTS-like case; the same ``(seed, index, randomise)`` always gives the same arrays.
+def make_phantom(
+    case_id: str, seed: int, index: int, randomise: Randomisation = WIDE, non_enhancing: float = NON_ENHANCING_SHARE
+) -> PhantomCase:
+    """Generate one BraTS-like case; the same ``(seed, index, randomise, non_enhancing)`` gives the same arrays.
 
     Images are int16 (240, 240, 155), zero outside the brain; ``classes`` holds network classes
     (0 background, 1 NCR, 2 ED, 3 ET). Every class is present, except ET in the wide generator's
-    non-enhancing tumours. ``randomise`` says which families vary widely (module docstring).
+    non-enhancing tumours. ``randomise`` says which families vary widely (module docstring);
+    ``non_enhancing`` is the share of wide lesion foci without ET (1.0: every case without ET).
     """
     rng = np.random.default_rng([seed, index])
     anatomy = _place_anatomy(rng, wide=randomise.anatomy)
-    anatomy, lesion = _grow_lesion(rng, anatomy, wide=randomise.lesion)
+    anatomy, lesion = _grow_lesion(rng, anatomy, wide=randomise.lesion, non_enhancing=non_enhancing)
     gains = _wide_contrasts(rng) if randomise.contrast else _narrow_contrasts(rng)
     acquisitions = _acquisitions(rng, wide=randomise.acquisition)
     modality_rngs = rng.spawn(len(MODALITIES))
@@ -658,18 +669,19 @@ def write_phantoms(
     preview: bool = False,
     progress: Callable[[int], None] | None = None,
     randomise: Randomisation = WIDE,
+    non_enhancing: float = NON_ENHANCING_SHARE,
 ) -> list[Path]:
     """Generate ``n`` cases (indices ``start`` .. ``start + n - 1``) as ``out_dir/<case_id>/`` folders.
 
     Each folder holds ``case_filename(case_id, key, naming)`` for t1, t1ce, t2, flair and seg, and
     with ``preview`` a ``<case_id>_preview.png``. ``randomise`` says which families of variation are
-    drawn widely (default: all). ``progress`` is called with the number of cases
-    done after each one. Returns the case folders in index order.
+    drawn widely (default: all); ``non_enhancing`` the share of lesion foci without ET. ``progress``
+    is called with the number of cases done after each one. Returns the case folders in index order.
     """
     folders = []
     for done, index in enumerate(range(start, start + n), start=1):
         case_id = case_id_for(index, naming)
-        case = make_phantom(case_id, seed, index, randomise)
+        case = make_phantom(case_id, seed, index, randomise, non_enhancing)
         folder = write_case(case, Path(out_dir) / case_id, naming)
         if preview:
             from latup_edge.data.preview import write_preview  # PIL only when a preview is asked for
