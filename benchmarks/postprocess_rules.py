@@ -39,7 +39,7 @@ RULES: dict[str, Postprocessing] = {  # drop_coreless is on by default: rules wi
     "coreless, then < 0.05 of the largest go": Postprocessing(min_component_fraction=0.05, drop_coreless=True),
     **{  # the BraTS ET rule on top of the default
         f"default, then under {n} ET voxels is NCR": Postprocessing(min_component_fraction=0.1, min_et_voxels=n)
-        for n in (50, 100, 250, 500)
+        for n in (50, 100, 200, 300, 500)
     },
 }
 DEFAULT_RULE = "coreless, then < 0.1 of the largest go"  # what segment applies (DEFAULT_POSTPROCESSING)
@@ -53,13 +53,15 @@ def raw_labels(folder: Path, weights: Path | None, precision: str, cache: Path) 
     weights = Path(weights or shipped_weights())
     model = load_model(weights)
     tag = f"{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}-{precision}"
+    # Case ids repeat across folders (every phantom folder starts at 00000): the folder is part of the key.
+    folder_key = f"{folder.name}-{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]}"
     forward = None
     labels = {}
     with tempfile.TemporaryDirectory(prefix="latup-rules-") as work:
         for case in discover_cases(folder):
             images, reference = load_case_images(case)
             truth, _ = load_case_labels(case, reference)
-            stored = cache / tag / f"{case.case_id}.npz"
+            stored = cache / tag / folder_key / f"{case.case_id}.npz"
             if stored.exists():
                 raw = np.load(stored)["classes"]
             else:
