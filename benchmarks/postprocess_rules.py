@@ -26,23 +26,31 @@ import numpy as np
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import agreement
 from latup_edge.fileio import atomic_write
-from latup_edge.runtime.postprocess import Postprocessing, postprocess
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, postprocess
 from latup_edge.runtime.volume import predict_classes
 
 FORMAT = "latup-edge-postprocess-rules/1"
 REGIONS = ("WT", "TC", "ET")
-RULES: dict[str, Postprocessing] = {  # drop_coreless is on by default: rules without it say so
+RULES: dict[str, Postprocessing] = {  # every field explicit: the defaults are what is being chosen
     "none (raw argmax)": Postprocessing.none(),
-    "components < 0.1 of the largest go": Postprocessing(min_component_fraction=0.1, drop_coreless=False),
-    "coreless components go": Postprocessing(min_component_fraction=0.0, drop_coreless=True),
-    "coreless, then < 0.1 of the largest go": Postprocessing(min_component_fraction=0.1, drop_coreless=True),
-    "coreless, then < 0.05 of the largest go": Postprocessing(min_component_fraction=0.05, drop_coreless=True),
-    **{  # the BraTS ET rule on top of the default
-        f"default, then under {n} ET voxels is NCR": Postprocessing(min_component_fraction=0.1, min_et_voxels=n)
+    "components < 0.1 of the largest go": Postprocessing(
+        min_component_fraction=0.1, drop_coreless=False, min_et_voxels=0
+    ),
+    "coreless components go": Postprocessing(min_component_fraction=0.0, drop_coreless=True, min_et_voxels=0),
+    "coreless, then < 0.1 of the largest go": Postprocessing(
+        min_component_fraction=0.1, drop_coreless=True, min_et_voxels=0
+    ),
+    "coreless, then < 0.05 of the largest go": Postprocessing(
+        min_component_fraction=0.05, drop_coreless=True, min_et_voxels=0
+    ),
+    **{  # the BraTS ET rule on top of the component rules
+        f"coreless, < 0.1, then under {n} ET voxels is NCR": Postprocessing(
+            min_component_fraction=0.1, min_et_voxels=n, drop_coreless=True
+        )
         for n in (50, 100, 200, 300, 500)
     },
 }
-DEFAULT_RULE = "coreless, then < 0.1 of the largest go"  # what segment applies (DEFAULT_POSTPROCESSING)
+DEFAULT_RULE = next(name for name, rules in RULES.items() if rules == DEFAULT_POSTPROCESSING)  # what segment applies
 ET = 3
 
 
@@ -120,17 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         labels = raw_labels(folder, args.weights, args.precision, args.cache)
         sets[str(folder)] = {"cases": len(labels), "rules": score(labels), "default_rule_by_et": by_et(labels)}
-    print(f"{'rule':42s} " + " ".join(f"{str(f)[-22:]:>24s}" for f in sets))
+    print(f"{'rule':50s} " + " ".join(f"{str(f)[-22:]:>24s}" for f in sets))
     for name in RULES:
         cells = [" / ".join(f"{one['rules'][name][r]:.4f}" for r in REGIONS) for one in sets.values()]
-        print(f"{name:42s} " + " ".join(f"{c:>24s}" for c in cells))
+        print(f"{name:50s} " + " ".join(f"{c:>24s}" for c in cells))
     for group in ("with ET", "without ET"):
         cells = [
             f"({one['default_rule_by_et'][group]['cases']}) "
             + " / ".join(f"{one['default_rule_by_et'][group].get(r, float('nan')):.4f}" for r in REGIONS)
             for one in sets.values()
         ]
-        print(f"{'default rule, cases ' + group:42s} " + " ".join(f"{c:>24s}" for c in cells))
+        print(f"{'default rule, cases ' + group:50s} " + " ".join(f"{c:>24s}" for c in cells))
     result = {
         "format": FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

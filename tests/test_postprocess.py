@@ -49,5 +49,17 @@ def test_coreless_components_go_even_when_larger_than_the_tumour_but_never_the_o
     assert (postprocess(oedema_only, Postprocessing(min_component_fraction=0, drop_coreless=True)) == oedema_only).all()
     two_lesions = classes.copy()
     two_lesions[38:42, 38:42, 38:42] = 3  # the big component gets an enhancing core: it stays
-    coreless_only = Postprocessing(min_component_fraction=0, drop_coreless=True)
+    coreless_only = Postprocessing(min_component_fraction=0, drop_coreless=True, min_et_voxels=0)
     assert (postprocess(two_lesions, coreless_only) == two_lesions).all()
+
+
+def test_by_default_under_200_et_voxels_become_necrosis_and_wt_tc_stay():
+    classes = _case()
+    classes[12:18, 12:18, 12:18] = 1
+    classes[12:17, 12:17, 12:18] = 3  # 150 ET voxels: a non-enhancing core's false ET
+    out = postprocess(classes)
+    assert not (out == 3).any() and (out[12:17, 12:17, 12:18] == 1).all()
+    kept = postprocess(classes, Postprocessing(min_et_voxels=0))
+    assert ((out > 0) == (kept > 0)).all()  # WT unchanged
+    assert (np.isin(out, (1, 3)) == np.isin(kept, (1, 3))).all()  # TC unchanged
+    assert (postprocess(_case()) == 3).sum() == 216  # 216 >= 200: the ET stays
