@@ -71,8 +71,9 @@ def segment(
     postprocess: Annotated[
         bool,
         typer.Option(
-            help="Remove tumour components under 0.1 of the largest (latup_edge/runtime/postprocess.py); "
-            "--no-postprocess writes the network's argmax as it is."
+            help="Remove tumour components without a core, then those under 0.1 of the largest, and relabel "
+            "under 200 ET voxels as necrosis (latup_edge/runtime/postprocess.py); --no-postprocess writes the "
+            "network's argmax as it is."
         ),
     ] = True,
     cluster: Annotated[
