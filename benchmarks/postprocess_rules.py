@@ -26,7 +26,7 @@ import numpy as np
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import agreement
 from latup_edge.fileio import atomic_write
-from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, postprocess
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, ET, Postprocessing, postprocess
 from latup_edge.runtime.volume import predict_classes
 
 FORMAT = "latup-edge-postprocess-rules/1"
@@ -51,7 +51,6 @@ RULES: dict[str, Postprocessing] = {  # every field explicit: the defaults are w
     },
 }
 DEFAULT_RULE = next(name for name, rules in RULES.items() if rules == DEFAULT_POSTPROCESSING)  # what segment applies
-ET = 3
 
 
 def raw_labels(folder: Path, weights: Path | None, precision: str, cache: Path) -> dict[str, tuple[Any, Any]]:
@@ -93,26 +92,24 @@ def _save(path: Path, classes: np.ndarray) -> None:
         np.savez_compressed(handle, classes=classes)
 
 
-def score(labels: dict[str, tuple[Any, Any]]) -> dict[str, dict[str, float]]:
-    """Rule -> mean Dice per region over the cases."""
-    table = {}
-    for name, rules in RULES.items():
-        per_case = [agreement(postprocess(raw, rules), truth) for raw, truth in labels.values()]
-        table[name] = {r: round(float(np.mean([d[r] for d in per_case])), 4) for r in REGIONS}
-    return table
+def score(labels: dict[str, tuple[Any, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Rule -> case id -> Dice per region."""
+    return {
+        name: {case_id: agreement(postprocess(raw, rules), truth) for case_id, (raw, truth) in labels.items()}
+        for name, rules in RULES.items()
+    }
 
 
-def by_et(labels: dict[str, tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
-    """The default rule scored apart on cases whose truth has ET and on those without (non-enhancing)."""
-    groups = {"with ET": {}, "without ET": {}}
-    for case_id, (raw, truth) in labels.items():
-        groups["with ET" if (truth == ET).any() else "without ET"][case_id] = (raw, truth)
-    result = {}
-    for name, group in groups.items():
-        per_case = [agreement(postprocess(raw, RULES[DEFAULT_RULE]), truth) for raw, truth in group.values()]
-        means = {r: round(float(np.mean([d[r] for d in per_case])), 4) for r in REGIONS} if per_case else {}
-        result[name] = {"cases": len(group), **means}
-    return result
+def mean_per_region(per_case: list[dict[str, float]]) -> dict[str, float]:
+    return {r: round(float(np.mean([d[r] for d in per_case])), 4) for r in REGIONS} if per_case else {}
+
+
+def by_et(labels: dict[str, tuple[Any, Any]], scores: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict]:
+    """The default rule's scores apart on cases whose truth has ET and on those without (non-enhancing)."""
+    groups: dict[str, list[dict[str, float]]] = {"with ET": [], "without ET": []}
+    for case_id, (_, truth) in labels.items():
+        groups["with ET" if (truth == ET).any() else "without ET"].append(scores[DEFAULT_RULE][case_id])
+    return {name: {"cases": len(group), **mean_per_region(group)} for name, group in groups.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     sets = {}
     for folder in args.folders:
         labels = raw_labels(folder, args.weights, args.precision, args.cache)
-        sets[str(folder)] = {"cases": len(labels), "rules": score(labels), "default_rule_by_et": by_et(labels)}
+        scores = score(labels)
+        sets[str(folder)] = {
+            "cases": len(labels),
+            "rules": {name: mean_per_region(list(per_case.values())) for name, per_case in scores.items()},
+            "default_rule_by_et": by_et(labels, scores),
+        }
     print(f"{'rule':50s} " + " ".join(f"{str(f)[-22:]:>24s}" for f in sets))
     for name in RULES:
         cells = [" / ".join(f"{one['rules'][name][r]:.4f}" for r in REGIONS) for one in sets.values()]

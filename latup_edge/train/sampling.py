@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -21,7 +22,7 @@ class TrainingCase:
     classes: np.ndarray  # uint8 (X, Y, Z)
     tumour_voxels: np.ndarray  # (n, 3) coordinates of tumour voxels, for tumour-centred patches
 
-    @property
+    @cached_property  # drawn from on every training sample: scan the box once
     def has_et(self) -> bool:
         return bool((self.classes == ET).any())
 
