@@ -78,3 +78,17 @@ def test_thin_slab_is_refused_with_its_extent():
     with pytest.raises(ScanError, match=r"T1ce series 3 covers only 20 mm along its axis 2 \(a brain needs 130-170 mm"):
         check_coverage(slab, "T1ce series 3")
     assert check_coverage(_image(_brain()), "T1ce")["extent_mm"] == [200.0, 240.0, 200.0]
+
+
+def test_a_constant_offset_outside_the_brain_is_named_as_such():
+    with pytest.raises(ScanError, match=r"FLAIR has the constant 10 instead of 0 outside the brain.*scl_inter") as e:
+        check_skull_stripped(_image(_brain() + 10.0), "FLAIR")
+    assert ". " not in str(e.value)  # one sentence
+
+
+def test_a_z_scored_skull_stripped_brain_passes():
+    brain = _brain()
+    inside = brain != 0
+    brain[inside] = (brain[inside] - brain[inside].mean()) / brain[inside].std()  # negatives inside, zeros outside
+    figures = check_skull_stripped(_image(brain), "FLAIR")
+    assert figures["zero_fraction"] > 0.99 and figures["foreground_ml"] < 2000

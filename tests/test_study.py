@@ -116,3 +116,16 @@ def test_a_registration_that_fails_its_own_quality_figure_is_refused(clinic_case
     monkeypatch.setattr(study, "register_rigid", implausible)
     with pytest.raises(RegistrationError, match=r"flair series BraTS2021_00001_flair\.nii\.gz could not be aligned"):
         load_scan(discover_scans(clinic_case.parent)[0], MODALITIES)
+
+
+def test_a_brats_ready_case_with_its_skull_is_refused_though_nothing_is_resampled(tmp_path):
+    images = {key: head_image((1.0, 1.0, 1.0), stripped=key != "t2") for key in MODALITIES}
+    write_nifti_case(tmp_path, "BraTS2021_00005", images)
+    case = discover_scans(tmp_path)[0]
+    assert study.is_brats_ready([nib.load(path) for path in case.files.values()])
+    with pytest.raises(ScanError, match=r"BraTS2021_00005_t2\.nii\.gz is not skull-stripped.*HD-BET or SynthStrip"):
+        load_scan(case, MODALITIES)
+    images["t2"] = head_image((1.0, 1.0, 1.0))
+    write_nifti_case(tmp_path / "stripped", "BraTS2021_00005", images)
+    (step,) = load_scan(discover_scans(tmp_path / "stripped")[0], MODALITIES).steps
+    assert step["step"] == "none" and step["checks"]["t2"]["zero_fraction"] > 0.99

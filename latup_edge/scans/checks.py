@@ -33,7 +33,10 @@ class ScanError(LatupError):
 
 
 def _foreground(values: np.ndarray) -> np.ndarray:
-    """Voxels above Otsu's threshold, holes filled: the brain, or the whole head with its dark skull."""
+    """The nonzero voxels where most of the grid is exact zeros (a skull-stripped scan, even z-scored),
+    else those above Otsu's threshold; holes filled: the brain, or the whole head with its dark skull."""
+    if np.count_nonzero(values) < MIN_ZERO_FRACTION * values.size:
+        return ndi.binary_fill_holes(values != 0)
     sample = values[:: max(1, values.shape[0] // 64)].astype(np.float32)
     threshold = sitk.OtsuThresholdImageFilter()
     threshold.Execute(sitk.GetImageFromArray(sample))
@@ -45,7 +48,7 @@ def check_skull_stripped(image: sitk.Image, label: str) -> dict:
 
     ``zero_fraction``: the share of exact zeros outside the (dilated) foreground, ~1 for a
     skull-stripped scan and ~0 for a head's noise floor; ``foreground_ml``: the foreground's volume
-    (Otsu, holes filled); ``shell_ratio``: the mean intensity of its outer 5 mm over the median inside,
+    (``_foreground``); ``shell_ratio``: the mean intensity of its outer 5 mm over the median inside,
     above 1 when a bright scalp surrounds it (logged only). A scan is refused when its zero fraction
     is under 0.5 or its foreground over 2.5 L.
     """
@@ -67,6 +70,11 @@ def check_skull_stripped(image: sitk.Image, label: str) -> dict:
         "foreground_ml": round(foreground_ml, 1),
         "shell_ratio": round(shell_ratio, 3),
     }
+    if zero_fraction < MIN_ZERO_FRACTION and (offset := _constant_background(background)) is not None:
+        raise ScanError(
+            f"{label} has the constant {offset:g} instead of 0 outside the brain (an intensity offset, such as a "
+            f"NIfTI scl_inter or a DICOM rescale intercept): export it again with 0 outside the brain."
+        )
     if zero_fraction < MIN_ZERO_FRACTION or foreground_ml > MAX_BRAIN_ML:
         raise ScanError(
             f"{label} is not skull-stripped: {100 * zero_fraction:.0f} % of its background is exact zeros "
@@ -74,6 +82,15 @@ def check_skull_stripped(image: sitk.Image, label: str) -> dict:
             f"{foreground_ml / 1000:.1f} L (a brain is 0.9-2.0 L); strip the skull with HD-BET or SynthStrip first."
         )
     return figures
+
+
+def _constant_background(background: np.ndarray) -> float | None:
+    """The value most of ``background`` holds when that is one nonzero constant (an offset), else None."""
+    if not background.size:
+        return None
+    values, counts = np.unique(background, return_counts=True)
+    top = int(np.argmax(counts))
+    return float(values[top]) if values[top] != 0 and counts[top] > background.size // 2 else None
 
 
 def check_coverage(image: sitk.Image, label: str) -> dict:
