@@ -567,3 +567,27 @@ def test_review_writes_the_runs_page(bundle, tmp_path):
     missing = runner.invoke(app, ["review", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1
     assert squeeze("segment-log.json not found: pass the output folder") in squeeze(missing.stderr)
+
+
+def test_the_t1_t1ce_check_gets_the_cases_t1_and_a_second_pass_and_its_verdict_is_a_flag(bundle, tmp_path, monkeypatch):
+    folder = write_case(tmp_path / "data", "BraTS2021_00050")
+    t1_file = nib.load(folder / case_filename("BraTS2021_00050", "t1", "2021")).get_fdata(dtype=np.float32)
+    seen = {}
+
+    def spy(images, modalities, classes, t1, predict, voxel_ml):
+        seen["t1"], seen["second"] = t1, predict(images)
+        return {"et_share": 0.0, "enhancement": -0.5, "et_ml": 0.1, "et_ml_with_t1_as_t1ce": 9.0, "swapped": True}
+
+    monkeypatch.setattr("latup_edge.runtime.segment.t1ce_check", spy)
+    result = segment(tmp_path / "data", "-o", tmp_path / "out", "--bundle", bundle, "--json")
+    assert result.exit_code == 0, result.output
+    log = json.loads(result.stdout)
+    assert squeeze("case BraTS2021_00050: its T1 and T1ce files look swapped") in squeeze(result.stderr)
+    np.testing.assert_array_equal(seen["t1"], t1_file)  # a BraTS-ready case's T1 file, as it is
+    assert seen["second"].shape == t1_file.shape
+    (entry,) = log["cases"]
+    assert entry["status"] == "ok" and entry["t1ce_check"]["swapped"] and entry["t1ce_check"]["seconds"] >= 0
+    assert any(flag.startswith("T1 and T1ce look swapped") for flag in entry["flags"])
+    with open(tmp_path / "out" / "volumes.csv", newline="") as file:
+        (row,) = csv.DictReader(file)
+    assert "T1 and T1ce look swapped" in row["flags"]

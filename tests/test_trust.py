@@ -13,7 +13,10 @@ from latup_edge.runtime.trust import (
     audit_warnings,
     bundle_gate,
     case_flags,
+    enhancement_sign,
     input_check,
+    t1ce_check,
+    t1ce_warnings,
 )
 
 MODALITIES = ("flair", "t1ce", "t2")
@@ -97,3 +100,75 @@ def test_a_thick_slice_acquisition_is_flagged_though_resampled_to_1mm():
     thick = input_check(images, MODALITIES, (1, 1, 1), reference, acquired_spacing=(5.0, 0.9, 0.9))
     assert any(flag.startswith("spacing.z 5 above") for flag in thick["flags"])
     assert case_flags(None, thick, None)[0].startswith("input unlike the bundle's data: spacing.z 5")
+
+
+def enhancing_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """T1ce and T1 of a brain whose tumour has a rim bright in T1ce only; the network's classes, ET missed."""
+    rng = np.random.default_rng(0)
+    brain = np.zeros((40, 40, 40), bool)
+    brain[4:36, 4:36, 4:36] = True
+    t1 = np.where(brain, rng.normal(400, 30, brain.shape), 0).astype(np.float32)
+    t1ce = t1 * np.float32(1.1)
+    t1ce[12:28, 12:28, 12:28] += 600  # the enhancing rim ...
+    t1ce[16:24, 16:24, 16:24] -= 600  # ... around a core that does not enhance
+    classes = np.zeros(brain.shape, np.uint8)
+    classes[10:30, 10:30, 10:30] = 2
+    classes[12:28, 12:28, 12:28] = 1
+    return t1ce, t1, classes
+
+
+def test_the_enhancement_sign_says_which_file_enhances():
+    t1ce, t1, classes = enhancing_case()
+    sign = enhancement_sign(t1ce, t1, classes > 0)
+    assert sign > 0.3
+    assert enhancement_sign(t1, t1ce, classes > 0) == pytest.approx(-sign)
+    assert enhancement_sign(t1, t1, classes > 0) == 0.0
+    assert enhancement_sign(t1ce, t1, np.zeros_like(classes, bool)) is None  # no tumour voxel to judge
+
+
+def with_et(classes: np.ndarray) -> np.ndarray:
+    found = classes.copy()
+    found[12:28, 12:28, 12:28] = 3
+    found[16:24, 16:24, 16:24] = 1
+    return found
+
+
+def test_swapped_t1_and_t1ce_are_found_by_the_networks_second_pass():
+    t1ce, t1, classes = enhancing_case()
+    swapped = np.stack([t1ce, t1, t1ce])  # T1 in T1ce's channel; the T1 file holds the T1ce image
+    seen = []
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        seen.append(images)
+        return with_et(classes)
+
+    check = t1ce_check(swapped, MODALITIES, classes, t1ce, predict)
+    assert check["enhancement"] < 0 and check["swapped"] and check["et_ml"] == 0
+    np.testing.assert_array_equal(seen[0][1], t1ce)  # the second pass ran with the T1 file as T1ce
+    (flag,) = case_flags(None, None, None, check)
+    assert flag.startswith(
+        "T1 and T1ce look swapped: with the T1 file as T1ce the network finds 3.6 mL of ET"
+    )  # 16^3 - 8^3 voxels
+    (warning,) = t1ce_warnings([{"case_id": "BraTS2021_00007", "t1ce_check": check}, {"case_id": "other"}])
+    assert warning.startswith("case BraTS2021_00007: its T1 and T1ce files look swapped (ET 0.0 mL as given, 3.6 mL")
+
+
+def test_correct_files_are_not_flagged_and_cost_no_second_pass():
+    t1ce, t1, classes = enhancing_case()
+    images = np.stack([t1ce, t1ce, t1ce])
+
+    def no_second_pass(images: np.ndarray) -> np.ndarray:
+        raise AssertionError("the network ran again")
+
+    for found in (with_et(classes), classes):  # ET found, or missed: T1ce enhances either way
+        check = t1ce_check(images, MODALITIES, found, t1, no_second_pass)
+        assert check["enhancement"] > 0 and not check["swapped"] and case_flags(None, None, None, check) == []
+    check = t1ce_check(images, MODALITIES, classes, None, no_second_pass)
+    assert check["note"].startswith("no T1 file") and not check["swapped"]
+    assert t1ce_check(images, MODALITIES, np.zeros_like(classes), t1, no_second_pass) is None  # no tumour
+
+
+def test_a_second_pass_that_finds_no_more_et_does_not_flag():
+    t1ce, t1, classes = enhancing_case()
+    check = t1ce_check(np.stack([t1ce, t1, t1ce]), MODALITIES, classes, t1ce, lambda images: classes)
+    assert check["enhancement"] < 0 and not check["swapped"] and check["et_ml_with_t1_as_t1ce"] == 0

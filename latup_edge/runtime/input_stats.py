@@ -111,7 +111,7 @@ def case_statistics(images: np.ndarray, modalities: Sequence[str], spacing: Sequ
             "log_spread": round(math.log(max(logs[99] - logs[1], 1e-3)), 4),
             "tail_balance": round(logs[99] / max(logs[99] - logs[1], 1e-6), 4),
         }
-        ranks[name] = _ranks(values[::stride])
+        ranks[name] = scaled_ranks(values[::stride])
     figures: dict[str, float] = {}
     for a, b in itertools.combinations(modalities, 2):
         figures[f"bright_asymmetry.{a}~{b}"] = _bright_mean(ranks[b], ranks[a]) - _bright_mean(ranks[a], ranks[b])
@@ -208,7 +208,7 @@ def _log_ratio(value: float, median: float) -> float:
     return math.log(max(value, 1e-6 * median) / median)
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
+def scaled_ranks(values: np.ndarray) -> np.ndarray:
     """Ranks scaled to 0-1 (ties broken by position: integer-valued scans have many)."""
     ranks = np.empty(len(values), dtype=np.float64)
     ranks[np.argsort(values, kind="stable")] = np.arange(len(values)) / max(len(values) - 1, 1)

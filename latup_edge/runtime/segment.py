@@ -37,6 +37,7 @@ from latup_edge.data.cases import (
     BratsCase,
     CaseError,
     image_on_grid,
+    read_case_volume,
     save_label_map,
     save_nifti,
 )
@@ -60,6 +61,7 @@ from latup_edge.runtime.trust import (
     bundle_gate,
     case_flags,
     input_check,
+    t1ce_check,
 )
 from latup_edge.runtime.volume import (
     DEFAULT_OVERLAP,
@@ -283,7 +285,7 @@ def segment_cases(
                     upcoming.start_loading(reader, modalities, rules)
                 if loaded is not None:
                     job.predict(predictor, loaded)
-                    job.check(trust, loaded, modalities, audited=trust.audits(index))
+                    job.check(trust, loaded, modalities, audited=trust.audits(index), predictor=predictor)
                     del loaded  # this case's images are no longer needed
                 job.start_writing(writer)
             if previous is not None:
@@ -403,11 +405,13 @@ class CaseJob:
             "qa": None,
             "ood": None,
             "audit": None,
+            "t1ce_check": None,
             "flags": [],
             "seconds": {},
             "process_peak_rss_mb": None,
         }
         self.loading: Future | None = None
+        self.t1_loading: Future | None = None
         self.writing: Future | None = None
         self.prediction: Prediction | None = None
         self.loaded: LoadedScan | None = None
@@ -431,6 +435,8 @@ class CaseJob:
         self, reader: ThreadPoolExecutor, modalities: Sequence[str], rules: ModalityRules | Path | None = None
     ) -> None:
         self.loading = reader.submit(_timed, load_scan, self.case, modalities, rules)
+        if "t1ce" in modalities and "t1" not in modalities:  # for the T1/T1ce check: the model does not read T1
+            self.t1_loading = reader.submit(self._read_t1)
 
     def wait_for_images(self) -> LoadedScan | None:
         """This case's images on the model grid, once read; None (and the entry failed) if they cannot be."""
@@ -455,14 +461,22 @@ class CaseJob:
         except CASE_ERRORS as error:
             self._fail(error)
 
-    def check(self, trust: RunTrust, loaded: LoadedScan, modalities: Sequence[str], audited: bool) -> None:
-        """QA figures, the input's OOD score and, when ``audited``, the fp32 audit of this case."""
+    def check(
+        self, trust: RunTrust, loaded: LoadedScan, modalities: Sequence[str], audited: bool, predictor: Predictor
+    ) -> None:
+        """QA figures, the input's OOD score, the T1/T1ce check and, when ``audited``, the fp32 audit."""
         if self.prediction is None:
             return
         classes, spacing = self.prediction.classes, loaded.reference.header.get_zooms()[:3]  # the network's grid
         self.qa = case_qa(classes, spacing) | {"low_confidence_fraction": self.prediction.low_confidence_fraction}
         self.entry["ood"] = input_check(loaded.images, modalities, spacing, trust.input_reference,
                                         loaded.acquired_spacing)  # fmt: skip
+        check, seconds = _timed(
+            t1ce_check, loaded.images, modalities, classes, self._t1_on_grid(loaded),
+            lambda images: predictor.predict(images).classes, float(np.prod(spacing)) / 1000,
+        )  # fmt: skip
+        if check is not None:
+            self.entry["t1ce_check"] = check | {"seconds": round(seconds, 3)}
         if audited:
             try:
                 reference, seconds = _timed(trust.reference.predict, loaded.images)
@@ -470,6 +484,25 @@ class CaseJob:
                 self.entry["audit"] = {"reference": AUDIT_REFERENCE, "error": first_line(error), "passed": None}
                 return
             self.entry["audit"] = audit_case(classes, reference.classes, trust.gate, seconds)
+
+    def _read_t1(self) -> nib.Nifti1Image | None:
+        """A BraTS-named case's T1 file (reader thread), None without one; the model does not read T1, so a bad
+        T1 file ends only the T1/T1ce check, not the case."""
+        if not isinstance(self.case, BratsCase) or "t1" not in self.case.files:
+            return None
+        try:
+            volume, image = read_case_volume(self.case, "t1")
+        except CASE_ERRORS:
+            return None
+        return nib.Nifti1Image(volume, image.affine)
+
+    def _t1_on_grid(self, loaded: LoadedScan) -> np.ndarray | None:
+        """The T1 on the network's grid: a BraTS-ready case's T1 file as it is, else None (not resampled)."""
+        future, self.t1_loading = self.t1_loading, None
+        t1 = future.result() if future is not None and loaded.native is None else None
+        if t1 is None or t1.shape != loaded.images.shape[1:] or not np.allclose(t1.affine, loaded.reference.affine):
+            return None
+        return np.asanyarray(t1.dataobj)
 
     def start_writing(self, writer: ThreadPoolExecutor) -> None:
         if self.runnable:
@@ -512,10 +545,11 @@ class CaseJob:
             except CASE_ERRORS as error:
                 self._fail(error)
             self.writing = None
-        self.prediction = self.loaded = None
+        self.prediction = self.loaded = self.t1_loading = None
         if self.entry["status"] == "ok" and self.qa is not None:
             self.entry["qa"] = self.qa
-            self.entry["flags"] = case_flags(self.qa, self.entry.get("ood"), self.entry.get("audit"))
+            self.entry["flags"] = case_flags(self.qa, self.entry.get("ood"), self.entry.get("audit"),
+                                             self.entry.get("t1ce_check"))  # fmt: skip
         if self.ran:
             self.entry["process_peak_rss_mb"] = process_peak_rss_mb()
         return self.entry

@@ -6,7 +6,8 @@ unlabelled scans may differ. ``AuditPlan`` picks the cases of a run on which the
 the default precision, against the bundle's own gate (its ``min_agreement``); ``audit_summary``
 gives the run's mean, its cases below the gate and the audit's share of the run's time.
 ``input_check`` scores a case against the input statistics the bundle recorded at build time
-(``latup_edge.runtime.input_stats``); ``case_flags`` gathers every reason to look at a case.
+(``latup_edge.runtime.input_stats``); ``t1ce_check`` asks whether the T1 and T1ce files were swapped;
+``case_flags`` gathers every reason to look at a case.
 
 >>> plan = AuditPlan(every=10)
 >>> [index for index in range(30) if plan.chooses(index)]
@@ -15,17 +16,22 @@ gives the run's mean, its cases below the gate and the audit's share of the run'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from latup_edge.evaluate.metrics import REGIONS, agreement
-from latup_edge.runtime.input_stats import case_statistics, ood_score
-from latup_edge.runtime.qa import qa_flags
+from latup_edge.runtime.input_stats import RANK_SAMPLE, case_statistics, ood_score, scaled_ranks
+from latup_edge.runtime.qa import ET_CLASS, qa_flags
 
 AUDIT_REFERENCE = "fp32"
+# The tumour's voxels in the brain's brightest tenth of either T1 or T1ce: where enhancement shows.
+BRIGHT_RANK = 0.9
+MIN_BRIGHT_VOXELS = 50
+# A second pass flags a swap only where the other file's ET is at least this share of its WT.
+MIN_ET_SHARE = 0.05
 DEFAULT_MIN_AGREEMENT = 0.99  # the build's default gate, for bundles that do not record theirs
 
 
@@ -133,9 +139,82 @@ def input_check(
     return ood_score(statistics, reference)
 
 
-def case_flags(qa: dict[str, Any] | None, ood: dict[str, Any] | None, audit: dict[str, Any] | None) -> list[str]:
-    """Every reason to review a case: QA outliers, input unlike the bundle's data, an audit below the gate."""
+def enhancement_sign(t1ce: np.ndarray, t1: np.ndarray, tumour: np.ndarray) -> float | None:
+    """The mean of (rank in T1ce - rank in T1) over the ``tumour``'s voxels that are in the brain's brightest
+    tenth of either image (ranks 0-1 over the brain): positive where the tumour enhances, negative where the
+    "T1" file is the one that enhances; None with fewer than 50 such voxels (nothing bright: no enhancement).
+    Ranks are taken on every k-th brain voxel, at most ``RANK_SAMPLE`` of them (as the input statistics are)."""
+    brain = (t1ce != 0) | (t1 != 0)
+    stride = max(1, int(np.count_nonzero(brain)) // RANK_SAMPLE)
+    in_tumour = tumour[brain][::stride]
+    ranks_t1ce, ranks_t1 = scaled_ranks(t1ce[brain][::stride]), scaled_ranks(t1[brain][::stride])
+    bright = in_tumour & (np.maximum(ranks_t1ce, ranks_t1) >= BRIGHT_RANK)
+    if np.count_nonzero(bright) < MIN_BRIGHT_VOXELS:
+        return None
+    return float(np.mean(ranks_t1ce[bright] - ranks_t1[bright]))
+
+
+def t1ce_check(
+    images: np.ndarray,
+    modalities: Sequence[str],
+    classes: np.ndarray,
+    t1: np.ndarray | None,
+    predict: Callable[[np.ndarray], np.ndarray],
+    voxel_ml: float = 0.001,
+) -> dict[str, Any] | None:
+    """Were the T1 and T1ce files swapped? None where nothing was found to check (no tumour, no T1ce channel).
+
+    ``t1`` is the case's native T1 on the same grid as ``images`` (None: not available, noted). When the
+    tumour's brightest voxels are brighter in T1 than in T1ce (``enhancement_sign`` < 0) the network
+    runs again (``predict``: images -> classes) with T1 in T1ce's place; ``swapped`` is true when that
+    finds at least twice the ET, and ET at least ``MIN_ET_SHARE`` of its WT: the other file is the
+    post-contrast one. Correct files cost one rank comparison; the second pass runs only on a negative sign.
+    """
+    wt, et = int(np.count_nonzero(classes)), int(np.count_nonzero(classes == ET_CLASS))
+    if "t1ce" not in modalities or not wt:
+        return None
+    if t1 is None:
+        return {"enhancement": None, "swapped": False, "note": "no T1 file on the model grid: not checked"}
+    channel = list(modalities).index("t1ce")
+    sign = enhancement_sign(images[channel], t1, classes > 0)
+    check: dict[str, Any] = {"enhancement": None if sign is None else round(sign, 4), "swapped": False}
+    if sign is None or sign >= 0:
+        return check
+    swapped_images = images.copy()
+    swapped_images[channel] = t1
+    other = predict(swapped_images)
+    other_et = int(np.count_nonzero(other == ET_CLASS))
+    swapped = other_et >= max(2 * et, 1) and other_et >= MIN_ET_SHARE * max(int(np.count_nonzero(other)), 1)
+    return check | {"et_ml": round(et * voxel_ml, 3), "et_ml_with_t1_as_t1ce": round(other_et * voxel_ml, 3),
+                    "swapped": bool(swapped)}  # fmt: skip
+
+
+def t1ce_warnings(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """One sentence per case whose T1 and T1ce files look swapped: its labels are likely wrong in TC and ET."""
+    return [
+        f"case {entry['case_id']}: its T1 and T1ce files look swapped (ET {check['et_ml']:.1f} mL as given, "
+        f"{check['et_ml_with_t1_as_t1ce']:.1f} mL with T1 as T1ce), so its TC and ET are likely wrong: "
+        "check the files and segment it again"
+        for entry in entries
+        if (check := entry.get("t1ce_check")) and check.get("swapped")
+    ]
+
+
+def case_flags(
+    qa: dict[str, Any] | None,
+    ood: dict[str, Any] | None,
+    audit: dict[str, Any] | None,
+    t1ce: dict[str, Any] | None = None,
+) -> list[str]:
+    """Every reason to review a case: QA outliers, input unlike the bundle's data, an audit below the gate,
+    T1 and T1ce files that look swapped."""
     flags = list(qa_flags(qa)) if qa and qa.get("volumes_ml") else []
+    if t1ce and t1ce.get("swapped"):
+        flags.append(
+            f"T1 and T1ce look swapped: with the T1 file as T1ce the network finds "
+            f"{t1ce['et_ml_with_t1_as_t1ce']:.1f} mL of ET, against {t1ce['et_ml']:.1f} mL with the T1ce file; "
+            "check the files and segment the case again"
+        )
     flags += [f"input unlike the bundle's data: {flag}" for flag in (ood or {}).get("flags") or []]
     if audit and not audit["passed"]:
         worst = min(audit["agreement"], key=audit["agreement"].get)
