@@ -116,3 +116,19 @@ def test_a_head_that_was_not_skull_stripped_is_flagged(reference):
 def test_images_that_do_not_match_the_modalities_are_refused():
     with pytest.raises(ValueError, match="do not match"):
         case_statistics(np.ones((2, 4, 4, 4), np.float32), MODALITIES, (1, 1, 1))
+
+
+def test_a_z_scored_input_is_scored_by_ranks_and_geometry_only(reference):
+    images = _brain(100)
+    brain = np.any(images != 0, axis=0)
+    z_scored = images.copy()
+    for volume in z_scored:  # zero outside the brain, negative values inside
+        volume[brain] = (volume[brain] - volume[brain].mean()) / volume[brain].std()
+    stats = case_statistics(z_scored, MODALITIES, (1, 1, 1))
+    assert "mean_log_spread" not in stats["figures"]
+    original = case_statistics(images, MODALITIES, (1, 1, 1))["figures"]
+    # z-scoring is increasing within each modality: the rank figures do not move
+    assert stats["figures"]["bright_asymmetry.flair~t2"] == pytest.approx(
+        original["bright_asymmetry.flair~t2"], abs=0.01
+    )
+    assert ood_score(stats, reference)["flags"] == []

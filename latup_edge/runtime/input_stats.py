@@ -13,6 +13,7 @@ Scored (``figures``):
   brightest (oedema) are bright in T2 too. ``EXPECTED_SIGNS`` flags the wrong sign without a reference.
 - ``mean_log_spread``: the mean over modalities of log(log(q99 / q1)) inside the brain: a gamma on
   every modality shifts it by log(gamma) exactly; averaging over modalities damps their own variation.
+  Not computed (so not scored) when a modality's q1 is not positive: a z-scored input has no log scale.
 - ``brain_volume_ml``, ``brain_box_mm.<x|y|z>``, ``brain_fill`` (brain voxels / brain-box voxels),
   ``spacing.<x|y|z>`` (mm): geometry; a head that was not skull-stripped fills its box with nonzero air
   and skull; a thick-slice scan shows in its spacing.
@@ -115,7 +116,9 @@ def case_statistics(images: np.ndarray, modalities: Sequence[str], spacing: Sequ
     figures: dict[str, float] = {}
     for a, b in itertools.combinations(modalities, 2):
         figures[f"bright_asymmetry.{a}~{b}"] = _bright_mean(ranks[b], ranks[a]) - _bright_mean(ranks[a], ranks[b])
-    figures["mean_log_spread"] = float(np.mean([m["log_spread"] for m in per_modality.values()]))
+    # Negative intensities: the case was normalised before (z-scores), so log ratios mean nothing; ranks still do.
+    if all(m["percentiles"]["1"] > 0 for m in per_modality.values()):
+        figures["mean_log_spread"] = float(np.mean([m["log_spread"] for m in per_modality.values()]))
 
     voxel_ml = float(np.prod(spacing)) / 1000.0
     box_voxels = [s.stop - s.start for s in box]
