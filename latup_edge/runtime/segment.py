@@ -485,24 +485,26 @@ class CaseJob:
                 return
             self.entry["audit"] = audit_case(classes, reference.classes, trust.gate, seconds)
 
-    def _read_t1(self) -> nib.Nifti1Image | None:
-        """A BraTS-named case's T1 file (reader thread), None without one; the model does not read T1, so a bad
-        T1 file ends only the T1/T1ce check, not the case."""
+    def _read_t1(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """A BraTS-named case's T1 volume and affine (reader thread), None without one; the model does not read
+        T1, so a bad T1 file ends only the T1/T1ce check, not the case."""
         if not isinstance(self.case, BratsCase) or "t1" not in self.case.files:
             return None
         try:
             volume, image = read_case_volume(self.case, "t1")
         except CASE_ERRORS:
             return None
-        return nib.Nifti1Image(volume, image.affine)
+        return volume, image.affine
 
     def _t1_on_grid(self, loaded: LoadedScan) -> np.ndarray | None:
         """The T1 on the network's grid: a BraTS-ready case's T1 file as it is, else None (not resampled)."""
         future, self.t1_loading = self.t1_loading, None
-        t1 = future.result() if future is not None and loaded.native is None else None
-        if t1 is None or t1.shape != loaded.images.shape[1:] or not np.allclose(t1.affine, loaded.reference.affine):
+        read = future.result() if future is not None and loaded.native is None else None
+        if read is None:
             return None
-        return np.asanyarray(t1.dataobj)
+        volume, affine = read
+        on_grid = volume.shape == loaded.images.shape[1:] and np.allclose(affine, loaded.reference.affine)
+        return volume if on_grid else None
 
     def start_writing(self, writer: ThreadPoolExecutor) -> None:
         if self.runnable:
