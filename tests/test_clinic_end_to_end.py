@@ -1,6 +1,6 @@
 """One full-size clinic study, end to end, with the shipped bundle: a BraTS-ready phantom written as a
-DICOM study (T1ce 0.9 x 0.9 x 1 mm, FLAIR 5 mm slices, sagittal T2 in reversed order, FLAIR and T2
-after a known head motion, a localiser) segments on T1ce's own grid as well as the phantom does
+DICOM study (T1ce 0.9 x 0.9 x 1 mm, FLAIR 5 mm slices, sagittal T2 in reversed order, a sagittal T1,
+all but T1ce after a known head motion, a localiser) segments on T1ce's own grid as well as the phantom does
 BraTS-ready, with the motion recovered."""
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def test_a_dicom_study_segments_on_its_t1ce_grid_as_well_as_brats_ready(two_phan
         assert dice_ready[region] - dice_native[region] <= MAX_DICE_CHANGE, (region, dice_ready, dice_native)
 
     registered = {step["modality"]: step for step in entry["geometry"] if step["step"] == "register"}
-    assert set(registered) == set(truth.motion) == {"flair", "t2"}
+    assert set(registered) == set(truth.motion) == {"flair", "t2", "t1"}
+    assert registered["t1"]["for"] == "the T1/T1ce check" and "for" not in registered["flair"]
+    assert entry["t1ce_check"]["enhancement"] > 0 and not entry["t1ce_check"]["swapped"]  # T1 read, aligned, checked
     brain = sitk.Cast(images["t1ce"] > 0, sitk.sitkUInt8)
     for modality, motion in truth.motion.items():
         assert registration_error_mm(motion, logged_transform(registered[modality]), brain) <= 1.0, modality

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import BRAIN, narrow_network
-from synthetic_head import clinic_images, write_nifti_case
+from synthetic_head import clinic_images, head_image, motion, write_nifti_case
 from typer.testing import CliRunner
 
 from latup_edge.cli import app
@@ -574,7 +574,7 @@ def test_the_t1_t1ce_check_gets_the_cases_t1_and_a_second_pass_and_its_verdict_i
     t1_file = nib.load(folder / case_filename("BraTS2021_00050", "t1", "2021")).get_fdata(dtype=np.float32)
     seen = {}
 
-    def spy(images, modalities, classes, t1, predict, voxel_ml):
+    def spy(images, modalities, classes, t1, predict, voxel_ml, why_no_t1):
         seen["t1"], seen["second"] = t1, predict(images)
         return {"et_share": 0.0, "enhancement": -0.5, "et_ml": 0.1, "et_ml_with_t1_as_t1ce": 9.0, "swapped": True}
 
@@ -591,3 +591,49 @@ def test_the_t1_t1ce_check_gets_the_cases_t1_and_a_second_pass_and_its_verdict_i
     with open(tmp_path / "out" / "volumes.csv", newline="") as file:
         (row,) = csv.DictReader(file)
     assert "T1 and T1ce look swapped" in row["flags"]
+
+
+def test_a_dicom_studys_t1_series_is_aligned_for_the_t1_t1ce_check_and_logged(bundle, tmp_path, monkeypatch):
+    from latup_edge.scans.dicom_write import StudyInfo, write_series
+
+    study = StudyInfo.new(patient_id="P0008", seed=8)
+    descriptions = {"t1ce": "AX T1 MPRAGE POST GD", "flair": "AX T2 FLAIR", "t2": "AX T2 TSE", "t1": "AX T1 SE"}
+    images = clinic_images() | {"t1": head_image((1.0, 1.0, 2.0), moved=motion((-2.0, 3.0, 1.0), (-2.0, 1.0, 3.0)))}
+    for number, (key, image) in enumerate(images.items(), start=2):
+        write_series(image, tmp_path / "scans" / f"{number:02d}_{key}", description=descriptions[key],
+                     series_number=number, study=study, seed=8)  # fmt: skip
+    seen = {}
+
+    def spy(images, modalities, classes, t1, predict, voxel_ml, why_no_t1):
+        seen.update(t1=t1, grid=images.shape[1:], why=why_no_t1, t1ce=images[list(modalities).index("t1ce")])
+        return {"enhancement": 0.3, "swapped": False}
+
+    monkeypatch.setattr("latup_edge.runtime.segment.t1ce_check", spy)
+    result = segment(tmp_path / "scans", "-o", tmp_path / "out", "--bundle", bundle, "--json")
+    assert result.exit_code == 0, result.output
+    assert seen["why"] is None and seen["t1"].shape == seen["grid"]
+    lesion, t1ce_lesion = seen["t1"] > 650, seen["t1ce"] > 650  # aligned: the lesions overlap once motion is undone
+    assert (lesion & t1ce_lesion).sum() / ((lesion.sum() + t1ce_lesion.sum()) / 2) > 0.9
+    (entry,) = json.loads(result.stdout)["cases"]
+    t1_steps = [step for step in entry["geometry"] if step.get("for") == "the T1/T1ce check"]
+    assert [step["step"] for step in t1_steps] == ["register", "resample"] and "AX T1 SE" in t1_steps[0]["series"]
+    assert entry["t1ce_check"] == {"enhancement": 0.3, "swapped": False, "seconds": entry["t1ce_check"]["seconds"]}
+
+
+def test_a_case_without_a_t1_says_why_its_check_did_not_run(bundle, tmp_path, monkeypatch):
+    from latup_edge.runtime import trust
+
+    folder = write_case(tmp_path / "data", "BraTS2021_00060")
+    (folder / case_filename("BraTS2021_00060", "t1", "2021")).unlink()
+    seen = {}
+
+    def spy(images, modalities, classes, t1, predict, voxel_ml, why_no_t1):
+        seen.update(t1=t1, why=why_no_t1)
+        return trust.t1ce_check(images, modalities, np.ones_like(classes), t1, predict, voxel_ml, why_no_t1)
+
+    monkeypatch.setattr("latup_edge.runtime.segment.t1ce_check", spy)
+    result = segment(tmp_path / "data", "-o", tmp_path / "out", "--bundle", bundle, "--json")
+    assert result.exit_code == 0, result.output
+    assert seen == {"t1": None, "why": "no T1 file"}
+    (entry,) = json.loads(result.stdout)["cases"]
+    assert entry["t1ce_check"]["note"] == "no T1 file: not checked"

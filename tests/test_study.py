@@ -129,3 +129,39 @@ def test_a_brats_ready_case_with_its_skull_is_refused_though_nothing_is_resample
     write_nifti_case(tmp_path / "stripped", "BraTS2021_00005", images)
     (step,) = load_scan(discover_scans(tmp_path / "stripped")[0], MODALITIES).steps
     assert step["step"] == "none" and step["checks"]["t2"]["zero_fraction"] > 0.99
+
+
+def test_a_t1_for_the_swap_check_is_registered_and_resampled_like_the_inputs(tmp_path):
+    images = clinic_images() | {"t1": head_image((1.0, 1.0, 1.0), moved=motion((-2.0, 3.0, 1.0), (-2.0, 1.0, 3.0)))}
+    write_nifti_case(tmp_path, "BraTS2021_00006", images)
+    scan = discover_scans(tmp_path)[0]
+    loaded = load_scan(scan, MODALITIES)
+    t1, steps, why = study.load_companion(scan, "t1", loaded)
+    assert why is None and t1.shape == loaded.images.shape[1:]
+    assert [step["step"] for step in steps] == ["register", "resample"] and steps[0]["converged"]
+    # Its lesion lands on T1ce's once the motion is undone.
+    lesion, t1ce_lesion = t1 > 650, loaded.images[MODALITIES.index("t1ce")] > 650
+    assert (lesion & t1ce_lesion).sum() / ((lesion.sum() + t1ce_lesion.sum()) / 2) > 0.9
+
+
+def test_a_t1_that_is_missing_or_cannot_be_aligned_only_says_why(clinic_case, loaded, monkeypatch):
+    scan = discover_scans(clinic_case.parent)[0]
+    assert study.load_companion(scan, "t1", loaded) == (None, [], "no T1 file")
+    nib.save(nib.load(clinic_case / "BraTS2021_00001_flair.nii.gz"), clinic_case / "BraTS2021_00001_t1.nii.gz")
+    register = study.register_rigid
+    monkeypatch.setattr(study, "register_rigid", lambda *a, **k: replace(register(*a, **k), mask_dice_after=0.4))
+    try:
+        volume, steps, why = study.load_companion(discover_scans(clinic_case.parent)[0], "t1", loaded)
+    finally:
+        (clinic_case / "BraTS2021_00001_t1.nii.gz").unlink()
+    assert volume is None and [step["step"] for step in steps] == ["register"]
+    assert why.startswith("the t1 series BraTS2021_00001_t1.nii.gz could not be aligned")
+
+
+def test_a_brats_ready_cases_t1_is_its_file_as_it_is(tmp_path):
+    images = {key: head_image((1.0, 1.0, 1.0), seed=i) for i, key in enumerate((*MODALITIES, "t1"))}
+    write_nifti_case(tmp_path, "BraTS2021_00007", images)
+    case = discover_scans(tmp_path)[0]
+    t1, steps, why = study.load_companion(case, "t1", load_scan(case, MODALITIES))
+    np.testing.assert_array_equal(t1, nib.load(case.files["t1"]).get_fdata(dtype=np.float32))
+    assert steps == [] and why is None

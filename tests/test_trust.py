@@ -163,8 +163,8 @@ def test_correct_files_are_not_flagged_and_cost_no_second_pass():
     for found in (with_et(classes), classes):  # ET found, or missed: T1ce enhances either way
         check = t1ce_check(images, MODALITIES, found, t1, no_second_pass)
         assert check["enhancement"] > 0 and not check["swapped"] and case_flags(None, None, None, check) == []
-    check = t1ce_check(images, MODALITIES, classes, None, no_second_pass)
-    assert check["note"].startswith("no T1 file") and not check["swapped"]
+    check = t1ce_check(images, MODALITIES, classes, None, no_second_pass, why_no_t1="no T1 file")
+    assert check["note"] == "no T1 file: not checked" and not check["swapped"]
     assert t1ce_check(images, MODALITIES, np.zeros_like(classes), t1, no_second_pass) is None  # no tumour
 
 

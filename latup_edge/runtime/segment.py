@@ -37,7 +37,6 @@ from latup_edge.data.cases import (
     BratsCase,
     CaseError,
     image_on_grid,
-    read_case_volume,
     save_label_map,
     save_nifti,
 )
@@ -75,7 +74,7 @@ from latup_edge.runtime.volume import (
 )
 from latup_edge.scans.dicom import ModalityRules, load_rules
 from latup_edge.scans.dicom_seg import write_dicom_seg
-from latup_edge.scans.study import LoadedScan, Scan, discover_scans, labels_on_native_grid, load_scan
+from latup_edge.scans.study import LoadedScan, Scan, discover_scans, labels_on_native_grid, load_companion, load_scan
 
 LOG_FORMAT = "latup-edge-segment-log/1"
 LOG_NAME = "segment-log.json"
@@ -436,7 +435,7 @@ class CaseJob:
     ) -> None:
         self.loading = reader.submit(_timed, load_scan, self.case, modalities, rules)
         if "t1ce" in modalities and "t1" not in modalities:  # for the T1/T1ce check: the model does not read T1
-            self.t1_loading = reader.submit(self._read_t1)
+            self.t1_loading = reader.submit(self._read_t1, self.loading, rules)
 
     def wait_for_images(self) -> LoadedScan | None:
         """This case's images on the model grid, once read; None (and the entry failed) if they cannot be."""
@@ -471,9 +470,10 @@ class CaseJob:
         self.qa = case_qa(classes, spacing) | {"low_confidence_fraction": self.prediction.low_confidence_fraction}
         self.entry["ood"] = input_check(loaded.images, modalities, spacing, trust.input_reference,
                                         loaded.acquired_spacing)  # fmt: skip
+        t1, why = self._t1_on_grid()
         check, seconds = _timed(
-            t1ce_check, loaded.images, modalities, classes, self._t1_on_grid(loaded),
-            lambda images: predictor.predict(images).classes, float(np.prod(spacing)) / 1000,
+            t1ce_check, loaded.images, modalities, classes, t1,
+            lambda images: predictor.predict(images).classes, float(np.prod(spacing)) / 1000, why,
         )  # fmt: skip
         if check is not None:
             self.entry["t1ce_check"] = check | {"seconds": round(seconds, 3)}
@@ -485,26 +485,27 @@ class CaseJob:
                 return
             self.entry["audit"] = audit_case(classes, reference.classes, trust.gate, seconds)
 
-    def _read_t1(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """A BraTS-named case's T1 volume and affine (reader thread), None without one; the model does not read
-        T1, so a bad T1 file ends only the T1/T1ce check, not the case."""
-        if not isinstance(self.case, BratsCase) or "t1" not in self.case.files:
-            return None
+    def _read_t1(
+        self, loading: Future, rules: ModalityRules | Path | None
+    ) -> tuple[np.ndarray | None, list[dict[str, Any]], str | None]:
+        """The case's T1 on its model grid, aligned as its inputs were (reader thread, after them): the volume,
+        its geometry steps and, without one, why. The model does not read T1, so a T1 missing, unreadable or
+        not aligned ends only the T1/T1ce check, never the case."""
         try:
-            volume, image = read_case_volume(self.case, "t1")
-        except CASE_ERRORS:
-            return None
-        return volume, image.affine
+            loaded, _ = loading.result()
+        except Exception:  # noqa: BLE001 - the case's own failure is reported where its images are awaited
+            return None, [], "the case's images could not be read"
+        return load_companion(self.case, "t1", loaded, rules)
 
-    def _t1_on_grid(self, loaded: LoadedScan) -> np.ndarray | None:
-        """The T1 on the network's grid: a BraTS-ready case's T1 file as it is, else None (not resampled)."""
+    def _t1_on_grid(self) -> tuple[np.ndarray | None, str | None]:
+        """The T1 on the network's grid (its steps go into the case's geometry log), or None and why not."""
         future, self.t1_loading = self.t1_loading, None
-        read = future.result() if future is not None and loaded.native is None else None
-        if read is None:
-            return None
-        volume, affine = read
-        on_grid = volume.shape == loaded.images.shape[1:] and np.allclose(affine, loaded.reference.affine)
-        return volume if on_grid else None
+        if future is None:
+            return None, "T1 not read"
+        volume, steps, why = future.result()
+        if self.entry["geometry"] is not None:  # each step with its own seconds
+            self.entry["geometry"] += [{**step, "for": "the T1/T1ce check"} for step in steps]
+        return volume, why
 
     def start_writing(self, writer: ThreadPoolExecutor) -> None:
         if self.runnable:

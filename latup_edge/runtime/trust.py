@@ -161,10 +161,11 @@ def t1ce_check(
     t1: np.ndarray | None,
     predict: Callable[[np.ndarray], np.ndarray],
     voxel_ml: float = 0.001,
+    why_no_t1: str | None = None,
 ) -> dict[str, Any] | None:
     """Were the T1 and T1ce files swapped? None where nothing was found to check (no tumour, no T1ce channel).
 
-    ``t1`` is the case's native T1 on the same grid as ``images`` (None: not available, noted). When the
+    ``t1`` is the case's T1 on the same grid as ``images`` (None: not available, noted with ``why_no_t1``). When the
     tumour's brightest voxels are brighter in T1 than in T1ce (``enhancement_sign`` < 0) the network
     runs again (``predict``: images -> classes) with T1 in T1ce's place; ``swapped`` is true when that
     finds at least twice the ET, and ET at least ``MIN_ET_SHARE`` of its WT: the other file is the
@@ -174,7 +175,7 @@ def t1ce_check(
     if "t1ce" not in modalities or not wt:
         return None
     if t1 is None:
-        return {"enhancement": None, "swapped": False, "note": "no T1 file on the model grid: not checked"}
+        return {"enhancement": None, "swapped": False, "note": f"{why_no_t1 or 'no T1'}: not checked"}
     channel = list(modalities).index("t1ce")
     sign = enhancement_sign(images[channel], t1, classes > 0)
     check: dict[str, Any] = {"enhancement": None if sign is None else round(sign, 4), "swapped": False}

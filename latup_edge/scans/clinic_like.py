@@ -2,11 +2,12 @@
 
 ``clinic_series`` turns one BraTS-ready case (1 mm, one grid) into the series of a clinic study:
 T1ce at 0.9 x 0.9 x 1 mm axial, FLAIR at 0.9 x 0.9 x 5 mm axial (thick slices, averaged over their
-thickness) and T2 at 1 x 1 x 3 mm sagittal in reversed slice order, FLAIR and T2 after a known rigid
-head motion of a few mm and degrees (the patient moved between series). ``write_clinic_study``
-writes them as DICOM series with scanner-like tags, plus a localiser that must be skipped, and
-returns the truth: each series' transform and the labels on T1ce's own grid. Test data and
-benchmarks only: it never feeds training or calibration.
+thickness), T2 at 1 x 1 x 3 mm sagittal in reversed slice order and, where the case has one, a 1 mm
+sagittal T1 (not a network input: the T1/T1ce check reads it), each but T1ce after a known rigid head
+motion of a few mm and degrees (the patient moved between series; T1's is drawn last, so the others'
+are what they were without it). ``write_clinic_study`` writes them as DICOM series with scanner-like
+tags, plus a localiser that must be skipped, and returns the truth: each series' transform and the
+labels on T1ce's own grid. Test data and benchmarks only: it never feeds training or calibration.
 
 >>> truth = write_clinic_study(images, labels, Path("study"), seed=3)   # doctest: +SKIP
 >>> truth.motion["flair"].GetParameters()                                # doctest: +SKIP
@@ -35,6 +36,8 @@ ACQUISITIONS: dict[str, dict] = {
               "description": "AX T2 FLAIR 5mm"},
     "t2": {"spacing": (1.0, 1.0, 3.0), "direction": SAGITTAL, "order": "descending",
            "description": "SAG T2 TSE 3mm"},
+    "t1": {"spacing": (1.0, 1.0, 1.0), "direction": SAGITTAL, "order": "ascending",
+           "description": "SAG T1 MPRAGE"},
 }  # fmt: skip
 
 
@@ -47,9 +50,9 @@ class ClinicTruth:
     folders: dict[str, Path] = field(default_factory=dict)
 
 
-def case_volumes(case: BratsCase, modalities=("t1ce", "flair", "t2")) -> tuple[dict[str, sitk.Image], sitk.Image]:
-    """A BraTS-ready case's modalities and its network classes (uint8) as SimpleITK images."""
-    images = {key: nifti_to_sitk(nib.load(case.files[key])) for key in modalities}
+def case_volumes(case: BratsCase, modalities=("t1ce", "flair", "t2", "t1")) -> tuple[dict[str, sitk.Image], sitk.Image]:
+    """A BraTS-ready case's modalities (those it has) and its network classes (uint8) as SimpleITK images."""
+    images = {key: nifti_to_sitk(nib.load(case.files[key])) for key in modalities if key in case.files}
     classes, _ = load_case_labels(case)
     reference = nib.load(case.files[modalities[0]])
     labels = nifti_to_sitk(nib.Nifti1Image(classes.astype(np.float32), reference.affine))

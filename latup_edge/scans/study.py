@@ -40,8 +40,10 @@ from latup_edge.data.cases import (
     load_case_images,
     read_case_volume,
 )
+from latup_edge.errors import LatupError, first_line
 from latup_edge.scans.checks import check_coverage, check_skull_stripped
 from latup_edge.scans.dicom import (
+    MODALITY_NAMES,
     DicomSeries,
     ModalityRules,
     assign_modalities,
@@ -242,23 +244,61 @@ def _onto_model_grid(
     grid = model_grid_for(reference)
     images = np.empty((len(volumes), *grid.GetSize()), np.float32)
     for channel, (key, volume) in enumerate(volumes.items()):
-        transform = None
-        if volume is not reference and not _same_grid(volume, reference):
-            registration = register_rigid(reference, volume)
-            steps.append({"step": "register", "modality": key, "series": labels[key], **registration.to_log()})
-            check_registration(registration, key, labels[key])
-            transform = registration.transform
-        if is_model_grid(volume) and _same_grid(volume, grid) and transform is None:
-            resampled, record = volume, {"step": "resample", "modality": key, "interpolation": "none"}
-        else:
-            resampled, record = resample_onto(volume, grid, transform, label=labels[key])
-            record = {**record, "modality": key}
-        steps.append(record)
-        images[channel] = sitk.GetArrayViewFromImage(resampled).transpose(2, 1, 0)
+        images[channel] = _aligned(volume, key, labels[key], reference, grid, steps)
     native_header = header if header is not None else sitk_to_nifti(reference)
     spacing = np.max([sorted(volume.GetSpacing()) for volume in volumes.values()], axis=0)
     native = NativeGrid(grid, reference, native_header, series)
     return LoadedScan(images, sitk_to_nifti(grid), native, steps, tuple(round(float(s), 4) for s in spacing))
+
+
+def _aligned(
+    volume: sitk.Image, key: str, label: str, reference: sitk.Image, grid: sitk.Image, steps: list[dict[str, Any]]
+) -> np.ndarray:
+    """``volume`` registered to ``reference`` (unless they share a grid) and resampled onto ``grid``, as
+    an (X, Y, Z) array; each step appended to ``steps``. RegistrationError when the registration failed."""
+    transform = None
+    if volume is not reference and not _same_grid(volume, reference):
+        registration = register_rigid(reference, volume)
+        steps.append({"step": "register", "modality": key, "series": label, **registration.to_log()})
+        check_registration(registration, key, label)
+        transform = registration.transform
+    if is_model_grid(volume) and _same_grid(volume, grid) and transform is None:
+        resampled, record = volume, {"step": "resample", "modality": key, "interpolation": "none"}
+    else:
+        resampled, record = resample_onto(volume, grid, transform, label=label)
+        record = {**record, "modality": key}
+    steps.append(record)
+    return sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)  # a copy: a view dies with ``resampled``
+
+
+def load_companion(
+    scan: Scan, key: str, loaded: LoadedScan, rules: ModalityRules | Path | None = None
+) -> tuple[np.ndarray | None, list[dict[str, Any]], str | None]:
+    """A series the network does not read (T1, for the T1/T1ce check) on ``loaded``'s model grid, aligned
+    as the inputs were: registered to the reference series and resampled, or as it is on a BraTS-ready grid.
+
+    Returns ``(volume, steps, None)``, or ``(None, steps, why)`` where the scan has no such series or it
+    cannot be read or aligned: a companion series never fails the case.
+    """
+    name = MODALITY_NAMES.get(key, key)
+    steps: list[dict[str, Any]] = []
+    try:
+        if isinstance(scan, BratsCase):
+            if key not in scan.files:
+                return None, steps, f"no {name} file"
+            array, image = read_case_volume(scan, key)
+            if loaded.native is None:  # BraTS-ready: the file as it is, or nothing (no reference to register to)
+                on_grid = array.shape == loaded.images.shape[1:] and np.allclose(image.affine, loaded.reference.affine)
+                return (array, steps, None) if on_grid else (None, steps, f"the {name} file is not on the case's grid")
+            volume, label = nifti_to_sitk(nib.Nifti1Image(array, image.affine, image.header)), scan.files[key].name
+        else:
+            rules = rules if isinstance(rules, ModalityRules) else load_rules(rules)
+            (series,) = assign_modalities(list(scan.series), rules, (key,)).values()
+            volume, label = read_series(series), series.label
+        assert loaded.native is not None  # a DICOM study is never BraTS-ready
+        return _aligned(volume, key, label, loaded.native.native, loaded.native.grid, steps), steps, None
+    except (LatupError, OSError, RuntimeError) as error:  # SimpleITK and file errors too: the case stands
+        return None, steps, first_line(error)
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
