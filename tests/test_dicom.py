@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from latup_edge.scans.dicom import (
     group_studies,
     load_rules,
     read_series,
+    told_by_contrast_agent,
 )
 from latup_edge.scans.dicom_write import StudyInfo, write_localizer, write_series
 
@@ -164,7 +166,9 @@ def test_what_cannot_be_a_model_input_is_listed_with_its_reason(tmp_path):
         read_series(skipped)
 
 
-def _series(number: int, description: str, protocol: str = "", skip_reason: str | None = None) -> DicomSeries:
+def _series(
+    number: int, description: str, protocol: str = "", skip_reason: str | None = None, contrast_agent: str = ""
+) -> DicomSeries:
     return DicomSeries(
         series_uid=f"1.2.826.0.1.3680043.8.498.{number}",
         study_uid="1.2.826.0.1.3680043.8.498.77",
@@ -180,6 +184,7 @@ def _series(number: int, description: str, protocol: str = "", skip_reason: str 
         rows=32,
         columns=32,
         skip_reason=skip_reason,
+        contrast_agent=contrast_agent,
     )
 
 
@@ -256,6 +261,26 @@ def test_an_ambiguous_modality_is_refused_with_the_series_listed():
     assert '2 series match FLAIR (3 "AX T2 FLAIR", 4 "t2_tirm_tra_dark-fluid")' in message
     assert "--rules" in message and "remove the extra series" in message
     assert "\n" not in message and not re.search(r"\.\s", message)  # one sentence
+
+
+def test_two_t1_series_by_name_are_told_apart_by_the_contrast_agent_the_scanner_recorded():
+    before, after = _series(5, "t1_mprage_sag_p2_iso"), _series(9, "t1_mprage_sag_p2_iso", contrast_agent="Gadovist")
+    series = [_series(3, "AX T2 FLAIR"), _series(4, "Ax T2 FSE"), before, after]
+    chosen = assign_modalities(series, load_rules(), ("flair", "t1ce", "t2", "t1"))
+    assert chosen["t1ce"] is after and chosen["t1"] is before
+    assert told_by_contrast_agent(after, load_rules()) and not told_by_contrast_agent(before, load_rules())
+    # Both injected (all after the injection), or a series named T1ce: the names decide, or the study is refused.
+    with pytest.raises(DicomError, match="no series matches T1ce and 2 series match T1"):
+        assign_modalities([*series[:2], replace(before, contrast_agent="Gd"), after], load_rules(), ("t1ce", "t1"))
+    named = assign_modalities([*series, _series(11, "AX T1 +C")], load_rules(), ("t1ce",))
+    assert named["t1ce"].series_number == 11
+
+
+def test_the_contrast_agent_is_read_from_the_files(tmp_path):
+    study = StudyInfo.new(patient_id="PAT002", seed=2)
+    _write(tmp_path, study, 2, "t1_mprage_sag", contrast_agent="Dotarem 10 ml")
+    _write(tmp_path, study, 3, "t1_mprage_sag")
+    assert {s.series_number: s.contrast_agent for s in find_series(tmp_path)} == {2: "Dotarem 10 ml", 3: ""}
 
 
 def test_a_missing_modality_is_refused_with_every_series_found():

@@ -593,15 +593,17 @@ def test_the_t1_t1ce_check_gets_the_cases_t1_and_a_second_pass_and_its_verdict_i
     assert "T1 and T1ce look swapped" in row["flags"]
 
 
-def test_a_dicom_studys_t1_series_is_aligned_for_the_t1_t1ce_check_and_logged(bundle, tmp_path, monkeypatch):
+def test_a_dicom_t1_is_told_by_its_contrast_agent_and_aligned_for_the_t1_t1ce_check(bundle, tmp_path, monkeypatch):
     from latup_edge.scans.dicom_write import StudyInfo, write_series
 
     study = StudyInfo.new(patient_id="P0008", seed=8)
-    descriptions = {"t1ce": "AX T1 MPRAGE POST GD", "flair": "AX T2 FLAIR", "t2": "AX T2 TSE", "t1": "AX T1 SE"}
+    # T1 and T1ce share a name, as often before and after the injection: the scanner's contrast agent tells them apart.
+    descriptions = {"t1ce": "t1_mprage_sag", "flair": "AX T2 FLAIR", "t2": "AX T2 TSE", "t1": "t1_mprage_sag"}
     images = clinic_images() | {"t1": head_image((1.0, 1.0, 2.0), moved=motion((-2.0, 3.0, 1.0), (-2.0, 1.0, 3.0)))}
     for number, (key, image) in enumerate(images.items(), start=2):
         write_series(image, tmp_path / "scans" / f"{number:02d}_{key}", description=descriptions[key],
-                     series_number=number, study=study, seed=8)  # fmt: skip
+                     series_number=number, study=study, seed=8,
+                     contrast_agent="Gadovist" if key == "t1ce" else None)  # fmt: skip
     seen = {}
 
     def spy(images, modalities, classes, t1, predict, voxel_ml, why_no_t1):
@@ -616,7 +618,9 @@ def test_a_dicom_studys_t1_series_is_aligned_for_the_t1_t1ce_check_and_logged(bu
     assert (lesion & t1ce_lesion).sum() / ((lesion.sum() + t1ce_lesion.sum()) / 2) > 0.9
     (entry,) = json.loads(result.stdout)["cases"]
     t1_steps = [step for step in entry["geometry"] if step.get("for") == "the T1/T1ce check"]
-    assert [step["step"] for step in t1_steps] == ["register", "resample"] and "AX T1 SE" in t1_steps[0]["series"]
+    assert [step["step"] for step in t1_steps] == ["register", "resample"] and "series 5 " in t1_steps[0]["series"]
+    (assign,) = [step for step in entry["geometry"] if step["step"] == "assign"]
+    assert assign["series"]["t1ce"].startswith("series 3 ") and "ContrastBolusAgent 'Gadovist'" in assign["t1ce_by"]
     assert entry["t1ce_check"] == {"enhancement": 0.3, "swapped": False, "seconds": entry["t1ce_check"]["seconds"]}
 
 

@@ -130,16 +130,25 @@ def clinic_series(
 
 
 def write_clinic_study(
-    images: dict[str, sitk.Image], labels: sitk.Image, folder: Path, seed: int, patient_id: str = "P0001"
+    images: dict[str, sitk.Image],
+    labels: sitk.Image,
+    folder: Path,
+    seed: int,
+    patient_id: str = "P0001",
+    descriptions: dict[str, str] | None = None,
 ) -> ClinicTruth:
-    """Write the clinic series of a case as one DICOM study under ``folder`` (one subfolder a series)."""
+    """Write the clinic series of a case as one DICOM study under ``folder`` (one subfolder a series).
+
+    ``descriptions`` replaces some series' SeriesDescription (a mix-up: ``{"t1": "AX T1 MPRAGE POST GD",
+    "t1ce": "SAG T1 MPRAGE"}`` names the pre-contrast series as the post-contrast one and the reverse)."""
+    names = {key: acquisition["description"] for key, acquisition in ACQUISITIONS.items()} | (descriptions or {})
     series, truth = clinic_series(images, labels, seed)
     study = StudyInfo.new(patient_id=patient_id, seed=seed)
     write_localizer(Path(folder) / "01_localizer", study=study, series_number=1, seed=seed)
     for number, (key, image) in enumerate(series.items(), start=2):
         acquisition = ACQUISITIONS[key]
         target = Path(folder) / f"{number:02d}_{key}"
-        write_series(image, target, description=acquisition["description"], series_number=number, study=study,
+        write_series(image, target, description=names[key], series_number=number, study=study,
                      slice_order=acquisition["order"])  # fmt: skip
         truth.folders[key] = target
     return truth

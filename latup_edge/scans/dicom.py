@@ -68,6 +68,7 @@ class DicomSeries:
     rows: int
     columns: int
     skip_reason: str | None = None  # why it cannot be a model input, None when it can
+    contrast_agent: str = ""  # ContrastBolusAgent: set by the scanner on series acquired after an injection
 
     @property
     def label(self) -> str:
@@ -102,6 +103,7 @@ class _Header:
     frames: int
     orientation: tuple[float, ...] | None
     position: tuple[float, ...] | None
+    contrast_agent: str
 
 
 def find_series(*roots: Path) -> list[DicomSeries]:
@@ -188,12 +190,16 @@ def assign_modalities(
 ) -> dict[str, DicomSeries]:
     """One series per modality key among the usable series of one study, by ``rules``.
 
-    There is no tie-break: when a modality matches no series, or two, this raises DicomError with
+    There is no guessing: when a modality matches no series, or two, this raises DicomError with
     one sentence that lists every series found (with the modality each matched or why it was
     skipped) and says what to do, because guessing between two FLAIRs could feed the network the
-    wrong contrast without anyone noticing.
+    wrong contrast without anyone noticing. The one tie-break is the scanner's own record: two
+    series named T1 and none T1ce, exactly one of them with a ContrastBolusAgent, are the T1ce (that
+    one) and the T1.
     """
-    found = {item.series_uid: (None if item.skip_reason else rules.modality_of(item)) for item in series}
+    found = _t1ce_by_contrast_agent(
+        series, {item.series_uid: (None if item.skip_reason else rules.modality_of(item)) for item in series}
+    )
     chosen: dict[str, DicomSeries] = {}
     problems = []
     for key in modalities:
@@ -221,6 +227,21 @@ def assign_modalities(
             f"{', '.join(MODALITY_NAMES.get(k, k) for k in modalities)} with --rules, or {' and '.join(remedy)}"
         )
     return chosen
+
+
+def _t1ce_by_contrast_agent(series: Sequence[DicomSeries], found: dict[str, str | None]) -> dict[str, str | None]:
+    """Two T1 series by name and no T1ce (``t1_mprage_sag`` before and after the injection) are told apart by
+    the scanner's own record: when exactly one of them carries a ContrastBolusAgent, it is the T1ce."""
+    t1 = [item for item in series if found[item.series_uid] == "t1"]
+    injected = [item for item in t1 if item.contrast_agent]
+    if "t1ce" in found.values() or len(t1) != 2 or len(injected) != 1:
+        return found
+    return found | {injected[0].series_uid: "t1ce"}
+
+
+def told_by_contrast_agent(series: DicomSeries, rules: ModalityRules) -> bool:
+    """Whether ``series`` is the T1ce by its ContrastBolusAgent, its name matching T1 (for the run log)."""
+    return bool(series.contrast_agent) and rules.modality_of(series) == "t1"
 
 
 def read_series(series: DicomSeries) -> sitk.Image:
@@ -325,6 +346,7 @@ def _read_header(path: Path) -> _Header | None:
         frames=_int(ds.get("NumberOfFrames")) or 1,
         orientation=_floats(ds.get("ImageOrientationPatient"), 6),
         position=_floats(ds.get("ImagePositionPatient"), 3),
+        contrast_agent=str(ds.get("ContrastBolusAgent", "") or "").strip(),
     )
 
 
@@ -353,6 +375,7 @@ def _series(members: list[_Header]) -> DicomSeries:
         rows=first.rows or 0,
         columns=first.columns or 0,
         skip_reason=_skip_reason(members),
+        contrast_agent=first.contrast_agent,
     )
 
 

@@ -68,8 +68,12 @@ def write_series(
     model: str = "Skyra",
     repetition_time: float = 2000.0,
     echo_time: float = 10.0,
+    contrast_agent: str | None = None,
 ) -> list[Path]:
     """Write a 3-D image as one DICOM file per slice into ``folder`` (created if missing); the files, by slice.
+
+    ``contrast_agent`` sets ContrastBolusAgent (0018,0010), as a scanner records it on series acquired
+    after a contrast injection.
 
     Slice ``k`` of the image (``sitk.GetArrayFromImage(image)[k]``) is one file; ``slice_order``
     "descending" numbers the instances (and names the files) from the last slice to the first, as
@@ -116,6 +120,8 @@ def write_series(
             equipment=(manufacturer, model),
             timing=(repetition_time, echo_time),
         )
+        if contrast_agent:
+            ds.ContrastBolusAgent = contrast_agent
         paths[k] = _save_new(ds, folder / f"IM{series_number:03d}_{instance:04d}.dcm")
     return paths
 

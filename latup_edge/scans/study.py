@@ -51,6 +51,7 @@ from latup_edge.scans.dicom import (
     group_studies,
     load_rules,
     read_series,
+    told_by_contrast_agent,
 )
 from latup_edge.scans.geometry import (
     is_model_grid,
@@ -195,13 +196,16 @@ def load_scan(scan: Scan, modalities: Sequence[str], rules: ModalityRules | Path
                 header = image
         return _onto_model_grid(volumes, labels, header, None)
 
-    chosen = assign_modalities(list(scan.series), rules if isinstance(rules, ModalityRules) else load_rules(rules),
-                               modalities)  # fmt: skip
+    rules = rules if isinstance(rules, ModalityRules) else load_rules(rules)
+    chosen = assign_modalities(list(scan.series), rules, modalities)
     volumes = {key: read_series(series) for key, series in chosen.items()}
     labels = {key: series.label for key, series in chosen.items()}
+    assign: dict[str, Any] = {"step": "assign", "series": labels}
+    if "t1ce" in chosen and told_by_contrast_agent(chosen["t1ce"], rules):
+        assign["t1ce_by"] = f"its ContrastBolusAgent {chosen['t1ce'].contrast_agent!r}: its name matches T1"
     steps = [{"step": "skip", **skipped} for skipped in scan.skipped]
     loaded = _onto_model_grid(volumes, labels, None, chosen.get(REFERENCE_MODALITY))
-    loaded.steps[:0] = steps + [{"step": "assign", "series": labels}]
+    loaded.steps[:0] = [*steps, assign]
     return loaded
 
 
