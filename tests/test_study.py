@@ -165,3 +165,15 @@ def test_a_brats_ready_cases_t1_is_its_file_as_it_is(tmp_path):
     t1, steps, why = study.load_companion(case, "t1", load_scan(case, MODALITIES))
     np.testing.assert_array_equal(t1, nib.load(case.files["t1"]).get_fdata(dtype=np.float32))
     assert steps == [] and why is None
+
+
+def test_a_dicom_study_without_a_t1_series_says_so_in_a_few_words(tmp_path):
+    from latup_edge.scans.dicom_write import StudyInfo, write_series
+
+    study_info = StudyInfo.new(patient_id="P0009", seed=9)
+    descriptions = {"t1ce": "AX T1 +C", "flair": "AX T2 FLAIR", "t2": "AX T2 TSE"}
+    for number, (key, image) in enumerate(clinic_images().items(), start=2):
+        write_series(image, tmp_path / key, description=descriptions[key], series_number=number, study=study_info)
+    (scan,) = discover_scans(tmp_path)
+    volume, steps, why = study.load_companion(scan, "t1", load_scan(scan, MODALITIES))
+    assert (volume, steps, why) == (None, [], "no series matches T1 by the shipped modality_rules.json")

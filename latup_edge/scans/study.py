@@ -44,6 +44,7 @@ from latup_edge.errors import LatupError, first_line
 from latup_edge.scans.checks import check_coverage, check_skull_stripped
 from latup_edge.scans.dicom import (
     MODALITY_NAMES,
+    DicomError,
     DicomSeries,
     ModalityRules,
     assign_modalities,
@@ -297,7 +298,11 @@ def load_companion(
             volume, label = nifti_to_sitk(nib.Nifti1Image(array, image.affine, image.header)), scan.files[key].name
         else:
             rules = rules if isinstance(rules, ModalityRules) else load_rules(rules)
-            (series,) = assign_modalities(list(scan.series), rules, (key,)).values()
+            try:
+                (series,) = assign_modalities(list(scan.series), rules, (key,)).values()
+            except DicomError:  # its sentence lists the whole study: the log needs only the count
+                count = sum(not s.skip_reason and rules.modality_of(s) == key for s in scan.series)
+                return None, steps, f"{count or 'no'} series match{'es' if count < 2 else ''} {name} by {rules.source}"
             volume, label = read_series(series), series.label
         assert loaded.native is not None  # a DICOM study is never BraTS-ready
         return _aligned(volume, key, label, loaded.native.native, loaded.native.grid, steps), steps, None
