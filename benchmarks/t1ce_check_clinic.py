@@ -35,6 +35,7 @@ from latup_edge.scans.registration import logged_transform, registration_error_m
 
 HERE = Path(__file__).resolve().parent
 FORMS = ("without T1", "correct", "T1/T1ce swapped")
+FOLDERS = dict(zip(FORMS, ("without-t1", "correct", "swapped"), strict=True))  # the study folder of each form
 SWAPPED = {"t1": ACQUISITIONS["t1ce"]["description"], "t1ce": ACQUISITIONS["t1"]["description"]}
 CHECK = "the T1/T1ce check"
 
@@ -45,10 +46,10 @@ def write_studies(cases, work: Path) -> dict[str, Any]:
     for index, case in enumerate(cases):
         images, labels = case_volumes(case)
         without = {key: image for key, image in images.items() if key != "t1"}
-        write_clinic_study(without, labels, work / FORMS[0] / case.case_id, seed=index, patient_id=case.case_id)
-        truth = write_clinic_study(images, labels, work / FORMS[1] / case.case_id, seed=index, patient_id=case.case_id)
-        write_clinic_study(images, labels, work / FORMS[2] / case.case_id, seed=index, patient_id=case.case_id,
-                           descriptions=SWAPPED)  # fmt: skip
+        folders = [work / FOLDERS[form] / case.case_id for form in FORMS]
+        write_clinic_study(without, labels, folders[0], seed=index, patient_id=case.case_id)
+        truth = write_clinic_study(images, labels, folders[1], seed=index, patient_id=case.case_id)
+        write_clinic_study(images, labels, folders[2], seed=index, patient_id=case.case_id, descriptions=SWAPPED)
         motions[case.case_id] = (truth.motion["t1"], sitk.Cast(images["t1ce"] > 0, sitk.sitkUInt8))
         print(f"wrote the studies of {case.case_id}", file=sys.stderr, flush=True)
     return motions
@@ -106,7 +107,8 @@ def main() -> None:
           f"{'T1 reg. error mm':>17} {'T1 s':>5} {'wall s':>6}")  # fmt: skip
     for form in FORMS:
         started = time.perf_counter()
-        log = segment_cases([args.work / form], args.work / f"out-{form}", SegmentSettings(), predictor=predictor)
+        log = segment_cases([args.work / FOLDERS[form]], args.work / f"out-{FOLDERS[form]}", SegmentSettings(),
+                            predictor=predictor)  # fmt: skip
         wall = time.perf_counter() - started
         summary = summarise(form, [case_row(entry, form, motions) for entry in log["cases"]], wall)
         results.append(summary)

@@ -94,6 +94,23 @@ def test_discovers_each_naming_in_case_folders(tmp_path: Path, naming: str, case
     assert case.seg == paths["seg"] and case.missing() == []
 
 
+def test_modality_names_are_read_whatever_their_case_and_t1ce_by_its_other_names(tmp_path: Path) -> None:
+    for suffix in ("FLAIR", "T1", "T1c", "T2", "seg"):  # UCSF-PDGM's style
+        write_nifti(tmp_path / "a" / f"UCSF-PDGM-0004_{suffix}.nii.gz", np.ones(SHAPE, np.float32))
+    for suffix in ("Flair", "t1Gd", "T2", "t1"):
+        write_nifti(tmp_path / "b" / f"Case7_{suffix}.nii.gz", np.ones(SHAPE, np.float32))
+    write_nifti(tmp_path / "c" / "BraTS-GLI-00003-000-T2F.nii.gz", np.ones(SHAPE, np.float32))
+    gli, case7, ucsf = discover_cases(tmp_path)  # sorted by case id
+    assert ucsf.case_id == "UCSF-PDGM-0004" and set(ucsf.files) == set(MODALITIES) and ucsf.seg is not None
+    assert ucsf.files["t1ce"].name == "UCSF-PDGM-0004_T1c.nii.gz"
+    assert ucsf.files["t1"].name == "UCSF-PDGM-0004_T1.nii.gz"
+    assert case7.files["t1ce"].name == "Case7_t1Gd.nii.gz" and case7.missing() == []
+    assert (gli.case_id, gli.naming, list(gli.files)) == ("BraTS-GLI-00003-000", "2023", ["flair"])
+    write_nifti(tmp_path / "b" / "Case7_t1ce.nii.gz", np.ones(SHAPE, np.float32))
+    with pytest.raises(CaseError, match="case Case7 has two t1ce files"):
+        discover_cases(tmp_path / "b")
+
+
 def test_discovers_a_flat_folder_and_a_single_case_folder(tmp_path: Path) -> None:
     for case_id in ("BraTS2021_00002", "BraTS2021_00001"):
         write_case(tmp_path, case_id, "2021")

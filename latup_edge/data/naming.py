@@ -21,9 +21,12 @@ SUFFIXES_2023: dict[str, str] = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f":
 CHANNELS_NNUNET: dict[str, str] = {"0000": "t1", "0001": "t1ce", "0002": "t2", "0003": "flair"}
 
 NIFTI_SUFFIX = r"\.nii(?:\.gz)?"
+# Other names of the post-contrast T1 in the ``_<modality>`` style (UCSF-PDGM's ``_T1c``, MSD's ``T1Gd``).
+T1CE_ALIASES: tuple[str, ...] = ("t1c", "t1gd")
+# Case-insensitive: ``_FLAIR`` and ``-T2F`` are the same files as ``_flair`` and ``-t2f``.
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("2023", re.compile(rf"^(?P<case>.+)-(?P<key>t1n|t1c|t2w|t2f|seg){NIFTI_SUFFIX}$")),
-    ("brats", re.compile(rf"^(?P<case>.+)_(?P<key>t1ce|t1|t2|flair|seg){NIFTI_SUFFIX}$")),
+    ("2023", re.compile(rf"^(?P<case>.+)-(?P<key>t1n|t1c|t2w|t2f|seg){NIFTI_SUFFIX}$", re.IGNORECASE)),
+    ("brats", re.compile(rf"^(?P<case>.+)_(?P<key>t1ce|t1gd|t1c|t1|t2|flair|seg){NIFTI_SUFFIX}$", re.IGNORECASE)),
     ("nnunet", re.compile(rf"^(?P<case>.+)_(?P<key>\d{{4}}){NIFTI_SUFFIX}$")),
 )
 
@@ -35,17 +38,19 @@ def parse_filename(name: str) -> tuple[str, str, Naming] | None:
 
     >>> parse_filename("BraTS-GLI-00001-000-t2f.nii.gz")
     ('BraTS-GLI-00001-000', 'flair', '2023')
+    >>> parse_filename("UCSF-PDGM-0004_T1c.nii.gz")
+    ('UCSF-PDGM-0004', 't1ce', '2021')
     """
     for scheme, pattern in _PATTERNS:
         match = pattern.match(name)
         if match is None:
             continue
-        case_id, key = match["case"], match["key"]
+        case_id, key = match["case"], match["key"].lower()
         if scheme == "2023":
             return case_id, SUFFIXES_2023[key], "2023"
         if scheme == "nnunet":
             return case_id, CHANNELS_NNUNET.get(key, key), "nnunet"
-        return case_id, key, "2020" if case_id.startswith("BraTS20_") else "2021"
+        return case_id, "t1ce" if key in T1CE_ALIASES else key, "2020" if case_id.startswith("BraTS20_") else "2021"
     return None
 
 
