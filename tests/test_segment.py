@@ -641,3 +641,23 @@ def test_a_case_without_a_t1_says_why_its_check_did_not_run(bundle, tmp_path, mo
     assert seen == {"t1": None, "why": "no T1 file"}
     (entry,) = json.loads(result.stdout)["cases"]
     assert entry["t1ce_check"]["note"] == "no T1 file: not checked"
+
+
+def test_the_flair_t1ce_check_gets_the_cases_uncertainty_and_a_second_pass_and_warns(bundle, tmp_path, monkeypatch):
+    write_case(tmp_path / "data", "BraTS2021_00070")
+    seen = {}
+
+    def spy(images, modalities, classes, low_confidence, predict):
+        seen.update(low=low_confidence, second=predict(images[[1, 0, 2]]))
+        return {"t2_correlation_gap": 0.4, "low_confidence": 0.02, "low_confidence_exchanged": 0.001, "swapped": True}
+
+    monkeypatch.setattr("latup_edge.runtime.segment.flair_t1ce_check", spy)
+    result = segment(tmp_path / "data", "-o", tmp_path / "out", "--bundle", bundle, "--json")
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)["cases"]
+    assert seen["low"] == entry["qa"]["low_confidence_fraction"] and seen["second"].classes.ndim == 3
+    assert entry["flair_t1ce_check"]["swapped"] and entry["flair_t1ce_check"]["seconds"] >= 0
+    assert any(flag.startswith("FLAIR and T1ce look swapped: 2.00% of the tumour") for flag in entry["flags"])
+    assert squeeze("case BraTS2021_00070: its FLAIR and T1ce files look swapped (2.00% of its tumour") in squeeze(
+        result.stderr
+    )

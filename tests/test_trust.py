@@ -14,9 +14,12 @@ from latup_edge.runtime.trust import (
     bundle_gate,
     case_flags,
     enhancement_sign,
+    flair_t1ce_check,
+    flair_t1ce_warnings,
     input_check,
     t1ce_check,
     t1ce_warnings,
+    t2_correlation_gap,
 )
 
 MODALITIES = ("flair", "t1ce", "t2")
@@ -172,3 +175,57 @@ def test_a_second_pass_that_finds_no_more_et_does_not_flag():
     t1ce, t1, classes = enhancing_case()
     check = t1ce_check(np.stack([t1ce, t1, t1ce]), MODALITIES, classes, t1ce, lambda images: classes)
     assert check["enhancement"] < 0 and not check["swapped"] and check["et_ml_with_t1_as_t1ce"] == 0
+
+
+def tissue_images() -> np.ndarray:
+    """FLAIR, T1ce and T2 of a brain of two tissues: T2 dark where T1ce is bright (white matter), FLAIR neither."""
+    rng = np.random.default_rng(1)
+    white = np.zeros((40, 40, 40), bool)
+    white[:, :20] = True
+    flair = rng.normal(500, 40, white.shape)
+    t1ce = np.where(white, 700, 400) + rng.normal(0, 30, white.shape)
+    t2 = np.where(white, 300, 600) + rng.normal(0, 30, white.shape)
+    return np.stack([flair, t1ce, t2]).astype(np.float32)
+
+
+class Exchanged:
+    """The second pass of the FLAIR/T1ce check: a Prediction-like answer with a fixed uncertainty."""
+
+    def __init__(self, low_confidence_fraction: float) -> None:
+        self.low_confidence_fraction, self.seen = low_confidence_fraction, []
+
+    def __call__(self, images: np.ndarray) -> Exchanged:
+        self.seen.append(images)
+        return self
+
+
+def test_the_t2_correlation_gap_changes_sign_when_flair_and_t1ce_change_places():
+    images = tissue_images()
+    gap = t2_correlation_gap(images, MODALITIES)
+    assert gap < -0.5
+    assert t2_correlation_gap(images[[1, 0, 2]], MODALITIES) == pytest.approx(-gap)
+
+
+def test_swapped_flair_and_t1ce_are_found_by_a_second_pass_that_is_surer_with_them_exchanged():
+    images, classes = tissue_images(), classes_with_tumour()
+    swapped = images[[1, 0, 2]]
+    second = Exchanged(0.001)
+    check = flair_t1ce_check(swapped, MODALITIES, classes, 0.012, second)
+    assert check["swapped"] and check["t2_correlation_gap"] > 0
+    np.testing.assert_array_equal(second.seen[0], images)  # the second pass saw them exchanged back
+    (flag,) = case_flags(None, None, None, None, check)
+    assert flag.startswith("FLAIR and T1ce look swapped: 1.20% of the tumour is uncertain as given, 0.10% with")
+    (warning,) = flair_t1ce_warnings([{"case_id": "c1", "flair_t1ce_check": check}, {"case_id": "c2"}])
+    assert warning.startswith("case c1: its FLAIR and T1ce files look swapped (1.20% of its tumour is uncertain")
+    # As sure either way, or too sure as given to judge: no flag.
+    assert not flair_t1ce_check(swapped, MODALITIES, classes, 0.012, Exchanged(0.008))["swapped"]
+    assert not flair_t1ce_check(swapped, MODALITIES, classes, 0.0015, Exchanged(0.0))["swapped"]
+
+
+def test_correct_flair_and_t1ce_cost_no_second_pass():
+    def no_second_pass(images: np.ndarray) -> None:
+        raise AssertionError("the network ran again")
+
+    check = flair_t1ce_check(tissue_images(), MODALITIES, classes_with_tumour(), 0.05, no_second_pass)
+    assert check["t2_correlation_gap"] < -0.5 and not check["swapped"] and "low_confidence" not in check
+    assert flair_t1ce_check(tissue_images(), MODALITIES, np.zeros((40, 40, 40), np.uint8), 0.05, no_second_pass) is None

@@ -59,6 +59,7 @@ from latup_edge.runtime.trust import (
     audit_warnings,
     bundle_gate,
     case_flags,
+    flair_t1ce_check,
     input_check,
     t1ce_check,
 )
@@ -405,6 +406,7 @@ class CaseJob:
             "ood": None,
             "audit": None,
             "t1ce_check": None,
+            "flair_t1ce_check": None,
             "flags": [],
             "seconds": {},
             "process_peak_rss_mb": None,
@@ -477,6 +479,10 @@ class CaseJob:
         )  # fmt: skip
         if check is not None:
             self.entry["t1ce_check"] = check | {"seconds": round(seconds, 3)}
+        check, seconds = _timed(flair_t1ce_check, loaded.images, modalities, classes,
+                                self.prediction.low_confidence_fraction, predictor.predict)  # fmt: skip
+        if check is not None:
+            self.entry["flair_t1ce_check"] = check | {"seconds": round(seconds, 3)}
         if audited:
             try:
                 reference, seconds = _timed(trust.reference.predict, loaded.images)
@@ -551,8 +557,9 @@ class CaseJob:
         self.prediction = self.loaded = self.t1_loading = None
         if self.entry["status"] == "ok" and self.qa is not None:
             self.entry["qa"] = self.qa
-            self.entry["flags"] = case_flags(self.qa, self.entry.get("ood"), self.entry.get("audit"),
-                                             self.entry.get("t1ce_check"))  # fmt: skip
+            entry = self.entry
+            entry["flags"] = case_flags(self.qa, entry.get("ood"), entry.get("audit"), entry.get("t1ce_check"),
+                                        entry.get("flair_t1ce_check"))  # fmt: skip
         if self.ran:
             self.entry["process_peak_rss_mb"] = process_peak_rss_mb()
         return self.entry

@@ -6,7 +6,8 @@ unlabelled scans may differ. ``AuditPlan`` picks the cases of a run on which the
 the default precision, against the bundle's own gate (its ``min_agreement``); ``audit_summary``
 gives the run's mean, its cases below the gate and the audit's share of the run's time.
 ``input_check`` scores a case against the input statistics the bundle recorded at build time
-(``latup_edge.runtime.input_stats``); ``t1ce_check`` asks whether the T1 and T1ce files were swapped;
+(``latup_edge.runtime.input_stats``); ``t1ce_check`` and ``flair_t1ce_check`` ask whether the T1 and
+T1ce, or the FLAIR and T1ce, files were swapped;
 ``case_flags`` gathers every reason to look at a case.
 
 >>> plan = AuditPlan(every=10)
@@ -33,6 +34,13 @@ MIN_BRIGHT_VOXELS = 50
 # A second pass flags a swap only where the other file's ET is at least this share of its WT.
 MIN_ET_SHARE = 0.05
 DEFAULT_MIN_AGREEMENT = 0.99  # the build's default gate, for bundles that do not record theirs
+# FLAIR/T1ce: the second pass runs where T1ce correlates with T2 nearly as much as FLAIR does, or more
+# (T2_GAP_TRIGGER; MRI's T1-weighted contrast runs against T2's); it flags a swap where the exchanged
+# channels leave at most 1/LOW_CONFIDENCE_RATIO of the uncertain tumour, and the case as given has at
+# least MIN_LOW_CONFIDENCE. Chosen on 29 training-generator phantoms (seed 8100), docs/CLINIC_INPUT.md.
+T2_GAP_TRIGGER = -0.1
+LOW_CONFIDENCE_RATIO = 2.0
+MIN_LOW_CONFIDENCE = 0.002
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,57 @@ def t1ce_check(
                     "swapped": bool(swapped)}  # fmt: skip
 
 
+def t2_correlation_gap(images: np.ndarray, modalities: Sequence[str]) -> float:
+    """corr(T1ce, T2) - corr(FLAIR, T2): rank correlations over the brain (voxels nonzero in every channel).
+    Negative in MRI, where T1ce's white matter is bright and T2's dark; positive when FLAIR and T1ce
+    change places. Ranks on every k-th voxel, at most ``RANK_SAMPLE`` of them."""
+    order = [list(modalities).index(key) for key in ("flair", "t1ce", "t2")]
+    brain = np.all(images[order] != 0, axis=0)
+    stride = max(1, int(np.count_nonzero(brain)) // RANK_SAMPLE)
+    flair, t1ce, t2 = (scaled_ranks(images[channel][brain][::stride]) for channel in order)
+    return float(np.corrcoef(t1ce, t2)[0, 1] - np.corrcoef(flair, t2)[0, 1])
+
+
+def flair_t1ce_check(
+    images: np.ndarray,
+    modalities: Sequence[str],
+    classes: np.ndarray,
+    low_confidence: float | None,
+    predict: Callable[[np.ndarray], Any],
+) -> dict[str, Any] | None:
+    """Were the FLAIR and T1ce files swapped? None where there is nothing to check (no tumour, a channel missing).
+
+    ``t2_correlation_gap`` costs a rank correlation; where it reaches ``T2_GAP_TRIGGER`` the network runs
+    again (``predict``: images -> a Prediction) with FLAIR and T1ce exchanged, and ``swapped`` is true
+    when the case as given (``low_confidence``: its fraction of tumour with top softmax under 0.5) is at
+    least ``LOW_CONFIDENCE_RATIO`` times as uncertain as the exchanged one, and at least ``MIN_LOW_CONFIDENCE``.
+    """
+    if not {"flair", "t1ce", "t2"} <= set(modalities) or not np.any(classes) or low_confidence is None:
+        return None
+    gap = t2_correlation_gap(images, modalities)
+    check: dict[str, Any] = {"t2_correlation_gap": round(gap, 4), "swapped": False}
+    if gap < T2_GAP_TRIGGER:
+        return check
+    flair, t1ce = list(modalities).index("flair"), list(modalities).index("t1ce")
+    exchanged_images = images.copy()
+    exchanged_images[[flair, t1ce]] = images[[t1ce, flair]]
+    exchanged = predict(exchanged_images).low_confidence_fraction or 0.0
+    swapped = low_confidence >= max(LOW_CONFIDENCE_RATIO * exchanged, MIN_LOW_CONFIDENCE)
+    return check | {"low_confidence": round(low_confidence, 5), "low_confidence_exchanged": round(exchanged, 5),
+                    "swapped": bool(swapped)}  # fmt: skip
+
+
+def flair_t1ce_warnings(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """One sentence per case whose FLAIR and T1ce files look swapped."""
+    return [
+        f"case {entry['case_id']}: its FLAIR and T1ce files look swapped ({check['low_confidence']:.2%} of its "
+        f"tumour is uncertain as given, {check['low_confidence_exchanged']:.2%} with the two exchanged), so its "
+        "labels are likely wrong: check the files and segment it again"
+        for entry in entries
+        if (check := entry.get("flair_t1ce_check")) and check.get("swapped")
+    ]
+
+
 def t1ce_warnings(entries: Sequence[dict[str, Any]]) -> list[str]:
     """One sentence per case whose T1 and T1ce files look swapped: its labels are likely wrong in TC and ET."""
     return [
@@ -206,10 +265,17 @@ def case_flags(
     ood: dict[str, Any] | None,
     audit: dict[str, Any] | None,
     t1ce: dict[str, Any] | None = None,
+    flair_t1ce: dict[str, Any] | None = None,
 ) -> list[str]:
     """Every reason to review a case: QA outliers, input unlike the bundle's data, an audit below the gate,
-    T1 and T1ce files that look swapped."""
+    T1 and T1ce files or FLAIR and T1ce files that look swapped."""
     flags = list(qa_flags(qa)) if qa and qa.get("volumes_ml") else []
+    if flair_t1ce and flair_t1ce.get("swapped"):
+        flags.append(
+            f"FLAIR and T1ce look swapped: {flair_t1ce['low_confidence']:.2%} of the tumour is uncertain as given, "
+            f"{flair_t1ce['low_confidence_exchanged']:.2%} with the two exchanged; check the files and segment "
+            "the case again"
+        )
     if t1ce and t1ce.get("swapped"):
         flags.append(
             f"T1 and T1ce look swapped: with the T1 file as T1ce the network finds "
