@@ -3,7 +3,7 @@
 From one BraTS-named case (four modalities and its label file) the script writes variants a user's
 folder may hold: z-scored float64, uint8, RAS voxel order, a NIfTI ``scl_slope``/``scl_inter`` that
 puts 10 outside the brain, 4-D with a trailing 1, a missing modality, a NaN, a truncated file, 1.2 mm
-voxels, an all-zero T1, and T1/T1ce swapped. It segments the folder once with the shipped bundle (or
+voxels, an all-zero T1, T1/T1ce swapped and FLAIR/T1ce swapped. It segments the folder once with the shipped bundle (or
 ``--bundle``), checks that no input byte changed, and prints per variant the status, Dice against the
 source's labels (moved onto the output's grid by nearest neighbour), and the error or flags.
 
@@ -76,6 +76,7 @@ VARIANTS: dict[str, Variant] = {
     "1.2 mm voxels": thinner_voxels,
     "T1 all zeros": only(("t1",), lambda key, image: nib.Nifti1Image(np.zeros(image.shape, np.int16), image.affine)),
     "T1 and T1ce swapped": lambda key, image: image,  # renamed after writing
+    "FLAIR and T1ce swapped": lambda key, image: image,  # renamed after writing
 }
 
 
@@ -100,11 +101,12 @@ def write_variants(source: Path, root: Path) -> dict[str, str]:
         ids[name] = case_id
     truncated = root / ids["T2 truncated"] / case_filename(ids["T2 truncated"], "t2", "2021")
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
-    swapped = root / ids["T1 and T1ce swapped"]
-    t1, t1ce = (swapped / case_filename(swapped.name, key, "2021") for key in ("t1", "t1ce"))
-    t1.rename(swapped / "tmp.nii.gz")
-    t1ce.rename(t1)
-    (swapped / "tmp.nii.gz").rename(t1ce)
+    for name, keys in (("T1 and T1ce swapped", ("t1", "t1ce")), ("FLAIR and T1ce swapped", ("flair", "t1ce"))):
+        swapped = root / ids[name]
+        first, second = (swapped / case_filename(swapped.name, key, "2021") for key in keys)
+        first.rename(swapped / "tmp.nii.gz")
+        second.rename(first)
+        (swapped / "tmp.nii.gz").rename(second)
     return ids
 
 
