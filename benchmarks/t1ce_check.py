@@ -1,15 +1,18 @@
-"""Does the T1/T1ce check flag swapped files, and leave correctly named cases alone?
+"""Do the swap checks flag swapped files, and leave correctly named cases alone?
 
-Each case of each folder is segmented as it is and with its T1 and T1ce swapped in memory (the T1
-file's image in T1ce's channel, and the reverse), with the shipped bundle (or ``--bundle``) through
-``Predictor.predict`` and ``latup_edge.runtime.trust.t1ce_check``, exactly as ``segment`` runs them.
-``--as-is-only FOLDER`` adds folders scored as they are only (tumours without ET, where the check
-runs most often on correct files).
+Each case of each folder is segmented as it is and with two of its files swapped in memory, with the
+shipped bundle (or ``--bundle``) through ``Predictor.predict`` and the check ``segment`` runs, exactly
+as it runs it: ``--swap t1`` (the default) swaps T1 and T1ce and runs
+``latup_edge.runtime.trust.t1ce_check``; ``--swap flair`` swaps FLAIR and T1ce and runs
+``flair_t1ce_check``. ``--as-is-only FOLDER`` adds folders scored as they are only (tumours without
+ET, where the T1/T1ce check runs most often on correct files).
 
     python benchmarks/t1ce_check.py runs/ordinary runs/indep3 --as-is-only runs/select-noet
+    python benchmarks/t1ce_check.py --swap flair runs/indep3 runs/indep2 runs/ordinary
 
-Prints, per folder and form, the cases, how many had an enhancement sign to judge, ran the second
-pass, and were flagged, with the seconds it cost; writes ``benchmarks/t1ce_check.json``.
+Prints, per folder and form, the cases, how many had a figure to judge, ran the second pass, and
+were flagged, with the seconds it cost; writes ``benchmarks/t1ce_check.json`` (``--swap flair``:
+``benchmarks/flair_t1ce_check.json``).
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ from pathlib import Path
 from latup_edge.data.cases import discover_cases, load_case_images
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.runtime.predictor import Predictor
-from latup_edge.runtime.trust import t1ce_check
+from latup_edge.runtime.trust import flair_t1ce_check, t1ce_check
 
 HERE = Path(__file__).resolve().parent
 
 
-def check_case(predictor: Predictor, case, swapped: bool) -> dict:
+def check_t1_case(predictor: Predictor, case, swapped: bool) -> dict:
     images, _ = load_case_images(case, (*MODEL_MODALITIES, "t1"))
     model, t1 = images[:-1], images[-1]
     channel = MODEL_MODALITIES.index("t1ce")
@@ -39,9 +42,30 @@ def check_case(predictor: Predictor, case, swapped: bool) -> dict:
     return {"case_id": case.case_id, "check": check, "seconds": round(time.perf_counter() - started, 2)}
 
 
+def check_flair_case(predictor: Predictor, case, swapped: bool) -> dict:
+    images, _ = load_case_images(case, MODEL_MODALITIES)
+    if swapped:
+        flair, t1ce = MODEL_MODALITIES.index("flair"), MODEL_MODALITIES.index("t1ce")
+        images[[flair, t1ce]] = images[[t1ce, flair]]
+    prediction = predictor.predict(images)
+    started = time.perf_counter()
+    check = flair_t1ce_check(images, MODEL_MODALITIES, prediction.classes, prediction.low_confidence_fraction,
+                             predictor.predict)  # fmt: skip
+    return {"case_id": case.case_id, "check": check, "seconds": round(time.perf_counter() - started, 2)}
+
+
+# --swap: the swapped form's name, how a case is checked, the default JSON.
+SWAPS = {
+    "t1": ("T1/T1ce swapped", check_t1_case, "t1ce_check.json"),
+    "flair": ("FLAIR/T1ce swapped", check_flair_case, "flair_t1ce_check.json"),
+}
+SECOND_PASS_KEYS = ("et_ml_with_t1_as_t1ce", "low_confidence_exchanged")  # present where the network ran again
+
+
 def summarise(folder: str, form: str, rows: list[dict]) -> dict:
-    checked = [row for row in rows if row["check"] is not None and row["check"]["enhancement"] is not None]
-    second = [row for row in checked if "et_ml_with_t1_as_t1ce" in row["check"]]
+    # A T1/T1ce check without an enhancement sign had nothing to judge.
+    checked = [row for row in rows if row["check"] is not None and row["check"].get("enhancement", 0) is not None]
+    second = [row for row in checked if any(key in row["check"] for key in SECOND_PASS_KEYS)]
     flagged = [row["case_id"] for row in checked if row["check"]["swapped"]]
     return {
         "folder": folder, "form": form, "cases": len(rows), "checked": len(checked), "second_pass": len(second),
@@ -53,22 +77,25 @@ def summarise(folder: str, form: str, rows: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--swap", choices=sorted(SWAPS), default="t1", help="the file swapped with T1ce")
     parser.add_argument("--as-is-only", nargs="*", type=Path, default=[])
     parser.add_argument("--bundle", type=Path, default=None, help="default: the shipped bundle")
-    parser.add_argument("--out", type=Path, default=HERE / "t1ce_check.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/<check>.json")
     args = parser.parse_args()
+    swapped_form, check_case, default_out = SWAPS[args.swap]
     predictor = Predictor.open("openvino", bundle=args.bundle)
     results = []
-    plan = [(folder, form) for folder in args.folders for form in ("as is", "T1/T1ce swapped")]
+    plan = [(folder, form) for folder in args.folders for form in ("as is", swapped_form)]
     plan += [(folder, "as is") for folder in args.as_is_only]
-    print(f"{'folder':<22} {'form':<16} {'cases':>5} {'checked':>7} {'2nd pass':>8} {'flagged':>7} {'check s':>7}")
+    print(f"{'folder':<22} {'form':<19} {'cases':>5} {'checked':>7} {'2nd pass':>8} {'flagged':>7} {'check s':>7}")
     for folder, form in plan:
         rows = [check_case(predictor, case, form != "as is") for case in discover_cases(folder)]
         row = summarise(str(folder), form, rows)
         results.append(row)
-        print(f"{row['folder']:<22} {form:<16} {row['cases']:>5} {row['checked']:>7} {row['second_pass']:>8} "
+        print(f"{row['folder']:<22} {form:<19} {row['cases']:>5} {row['checked']:>7} {row['second_pass']:>8} "
               f"{row['flagged']:>7} {row['check_seconds']:>7}", flush=True)  # fmt: skip
-    args.out.write_text(json.dumps({"bundle": str(args.bundle or "shipped"), "sets": results}, indent=1) + "\n")
+    out = args.out or HERE / default_out
+    out.write_text(json.dumps({"bundle": str(args.bundle or "shipped"), "sets": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

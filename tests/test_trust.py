@@ -15,10 +15,9 @@ from latup_edge.runtime.trust import (
     case_flags,
     enhancement_sign,
     flair_t1ce_check,
-    flair_t1ce_warnings,
     input_check,
+    swap_warnings,
     t1ce_check,
-    t1ce_warnings,
     t2_correlation_gap,
 )
 
@@ -152,7 +151,7 @@ def test_swapped_t1_and_t1ce_are_found_by_the_networks_second_pass():
     assert flag.startswith(
         "T1 and T1ce look swapped: with the T1 file as T1ce the network finds 3.6 mL of ET"
     )  # 16^3 - 8^3 voxels
-    (warning,) = t1ce_warnings([{"case_id": "BraTS2021_00007", "t1ce_check": check}, {"case_id": "other"}])
+    (warning,) = swap_warnings([{"case_id": "BraTS2021_00007", "t1ce_check": check}, {"case_id": "other"}])
     assert warning.startswith("case BraTS2021_00007: its T1 and T1ce files look swapped (ET 0.0 mL as given, 3.6 mL")
 
 
@@ -215,7 +214,7 @@ def test_swapped_flair_and_t1ce_are_found_by_a_second_pass_that_is_surer_with_th
     np.testing.assert_array_equal(second.seen[0], images)  # the second pass saw them exchanged back
     (flag,) = case_flags(None, None, None, None, check)
     assert flag.startswith("FLAIR and T1ce look swapped: 1.20% of the tumour is uncertain as given, 0.10% with")
-    (warning,) = flair_t1ce_warnings([{"case_id": "c1", "flair_t1ce_check": check}, {"case_id": "c2"}])
+    (warning,) = swap_warnings([{"case_id": "c1", "flair_t1ce_check": check}, {"case_id": "c2"}])
     assert warning.startswith("case c1: its FLAIR and T1ce files look swapped (1.20% of its tumour is uncertain")
     # As sure either way, or too sure as given to judge: no flag.
     assert not flair_t1ce_check(swapped, MODALITIES, classes, 0.012, Exchanged(0.008))["swapped"]

@@ -113,7 +113,7 @@ def segment(
     from latup_edge.runtime.cluster import segment_distributed
     from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
     from latup_edge.runtime.segment import SegmentSettings, segment_cases
-    from latup_edge.runtime.trust import audit_warnings, flair_t1ce_warnings, t1ce_warnings
+    from latup_edge.runtime.trust import audit_warnings, swap_warnings
 
     settings = SegmentSettings(
         backend=backend, precision=precision, bundle=bundle, weights=weights, labels=labels,
@@ -149,9 +149,7 @@ def segment(
         print_json(result)
     else:
         print_segment(result, log or output / "segment-log.json")
-    warnings = [*audit_warnings(result.get("audit") or {}), *t1ce_warnings(result["cases"]),
-                *flair_t1ce_warnings(result["cases"])]  # fmt: skip
-    for warning in warnings:  # stderr too
+    for warning in [*audit_warnings(result.get("audit") or {}), *swap_warnings(result["cases"])]:  # stderr too
         err_console.print(f"[bold yellow]Warning:[/] {escape(warning)}", highlight=False)
     if result["failures"]:
         raise typer.Exit(1)

@@ -238,26 +238,23 @@ def flair_t1ce_check(
                     "swapped": bool(swapped)}  # fmt: skip
 
 
-def flair_t1ce_warnings(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """One sentence per case whose FLAIR and T1ce files look swapped."""
-    return [
-        f"case {entry['case_id']}: its FLAIR and T1ce files look swapped ({check['low_confidence']:.2%} of its "
-        f"tumour is uncertain as given, {check['low_confidence_exchanged']:.2%} with the two exchanged), so its "
-        "labels are likely wrong: check the files and segment it again"
-        for entry in entries
-        if (check := entry.get("flair_t1ce_check")) and check.get("swapped")
-    ]
-
-
-def t1ce_warnings(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """One sentence per case whose T1 and T1ce files look swapped: its labels are likely wrong in TC and ET."""
-    return [
-        f"case {entry['case_id']}: its T1 and T1ce files look swapped (ET {check['et_ml']:.1f} mL as given, "
-        f"{check['et_ml_with_t1_as_t1ce']:.1f} mL with T1 as T1ce), so its TC and ET are likely wrong: "
-        "check the files and segment it again"
-        for entry in entries
-        if (check := entry.get("t1ce_check")) and check.get("swapped")
-    ]
+def swap_warnings(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """One sentence per case whose T1 and T1ce, or FLAIR and T1ce, files look swapped: its labels are likely wrong."""
+    sentences = []
+    for entry in entries:
+        if (check := entry.get("t1ce_check")) and check.get("swapped"):
+            sentences.append(
+                f"case {entry['case_id']}: its T1 and T1ce files look swapped (ET {check['et_ml']:.1f} mL as given, "
+                f"{check['et_ml_with_t1_as_t1ce']:.1f} mL with T1 as T1ce), so its TC and ET are likely wrong: "
+                "check the files and segment it again"
+            )
+        if (check := entry.get("flair_t1ce_check")) and check.get("swapped"):
+            sentences.append(
+                f"case {entry['case_id']}: its FLAIR and T1ce files look swapped ({check['low_confidence']:.2%} of "
+                f"its tumour is uncertain as given, {check['low_confidence_exchanged']:.2%} with the two exchanged), "
+                "so its labels are likely wrong: check the files and segment it again"
+            )
+    return sentences
 
 
 def case_flags(
