@@ -448,6 +448,7 @@ def test_the_next_case_is_read_and_the_previous_written_while_the_network_runs(b
     monkeypatch.setattr(segment_module, "load_scan", recorded_load)
     monkeypatch.setattr(predictor_module, "predict_volume", predict_while_the_next_is_read)
     monkeypatch.setattr(segment_module, "save_label_map", refuse_to_write_the_second)
+    monkeypatch.setattr(segment_module, "flair_t1ce_check", lambda *args: None)  # one network pass a case
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
     assert [entry["case_id"] for entry in log["cases"]] == ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"]
     assert log["summary"] == {"ok": 2, "failed": 1, "skipped": 0}
@@ -461,12 +462,14 @@ def test_the_next_case_is_read_and_the_previous_written_while_the_network_runs(b
 
 
 def test_segment_post_processes_its_labels_by_default(bundle, tmp_path, monkeypatch):
+    from latup_edge.runtime import segment as segment_module
     from latup_edge.runtime import volume
 
     write_case(tmp_path / "data", "BraTS2021_00001", seed=1)
     seen = []
     original = volume.postprocess
     monkeypatch.setattr(volume, "postprocess", lambda classes, rules: seen.append(rules) or original(classes, rules))
+    monkeypatch.setattr(segment_module, "flair_t1ce_check", lambda *args: None)  # its second pass post-processes too
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
     assert log["postprocessing"] == DEFAULT_POSTPROCESSING.to_dict()
     assert seen == [DEFAULT_POSTPROCESSING] and Postprocessing.none() != DEFAULT_POSTPROCESSING
