@@ -14,6 +14,9 @@ compilation, every case) divided by the number of cases. "first" is the first ca
 (kernel setup at its shape), "steady" the mean over the others. p95 is over each case's own time
 (load + infer + write) from the second case on. Peak RSS is the process's ``ru_maxrss``.
 
+Where the cases have label files, each configuration's labels are also scored: mean Dice per region
+against the truth, and mean agreement with the first configuration's labels (what a mode changes).
+
     python benchmarks/runtime_speed.py --bundle bundle --cases heldout --out benchmarks/runtime_speed.json
     python benchmarks/runtime_speed.py --bundle bundle --cases heldout --before /tmp/old-checkout \\
         --config "before:--shape-policy exact" --config "after:" --config "sliding:--tiling sliding"
@@ -34,7 +37,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+
+from latup_edge.data.cases import discover_cases, load_case_labels
+from latup_edge.evaluate.metrics import agreement
 
 FORMAT = "latup-edge-runtime-speed/1"
 STAGES = ("load", "pre", "network", "post", "infer", "write")
@@ -55,6 +62,7 @@ def run_config(
         if done.returncode != 0:
             raise SystemExit(f"{name}: segment failed ({done.returncode}):\n{done.stderr[-2000:]}")
         log = json.loads((Path(out) / "segment-log.json").read_text())
+        labels = {case_id: _written_classes(Path(out) / f"{case_id}.nii.gz") for case_id in _ok_ids(log)}
     entries = [entry for entry in log["cases"] if entry["status"] == "ok"]
     if len(entries) < 2:
         raise SystemExit(f"{name}: need at least 2 segmented cases, got {len(entries)}")
@@ -74,18 +82,51 @@ def run_config(
         "peak_rss_mb": max(entry["process_peak_rss_mb"] for entry in entries),
         "shape_policy": log.get("shape_policy", {}).get("resolved", "exact"),
         "backend": log["backend"],
+        "labels": labels,  # popped by main once scored
     }
+
+
+def _ok_ids(log: dict[str, Any]) -> list[str]:
+    return [entry["case_id"] for entry in log["cases"] if entry["status"] == "ok"]
+
+
+def _written_classes(path: Path) -> np.ndarray:
+    classes = np.asarray(nib.load(path).dataobj).astype(np.uint8)
+    classes[classes == 4] = 3  # the 2021 convention's ET
+    return classes
+
+
+def score_rows(rows: list[dict[str, Any]], cases: Path) -> None:
+    """Each row's mean Dice against the truth (cases with labels) and mean agreement with the first row."""
+    truths = {case.case_id: load_case_labels(case)[0] for case in discover_cases(cases) if case.seg is not None}
+    first = rows[0]["labels"]
+    for row in rows:
+        labels = row.pop("labels")
+        scored = [agreement(labels[i], truths[i]) for i in labels if i in truths]
+        agreed = [agreement(labels[i], first[i]) for i in labels if i in first]
+        row["dice"] = _mean_regions(scored) if scored else None
+        row["agreement_with_first"] = _mean_regions(agreed)
+
+
+def _mean_regions(values: list[dict[str, float]]) -> dict[str, float]:
+    return {region: round(float(np.mean([v[region] for v in values])), 4) for region in values[0]}
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     stages = "read / infer (pre, net, post) / write"
-    print(f"| config | s/case all in | p95 | first: {stages} | steady: {stages} | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+    print(f"| config | s/case all in | p95 | first: {stages} | steady: {stages} | peak RSS MB | Dice WT / TC / ET "
+          "| agreement with the first |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['name']} | {row['s_per_case_all_in']:.2f} | {row['p95_case_s']:.2f} | "
-            f"{_stages(row['first'])} | {_stages(row['steady'])} | {row['peak_rss_mb']:.0f} |"
+            f"{_stages(row['first'])} | {_stages(row['steady'])} | {row['peak_rss_mb']:.0f} | "
+            f"{_regions(row['dice'])} | {_regions(row['agreement_with_first'])} |"
         )
+
+
+def _regions(values: dict[str, float] | None) -> str:
+    return " / ".join(f"{v:.4f}" for v in values.values()) if values else "-"
 
 
 def _stages(seconds: dict[str, float]) -> str:
@@ -115,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         bundle, cases = args.bundle.resolve(), args.cases.resolve()
         rows.append(run_config(name, shlex.split(extra), tree, bundle, cases, args.precision, args.threads))
+    score_rows(rows, args.cases)
     print_table(rows)
     result = {
         "format": FORMAT,

@@ -1,4 +1,4 @@
-"""benchmarks/runtime_speed.py: stage tables from real segment runs, before/after from two checkouts."""
+"""benchmarks/runtime_speed.py: stage tables and Dice from real segment runs, before/after from two checkouts."""
 
 import importlib.util
 import json
@@ -34,6 +34,8 @@ def test_the_runtime_benchmark_reads_its_stages_from_segment_logs(tmp_path, caps
         assert row["cases"] == 3 and row["failed"] == 0 and row["peak_rss_mb"] > 0
         assert {"load", "pre", "network", "post", "infer", "write"} <= row["steady"].keys()
         assert row["s_per_case_all_in"] * 3 <= row["wall_s"] + 0.01
+        assert set(row["dice"]) == {"WT", "TC", "ET"} and all(0 <= v <= 1 for v in row["dice"].values())
+    assert rows[0]["agreement_with_first"] == {"WT": 1.0, "TC": 1.0, "ET": 1.0}  # its own labels
     assert rows[0]["shape_policy"] == "exact" and rows[0]["tree"] == str(ROOT)
     assert "| before |" in capsys.readouterr().out
     sys.modules.pop("runtime_speed", None)
