@@ -70,9 +70,7 @@ def softmax(scores: np.ndarray, axis: int = 1) -> np.ndarray:
     return shifted
 
 
-def sliding_window_scores(
-    x: np.ndarray, forward: Forward, window: int | Sequence[int] = 128, overlap: float = 0.5
-) -> np.ndarray:
+def sliding_window_scores(x: np.ndarray, forward: Forward, window: int | Sequence[int], overlap: float) -> np.ndarray:
     """Class probabilities (1, K, D, H, W) for an input (1, C, D, H, W), stitched from windows.
 
     An axis shorter than the window is zero-padded (centred) to the window and cropped back; each

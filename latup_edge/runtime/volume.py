@@ -50,8 +50,9 @@ from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
 Tiling = Literal["whole", "sliding"]
 TILINGS: tuple[str, ...] = get_args(Tiling)
 DEFAULT_TILING: Tiling = "whole"
-DEFAULT_WINDOW = 128
-DEFAULT_OVERLAP = 0.5
+# The lower-memory mode: 96^3 windows, a quarter overlapping, peak under 1.5 GB (docs/RUNTIME.md measures it).
+DEFAULT_WINDOW = 96
+DEFAULT_OVERLAP = 0.25
 # How brain boxes become network input shapes: each box as it is, or padded up to a multiple of 32.
 ShapePolicy = Literal["exact", "bucket32"]
 SHAPE_POLICIES: tuple[str, ...] = get_args(ShapePolicy)
