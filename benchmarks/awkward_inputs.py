@@ -3,9 +3,10 @@
 From one BraTS-named case (four modalities and its label file) the script writes variants a user's
 folder may hold: z-scored float64, uint8, RAS voxel order, a NIfTI ``scl_slope``/``scl_inter`` that
 puts 10 outside the brain, 4-D with a trailing 1, a missing modality, a NaN, a truncated file, 1.2 mm
-voxels, an all-zero T1, T1/T1ce swapped and FLAIR/T1ce swapped. It segments the folder once with the shipped bundle (or
-``--bundle``), checks that no input byte changed, and prints per variant the status, Dice against the
-source's labels (moved onto the output's grid by nearest neighbour), and the error or flags.
+voxels, an all-zero T1, T1/T1ce swapped, FLAIR/T1ce swapped, and FLAIR's file given as T2 too. It
+segments the folder once with the shipped bundle (or ``--bundle``), checks that no input byte changed,
+and prints per variant the status, Dice against the source's labels (moved onto the output's grid by
+nearest neighbour), and the error or flags.
 
     python benchmarks/awkward_inputs.py runs/indep/BraTS-GLI-00001-000 --work /tmp/awkward
 
@@ -77,6 +78,7 @@ VARIANTS: dict[str, Variant] = {
     "T1 all zeros": only(("t1",), lambda key, image: nib.Nifti1Image(np.zeros(image.shape, np.int16), image.affine)),
     "T1 and T1ce swapped": lambda key, image: image,  # renamed after writing
     "FLAIR and T1ce swapped": lambda key, image: image,  # renamed after writing
+    "T2 file is a copy of FLAIR": lambda key, image: image,  # copied after writing
 }
 
 
@@ -107,6 +109,10 @@ def write_variants(source: Path, root: Path) -> dict[str, str]:
         first.rename(swapped / "tmp.nii.gz")
         second.rename(first)
         (swapped / "tmp.nii.gz").rename(second)
+    copied = root / ids["T2 file is a copy of FLAIR"]
+    shutil.copyfile(
+        copied / case_filename(copied.name, "flair", "2021"), copied / case_filename(copied.name, "t2", "2021")
+    )
     return ids
 
 

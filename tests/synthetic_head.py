@@ -42,6 +42,7 @@ def head_image(spacing, direction=AXIAL, extent_mm=(150, 170, 130), moved=None, 
     """A synthetic skull-stripped brain on its own grid: an ellipsoid with ventricles, texture and a lesion.
 
     ``moved``: the head motion this series was acquired after. ``stripped=False`` adds scalp and a noise floor.
+    ``seed``: this acquisition's own noise (two series of one head differ by it, as two acquisitions do).
     """
     size = [int(round(e / s)) for e, s in zip(extent_mm, spacing, strict=True)]
     points, origin = grid_points(size, spacing, direction, extent_mm)
@@ -58,10 +59,11 @@ def head_image(spacing, direction=AXIAL, extent_mm=(150, 170, 130), moved=None, 
     value = np.where(ventricle, 150, value)
     lesion = np.linalg.norm(points - LESION, axis=-1) < LESION_RADIUS
     value = np.where(lesion, 900, value)
-    data = np.where(brain, value, 0.0)
+    rng = np.random.default_rng(seed)
+    data = np.where(brain, value + rng.normal(0, 10, value.shape), 0.0)
     if not stripped:
         scalp = (radius >= 1.05) & (radius < 1.18)
-        data = np.where(scalp, 1100, data) + np.random.default_rng(seed).normal(25, 8, data.shape).clip(1)
+        data = np.where(scalp, 1100, data) + rng.normal(25, 8, data.shape).clip(1)
     image = sitk.GetImageFromArray(data.reshape(size).transpose(2, 1, 0).astype(np.float32))
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetDirection(tuple(float(d) for d in direction.ravel()))
@@ -79,9 +81,9 @@ def write_nifti_case(root: Path, case_id: str, images: dict[str, sitk.Image]) ->
 
 def clinic_images(**flair) -> dict[str, sitk.Image]:
     """T1ce oblique at 1.2 x 1 x 1.5 mm; FLAIR axial 1 x 1 x 4 mm after a head motion; T2 on T1ce's grid."""
-    t1ce = head_image((1.2, 1.0, 1.5), OBLIQUE)
+    t1ce = head_image((1.2, 1.0, 1.5), OBLIQUE, seed=2)
     return {
-        "flair": head_image((1.0, 1.0, 4.0), moved=flair.pop("moved", motion()), **flair),
+        "flair": head_image((1.0, 1.0, 4.0), moved=flair.pop("moved", motion()), **({"seed": 1} | flair)),
         "t1ce": t1ce,
-        "t2": head_image((1.2, 1.0, 1.5), OBLIQUE),
+        "t2": head_image((1.2, 1.0, 1.5), OBLIQUE, seed=3),
     }

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from latup_edge.scans.checks import ScanError, check_coverage, check_skull_stripped
+from latup_edge.scans.checks import ScanError, check_coverage, check_distinct, check_skull_stripped
 
 SPACING = 2.0
 
@@ -92,3 +92,39 @@ def test_a_z_scored_skull_stripped_brain_passes():
     brain[inside] = (brain[inside] - brain[inside].mean()) / brain[inside].std()  # negatives inside, zeros outside
     figures = check_skull_stripped(_image(brain), "FLAIR")
     assert figures["zero_fraction"] > 0.99 and figures["foreground_ml"] < 2000
+
+
+LABELS = ["FLAIR file 'a_flair.nii.gz'", "T1ce file 'a_t1ce.nii.gz'", "T2 file 'a_t2.nii.gz'"]
+
+
+def _acquisitions(count: int) -> np.ndarray:
+    """``count`` acquisitions of one brain: the same anatomy, each with its own contrast and noise."""
+    radius = _ellipsoid(SHAPE, (60.0, 85.0, 70.0))
+    inside = radius < 1
+    images = np.zeros((count, *SHAPE), np.float32)
+    for index, (white, grey, csf) in enumerate([(700, 500, 150), (900, 600, 100), (300, 450, 900)][:count]):
+        values = np.where(radius < 0.8, white, grey).astype(np.float32)
+        values[radius < 0.25] = csf
+        noise = np.random.default_rng(index).normal(0, 20, int(inside.sum()))
+        images[index][inside] = values[inside] + noise
+    return images
+
+
+def test_a_modality_given_twice_is_refused_naming_both_files():
+    images = _acquisitions(3)
+    assert check_distinct(images, LABELS)["highest_correlation"] < 0.99  # three acquisitions pass
+    images[2] = np.round(images[0] * 0.37 + 12)  # T2's file is FLAIR's image, rescaled and re-quantised
+    with pytest.raises(ScanError, match=r"FLAIR file 'a_flair.nii.gz' and T2 file 'a_t2.nii.gz' hold the same image"):
+        check_distinct(images, LABELS)
+
+
+def test_two_acquisitions_with_one_contrast_are_not_copies():
+    images = _acquisitions(2)
+    images[1] = images[0] + np.random.default_rng(7).normal(0, 20, SHAPE) * (images[0] != 0)  # a repeat scan
+    assert check_distinct(images, LABELS[:2])["highest_correlation"] < 0.9999
+
+
+def test_a_blank_modality_has_nothing_to_compare():
+    images = _acquisitions(2)
+    images[1] = 0
+    assert check_distinct(images, LABELS[:2]) == {"highest_correlation": None}

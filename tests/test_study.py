@@ -119,13 +119,13 @@ def test_a_registration_that_fails_its_own_quality_figure_is_refused(clinic_case
 
 
 def test_a_brats_ready_case_with_its_skull_is_refused_though_nothing_is_resampled(tmp_path):
-    images = {key: head_image((1.0, 1.0, 1.0), stripped=key != "t2") for key in MODALITIES}
+    images = {key: head_image((1.0, 1.0, 1.0), stripped=key != "t2", seed=i) for i, key in enumerate(MODALITIES)}
     write_nifti_case(tmp_path, "BraTS2021_00005", images)
     case = discover_scans(tmp_path)[0]
     assert study.is_brats_ready([nib.load(path) for path in case.files.values()])
     with pytest.raises(ScanError, match=r"BraTS2021_00005_t2\.nii\.gz is not skull-stripped.*HD-BET or SynthStrip"):
         load_scan(case, MODALITIES)
-    images["t2"] = head_image((1.0, 1.0, 1.0))
+    images["t2"] = head_image((1.0, 1.0, 1.0), seed=len(MODALITIES))
     write_nifti_case(tmp_path / "stripped", "BraTS2021_00005", images)
     (step,) = load_scan(discover_scans(tmp_path / "stripped")[0], MODALITIES).steps
     assert step["step"] == "none" and step["checks"]["t2"]["zero_fraction"] > 0.99
@@ -177,3 +177,25 @@ def test_a_dicom_study_without_a_t1_series_says_so_in_a_few_words(tmp_path):
     (scan,) = discover_scans(tmp_path)
     volume, steps, why = study.load_companion(scan, "t1", load_scan(scan, MODALITIES))
     assert (volume, steps, why) == (None, [], "no series matches T1 by the shipped modality_rules.json")
+
+
+def test_a_file_given_for_two_modalities_is_refused_on_either_path(tmp_path):
+    images = {key: head_image((1.0, 1.0, 1.0), seed=i) for i, key in enumerate(MODALITIES)}
+    write_nifti_case(tmp_path / "ready", "BraTS2021_00007", images | {"t2": images["flair"]})
+    with pytest.raises(
+        ScanError, match=r"BraTS2021_00007_flair\.nii\.gz and BraTS2021_00007_t2\.nii\.gz hold the same"
+    ):
+        load_scan(discover_scans(tmp_path / "ready")[0], MODALITIES)  # BraTS-ready: nothing resampled
+    clinic = clinic_images()
+    write_nifti_case(tmp_path / "clinic", "BraTS2021_00008", clinic | {"t2": clinic["t1ce"]})
+    with pytest.raises(ScanError, match=r"BraTS2021_00008_t1ce\.nii\.gz and BraTS2021_00008_t2\.nii\.gz hold the same"):
+        load_scan(discover_scans(tmp_path / "clinic")[0], MODALITIES)  # resampled onto the model grid first
+
+
+def test_distinct_modalities_are_logged_with_their_highest_correlation(loaded, tmp_path):
+    (distinct,) = [step for step in loaded.steps if step["step"] == "distinct"]
+    assert 0 < distinct["highest_correlation"] < 0.9999
+    images = {key: head_image((1.0, 1.0, 1.0), seed=i) for i, key in enumerate(MODALITIES)}
+    write_nifti_case(tmp_path, "BraTS2021_00009", images)
+    (step,) = load_scan(discover_scans(tmp_path)[0], MODALITIES).steps
+    assert 0 < step["distinct"]["highest_correlation"] < 0.9999

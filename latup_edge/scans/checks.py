@@ -1,4 +1,5 @@
-"""Refusals of series the model cannot segment: a head that is not skull-stripped, a slab too short.
+"""Refusals of series the model cannot segment: a head that is not skull-stripped, a slab too short,
+two modalities that hold one image.
 
 Each check returns its figures for the run log, or raises ``ScanError``, one sentence naming the
 series and what to do.
@@ -7,6 +8,8 @@ series and what to do.
 {'zero_fraction': 0.998, 'foreground_ml': 1432.1, 'shell_ratio': 0.82}
 >>> check_coverage(flair, "FLAIR series 'AX FLAIR'")
 {'extent_mm': [160.0, 190.0, 145.0]}
+>>> check_distinct(images, ["FLAIR file 'a_flair.nii.gz'", "T1ce file ...", "T2 file ..."])
+{'highest_correlation': 0.412}
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ MAX_BRAIN_ML = 2500.0
 # A brain is 130-170 mm long along every axis; under this, a series cannot hold one.
 MIN_COVERAGE_MM = 100.0
 _SHELL_MM = 5.0
+# Two acquisitions carry independent noise and different tissue contrasts; only a copy (rescaled or
+# re-quantised at most) correlates this closely with another modality inside the brain.
+COPY_CORRELATION = 0.9999
+_COPY_SAMPLE = 200_000
 CHECK_SPACING_MM = 2.0
 
 
@@ -103,3 +110,26 @@ def check_coverage(image: sitk.Image, label: str) -> dict:
             f"(a brain needs 130-170 mm, at least {MIN_COVERAGE_MM:.0f} mm): export the whole-brain series instead."
         )
     return {"extent_mm": [round(e, 1) for e in extent]}
+
+
+def check_distinct(images: np.ndarray, labels: list[str]) -> dict:
+    """Raise ``ScanError`` when two modalities of ``images`` (C, X, Y, Z) on one grid hold the same image
+    (Pearson correlation at least ``COPY_CORRELATION`` where both are nonzero: a file given twice, under
+    two names); else the highest correlation of two channels, for the log (None: nothing to compare)."""
+    both = np.all(images != 0, axis=0)
+    stride = max(1, int(np.count_nonzero(both)) // _COPY_SAMPLE)
+    values = images[:, both][:, ::stride].astype(np.float64)
+    highest = None
+    for a in range(len(labels)):
+        for b in range(a + 1, len(labels)):
+            if values.shape[1] < 2 or values[a].std() == 0 or values[b].std() == 0:
+                continue
+            correlation = float(np.corrcoef(values[a], values[b])[0, 1])
+            if correlation >= COPY_CORRELATION:
+                raise ScanError(
+                    f"{labels[a]} and {labels[b]} hold the same image (correlation {correlation:.5f} inside the "
+                    "brain; two acquisitions differ): one of them is a copy of the other, so give each modality "
+                    "its own image."
+                )
+            highest = correlation if highest is None else max(highest, correlation)
+    return {"highest_correlation": None if highest is None else round(highest, 4)}

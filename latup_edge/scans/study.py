@@ -41,7 +41,7 @@ from latup_edge.data.cases import (
     read_case_volume,
 )
 from latup_edge.errors import LatupError, first_line
-from latup_edge.scans.checks import check_coverage, check_skull_stripped
+from latup_edge.scans.checks import check_coverage, check_distinct, check_skull_stripped
 from latup_edge.scans.dicom import (
     MODALITY_NAMES,
     DicomError,
@@ -185,7 +185,8 @@ def load_scan(scan: Scan, modalities: Sequence[str], rules: ModalityRules | Path
                 key: _skull_check_of_array(volume, name)
                 for key, volume, name in zip(modalities, images, names, strict=True)
             }
-            steps = [{"step": "none", "why": "BraTS-ready: one 1 mm LPS grid", "checks": checks}]
+            distinct = check_distinct(images, names)
+            steps = [{"step": "none", "why": "BraTS-ready: one 1 mm LPS grid", "checks": checks, "distinct": distinct}]
             spacing = tuple(sorted(float(z) for z in reference.header.get_zooms()[:3]))
             return LoadedScan(images, reference, None, steps, spacing)
         volumes, labels, header = {}, {}, None
@@ -250,6 +251,7 @@ def _onto_model_grid(
     images = np.empty((len(volumes), *grid.GetSize()), np.float32)
     for channel, (key, volume) in enumerate(volumes.items()):
         images[channel] = _aligned(volume, key, labels[key], reference, grid, steps)
+    steps.append({"step": "distinct", **check_distinct(images, list(labels.values()))})
     native_header = header if header is not None else sitk_to_nifti(reference)
     spacing = np.max([sorted(volume.GetSpacing()) for volume in volumes.values()], axis=0)
     native = NativeGrid(grid, reference, native_header, series)
