@@ -55,7 +55,7 @@ def test_a_dicom_study_segments_on_its_t1ce_grid_as_well_as_brats_ready(two_phan
 
     registered = {step["modality"]: step for step in entry["geometry"] if step["step"] == "register"}
     assert set(registered) == set(truth.motion) == {"flair", "t2", "t1"}
-    assert registered["t1"]["for"] == "the T1/T1ce check" and "for" not in registered["flair"]
+    assert registered["t1"]["for"] == "the swap checks" and "for" not in registered["flair"]
     assert entry["t1ce_check"]["enhancement"] > 0 and not entry["t1ce_check"]["swapped"]  # T1 read, aligned, checked
     brain = sitk.Cast(images["t1ce"] > 0, sitk.sitkUInt8)
     for modality, motion in truth.motion.items():

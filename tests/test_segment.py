@@ -448,7 +448,7 @@ def test_the_next_case_is_read_and_the_previous_written_while_the_network_runs(b
     monkeypatch.setattr(segment_module, "load_scan", recorded_load)
     monkeypatch.setattr(predictor_module, "predict_volume", predict_while_the_next_is_read)
     monkeypatch.setattr(segment_module, "save_label_map", refuse_to_write_the_second)
-    monkeypatch.setattr(segment_module, "flair_t1ce_check", lambda *args: None)  # one network pass a case
+    monkeypatch.setattr(segment_module, "exchange_check", lambda *args: None)  # one network pass a case
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
     assert [entry["case_id"] for entry in log["cases"]] == ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"]
     assert log["summary"] == {"ok": 2, "failed": 1, "skipped": 0}
@@ -469,7 +469,7 @@ def test_segment_post_processes_its_labels_by_default(bundle, tmp_path, monkeypa
     seen = []
     original = volume.postprocess
     monkeypatch.setattr(volume, "postprocess", lambda classes, rules: seen.append(rules) or original(classes, rules))
-    monkeypatch.setattr(segment_module, "flair_t1ce_check", lambda *args: None)  # its second pass post-processes too
+    monkeypatch.setattr(segment_module, "exchange_check", lambda *args: None)  # its second passes post-process too
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
     assert log["postprocessing"] == DEFAULT_POSTPROCESSING.to_dict()
     assert seen == [DEFAULT_POSTPROCESSING] and Postprocessing.none() != DEFAULT_POSTPROCESSING
@@ -620,7 +620,7 @@ def test_a_dicom_t1_is_told_by_its_contrast_agent_and_aligned_for_the_t1_t1ce_ch
     lesion, t1ce_lesion = seen["t1"] > 650, seen["t1ce"] > 650  # aligned: the lesions overlap once motion is undone
     assert (lesion & t1ce_lesion).sum() / ((lesion.sum() + t1ce_lesion.sum()) / 2) > 0.9
     (entry,) = json.loads(result.stdout)["cases"]
-    t1_steps = [step for step in entry["geometry"] if step.get("for") == "the T1/T1ce check"]
+    t1_steps = [step for step in entry["geometry"] if step.get("for") == "the swap checks"]
     assert [step["step"] for step in t1_steps] == ["register", "resample"] and "series 5 " in t1_steps[0]["series"]
     (assign,) = [step for step in entry["geometry"] if step["step"] == "assign"]
     assert assign["series"]["t1ce"].startswith("series 3 ") and "ContrastBolusAgent 'Gadovist'" in assign["t1ce_by"]
@@ -646,20 +646,27 @@ def test_a_case_without_a_t1_says_why_its_check_did_not_run(bundle, tmp_path, mo
     assert entry["t1ce_check"]["note"] == "no T1 file: not checked"
 
 
-def test_the_flair_t1ce_check_gets_the_cases_uncertainty_and_a_second_pass_and_warns(bundle, tmp_path, monkeypatch):
+def test_the_exchange_checks_get_the_cases_volumes_uncertainty_and_a_second_pass_and_warn(
+    bundle, tmp_path, monkeypatch
+):
     write_case(tmp_path / "data", "BraTS2021_00070")
     seen = {}
 
-    def spy(images, modalities, classes, low_confidence, predict):
-        seen.update(low=low_confidence, second=predict(images[[1, 0, 2]]))
-        return {"t2_correlation_gap": 0.4, "low_confidence": 0.02, "low_confidence_exchanged": 0.001, "swapped": True}
+    def spy(name, volumes, modalities, classes, low_confidence, predict):
+        seen[name] = sorted(volumes)
+        if name != "flair_t1ce":
+            return None
+        seen.update(low=low_confidence, second=predict(np.stack([volumes["t1ce"], volumes["flair"], volumes["t2"]])))
+        return {"correlation_gap": 0.4, "low_confidence": 0.02, "low_confidence_exchanged": 0.001, "swapped": True}
 
-    monkeypatch.setattr("latup_edge.runtime.segment.flair_t1ce_check", spy)
+    monkeypatch.setattr("latup_edge.runtime.segment.exchange_check", spy)
     result = segment(tmp_path / "data", "-o", tmp_path / "out", "--bundle", bundle, "--json")
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.stdout)["cases"]
     assert seen["low"] == entry["qa"]["low_confidence_fraction"] and seen["second"].classes.ndim == 3
-    assert entry["flair_t1ce_check"]["swapped"] and entry["flair_t1ce_check"]["seconds"] >= 0
+    assert seen["t1_t2"] == seen["flair_t1"] == ["flair", "t1", "t1ce", "t2"]  # the T1 file too, on the grid
+    assert list(entry["exchange_checks"]) == ["flair_t1ce"]
+    assert entry["exchange_checks"]["flair_t1ce"]["swapped"] and entry["exchange_checks"]["flair_t1ce"]["seconds"] >= 0
     assert any(flag.startswith("FLAIR and T1ce look swapped: 2.00% of the tumour") for flag in entry["flags"])
     assert squeeze("case BraTS2021_00070: its FLAIR and T1ce files look swapped (2.00% of its tumour") in squeeze(
         result.stderr

@@ -7,18 +7,20 @@ import pytest
 
 from latup_edge.runtime.input_stats import case_statistics, reference_statistics
 from latup_edge.runtime.trust import (
+    EXCHANGES,
+    GAP_FLAG,
     AuditPlan,
     audit_case,
     audit_summary,
     audit_warnings,
     bundle_gate,
     case_flags,
+    correlation_gap,
     enhancement_sign,
-    flair_t1ce_check,
+    exchange_check,
     input_check,
     swap_warnings,
     t1ce_check,
-    t2_correlation_gap,
 )
 
 MODALITIES = ("flair", "t1ce", "t2")
@@ -188,7 +190,7 @@ def tissue_images() -> np.ndarray:
 
 
 class Exchanged:
-    """The second pass of the FLAIR/T1ce check: a Prediction-like answer with a fixed uncertainty."""
+    """The second pass of an exchange check: a Prediction-like answer with a fixed uncertainty."""
 
     def __init__(self, low_confidence_fraction: float) -> None:
         self.low_confidence_fraction, self.seen = low_confidence_fraction, []
@@ -198,33 +200,72 @@ class Exchanged:
         return self
 
 
-def test_the_t2_correlation_gap_changes_sign_when_flair_and_t1ce_change_places():
+def volumes_of(images: np.ndarray, t1: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    return dict(zip(MODALITIES, images, strict=True)) | ({} if t1 is None else {"t1": t1})
+
+
+def t1_like(images: np.ndarray) -> np.ndarray:
+    """A T1 of ``tissue_images``' brain: white matter bright, like T1ce's, with its own noise."""
+    rng = np.random.default_rng(2)
+    return (np.where(images[1] > 550, 650, 420) + rng.normal(0, 30, images[1].shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(EXCHANGES))
+def test_each_correlation_gap_is_negative_as_given_and_changes_sign_when_its_files_change_places(name):
     images = tissue_images()
-    gap = t2_correlation_gap(images, MODALITIES)
-    assert gap < -0.5
-    assert t2_correlation_gap(images[[1, 0, 2]], MODALITIES) == pytest.approx(-gap)
+    volumes = volumes_of(images, t1_like(images))
+    first, second, reference = EXCHANGES[name]
+    gap = correlation_gap(volumes, first, second, reference)
+    assert gap < -0.3
+    exchanged = volumes | {first: volumes[second], second: volumes[first]}
+    assert correlation_gap(exchanged, first, second, reference) == pytest.approx(-gap)
 
 
 def test_swapped_flair_and_t1ce_are_found_by_a_second_pass_that_is_surer_with_them_exchanged():
     images, classes = tissue_images(), classes_with_tumour()
-    swapped = images[[1, 0, 2]]
+    swapped = volumes_of(images[[1, 0, 2]])
     second = Exchanged(0.001)
-    check = flair_t1ce_check(swapped, MODALITIES, classes, 0.012, second)
-    assert check["swapped"] and check["t2_correlation_gap"] > 0
+    check = exchange_check("flair_t1ce", swapped, MODALITIES, classes, 0.012, second)
+    assert check["swapped"] and check["correlation_gap"] > 0
     np.testing.assert_array_equal(second.seen[0], images)  # the second pass saw them exchanged back
-    (flag,) = case_flags(None, None, None, None, check)
+    (flag,) = case_flags(None, None, None, None, {"flair_t1ce": check})
     assert flag.startswith("FLAIR and T1ce look swapped: 1.20% of the tumour is uncertain as given, 0.10% with")
-    (warning,) = swap_warnings([{"case_id": "c1", "flair_t1ce_check": check}, {"case_id": "c2"}])
+    (warning,) = swap_warnings([{"case_id": "c1", "exchange_checks": {"flair_t1ce": check}}, {"case_id": "c2"}])
     assert warning.startswith("case c1: its FLAIR and T1ce files look swapped (1.20% of its tumour is uncertain")
     # As sure either way, or too sure as given to judge: no flag.
-    assert not flair_t1ce_check(swapped, MODALITIES, classes, 0.012, Exchanged(0.008))["swapped"]
-    assert not flair_t1ce_check(swapped, MODALITIES, classes, 0.0015, Exchanged(0.0))["swapped"]
+    assert not exchange_check("flair_t1ce", swapped, MODALITIES, classes, 0.012, Exchanged(0.008))["swapped"]
+    assert not exchange_check("flair_t1ce", swapped, MODALITIES, classes, 0.0015, Exchanged(0.0))["swapped"]
 
 
-def test_correct_flair_and_t1ce_cost_no_second_pass():
+def test_a_t1_given_as_t2_is_found_with_the_t1_file_put_in_t2s_channel(monkeypatch):
+    images, classes = tissue_images(), classes_with_tumour()
+    t1 = t1_like(images)
+    given = volumes_of(np.stack([images[0], images[1], t1]), t1=images[2])  # the T1 and T2 files swapped
+    second = Exchanged(0.001)
+    check = exchange_check("t1_t2", given, MODALITIES, classes, 0.03, second)
+    assert check["swapped"] and check["correlation_gap"] > 0.3
+    np.testing.assert_array_equal(second.seen[0], images)  # T2's channel got the file named T1
+    (flag,) = case_flags(None, None, None, None, {"t1_t2": check})
+    assert flag.startswith("T1 and T2 look swapped: 3.00% of the tumour is uncertain as given")
+    # As uncertain either way, but a gap no correctly named MRI has: flagged on the gap alone.
+    check = exchange_check("t1_t2", given, MODALITIES, classes, 0.003, Exchanged(0.003))
+    assert check["correlation_gap"] >= GAP_FLAG["t1_t2"] and check["swapped"] and check["by"] == "correlation gap"
+    (warning,) = swap_warnings([{"case_id": "c3", "exchange_checks": {"t1_t2": check}}])
+    assert warning.startswith("case c3: its T1 and T2 files look swapped (the file named T2 matches T1ce better than")
+    # Under GAP_FLAG, the second pass alone decides.
+    monkeypatch.setitem(GAP_FLAG, "t1_t2", 9.0)
+    assert not exchange_check("t1_t2", given, MODALITIES, classes, 0.003, Exchanged(0.003))["swapped"]
+
+
+def test_correct_files_cost_no_second_pass_and_a_missing_file_no_check():
     def no_second_pass(images: np.ndarray) -> None:
         raise AssertionError("the network ran again")
 
-    check = flair_t1ce_check(tissue_images(), MODALITIES, classes_with_tumour(), 0.05, no_second_pass)
-    assert check["t2_correlation_gap"] < -0.5 and not check["swapped"] and "low_confidence" not in check
-    assert flair_t1ce_check(tissue_images(), MODALITIES, np.zeros((40, 40, 40), np.uint8), 0.05, no_second_pass) is None
+    images = tissue_images()
+    volumes = volumes_of(images, t1_like(images))
+    for name in EXCHANGES:
+        check = exchange_check(name, volumes, MODALITIES, classes_with_tumour(), 0.05, no_second_pass)
+        assert check["correlation_gap"] < -0.3 and not check["swapped"] and "low_confidence" not in check
+    no_tumour = np.zeros((40, 40, 40), np.uint8)
+    assert exchange_check("flair_t1ce", volumes, MODALITIES, no_tumour, 0.05, no_second_pass) is None
+    assert exchange_check("t1_t2", volumes_of(images), MODALITIES, classes_with_tumour(), 0.05, no_second_pass) is None

@@ -14,6 +14,7 @@ NAMINGS: tuple[str, ...] = ("2020", "2021", "2023", "nnunet")
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 # LATUP-Net reads FLAIR, T1ce and T2, in this order (the paper's input); T1 is not used.
 MODEL_MODALITIES: tuple[str, ...] = ("flair", "t1ce", "t2")
+MODALITY_NAMES: dict[str, str] = {"flair": "FLAIR", "t1ce": "T1ce", "t2": "T2", "t1": "T1"}  # in sentences
 
 # BraTS 2023+ suffixes to canonical keys.
 SUFFIXES_2023: dict[str, str] = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": "seg"}

@@ -53,13 +53,14 @@ from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.qa import case_qa, region_volumes_ml
 from latup_edge.runtime.trust import (
     AUDIT_REFERENCE,
+    EXCHANGES,
     AuditPlan,
     audit_case,
     audit_summary,
     audit_warnings,
     bundle_gate,
     case_flags,
-    flair_t1ce_check,
+    exchange_check,
     input_check,
     t1ce_check,
 )
@@ -406,7 +407,7 @@ class CaseJob:
             "ood": None,
             "audit": None,
             "t1ce_check": None,
-            "flair_t1ce_check": None,
+            "exchange_checks": None,
             "flags": [],
             "seconds": {},
             "process_peak_rss_mb": None,
@@ -479,10 +480,14 @@ class CaseJob:
         )  # fmt: skip
         if check is not None:
             self.entry["t1ce_check"] = check | {"seconds": round(seconds, 3)}
-        check, seconds = _timed(flair_t1ce_check, loaded.images, modalities, classes,
-                                self.prediction.low_confidence_fraction, predictor.predict)  # fmt: skip
-        if check is not None:
-            self.entry["flair_t1ce_check"] = check | {"seconds": round(seconds, 3)}
+        volumes = dict(zip(modalities, loaded.images, strict=True)) | ({} if t1 is None else {"t1": t1})
+        for name in EXCHANGES:
+            check, seconds = _timed(exchange_check, name, volumes, modalities, classes,
+                                    self.prediction.low_confidence_fraction, predictor.predict)  # fmt: skip
+            if check is not None:
+                self.entry["exchange_checks"] = (self.entry["exchange_checks"] or {}) | {
+                    name: check | {"seconds": round(seconds, 3)}
+                }
         if audited:
             try:
                 reference, seconds = _timed(trust.reference.predict, loaded.images)
@@ -510,7 +515,7 @@ class CaseJob:
             return None, "T1 not read"
         volume, steps, why = future.result()
         if self.entry["geometry"] is not None:  # each step with its own seconds
-            self.entry["geometry"] += [{**step, "for": "the T1/T1ce check"} for step in steps]
+            self.entry["geometry"] += [{**step, "for": "the swap checks"} for step in steps]
         return volume, why
 
     def start_writing(self, writer: ThreadPoolExecutor) -> None:
@@ -559,7 +564,7 @@ class CaseJob:
             self.entry["qa"] = self.qa
             entry = self.entry
             entry["flags"] = case_flags(self.qa, entry.get("ood"), entry.get("audit"), entry.get("t1ce_check"),
-                                        entry.get("flair_t1ce_check"))  # fmt: skip
+                                        entry.get("exchange_checks"))  # fmt: skip
         if self.ran:
             self.entry["process_peak_rss_mb"] = process_peak_rss_mb()
         return self.entry

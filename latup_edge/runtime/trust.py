@@ -6,8 +6,8 @@ unlabelled scans may differ. ``AuditPlan`` picks the cases of a run on which the
 the default precision, against the bundle's own gate (its ``min_agreement``); ``audit_summary``
 gives the run's mean, its cases below the gate and the audit's share of the run's time.
 ``input_check`` scores a case against the input statistics the bundle recorded at build time
-(``latup_edge.runtime.input_stats``); ``t1ce_check`` and ``flair_t1ce_check`` ask whether the T1 and
-T1ce, or the FLAIR and T1ce, files were swapped;
+(``latup_edge.runtime.input_stats``); ``t1ce_check`` asks whether the T1 and T1ce files were swapped,
+``exchange_check`` whether FLAIR and T1ce, T1 and T2, or FLAIR and T1 were;
 ``case_flags`` gathers every reason to look at a case.
 
 >>> plan = AuditPlan(every=10)
@@ -17,12 +17,13 @@ T1ce, or the FLAIR and T1ce, files were swapped;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from latup_edge.data.naming import MODALITY_NAMES
 from latup_edge.evaluate.metrics import REGIONS, agreement
 from latup_edge.runtime.input_stats import RANK_SAMPLE, case_statistics, ood_score, scaled_ranks
 from latup_edge.runtime.qa import ET_CLASS, qa_flags
@@ -34,13 +35,24 @@ MIN_BRIGHT_VOXELS = 50
 # A second pass flags a swap only where the other file's ET is at least this share of its WT.
 MIN_ET_SHARE = 0.05
 DEFAULT_MIN_AGREEMENT = 0.99  # the build's default gate, for bundles that do not record theirs
-# FLAIR/T1ce: the second pass runs where T1ce correlates with T2 nearly as much as FLAIR does, or more
-# (T2_GAP_TRIGGER; MRI's T1-weighted contrast runs against T2's); it flags a swap where the exchanged
-# channels leave at most 1/LOW_CONFIDENCE_RATIO of the uncertain tumour, and the case as given has at
-# least MIN_LOW_CONFIDENCE. Chosen on 29 training-generator phantoms (seed 8100), docs/CLINIC_INPUT.md.
-T2_GAP_TRIGGER = -0.1
+# Swaps found by a second pass, (first, second, reference): in MRI ``first`` correlates with the
+# reference more than ``second`` does, so the correlation gap changes sign when the two change places.
+EXCHANGES: dict[str, tuple[str, str, str]] = {
+    "flair_t1ce": ("flair", "t1ce", "t2"),  # T1ce's white matter is bright where T2's is dark
+    "t1_t2": ("t1", "t2", "t1ce"),  # T1 and T1ce share one T1 contrast
+    "flair_t1": ("flair", "t1", "t2"),  # FLAIR and T2 share bright grey matter and oedema; T1 runs against T2
+}
+# The second pass runs where the gap reaches GAP_TRIGGER; it flags a swap where the exchanged files
+# leave at most 1/LOW_CONFIDENCE_RATIO of the uncertain tumour, and the case as given has at least
+# MIN_LOW_CONFIDENCE. Chosen for FLAIR/T1ce on 29 training-generator phantoms (seed 8100) and used
+# unchanged for the others, docs/CLINIC_INPUT.md.
+GAP_TRIGGER = -0.1
 LOW_CONFIDENCE_RATIO = 2.0
 MIN_LOW_CONFIDENCE = 0.002
+# A gap this large flags the swap on its own, whatever the second pass says: the largest gap of 48
+# correctly named training-generator phantoms (seed 8100; their random tissue gains break orderings
+# real MRI keeps) plus 0.3, rounded up to a tenth. Correct independent phantoms stay below -0.1.
+GAP_FLAG = {"flair_t1ce": 1.4, "t1_t2": 0.9, "flair_t1": 1.3}
 
 
 @dataclass(frozen=True)
@@ -198,48 +210,77 @@ def t1ce_check(
                     "swapped": bool(swapped)}  # fmt: skip
 
 
-def t2_correlation_gap(images: np.ndarray, modalities: Sequence[str]) -> float:
-    """corr(T1ce, T2) - corr(FLAIR, T2): rank correlations over the brain (voxels nonzero in every channel).
-    Negative in MRI, where T1ce's white matter is bright and T2's dark; positive when FLAIR and T1ce
-    change places. Ranks on every k-th voxel, at most ``RANK_SAMPLE`` of them."""
-    order = [list(modalities).index(key) for key in ("flair", "t1ce", "t2")]
-    brain = np.all(images[order] != 0, axis=0)
+def correlation_gap(volumes: Mapping[str, np.ndarray], first: str, second: str, reference: str) -> float:
+    """corr(second, reference) - corr(first, reference): rank correlations over the brain (voxels nonzero
+    in all three). Negative in MRI for each of ``EXCHANGES``; positive when ``first`` and ``second``
+    change places, exactly. Ranks on every k-th voxel, at most ``RANK_SAMPLE`` of them."""
+    brain = np.all([volumes[key] != 0 for key in (first, second, reference)], axis=0)
     stride = max(1, int(np.count_nonzero(brain)) // RANK_SAMPLE)
-    flair, t1ce, t2 = (scaled_ranks(images[channel][brain][::stride]) for channel in order)
-    return float(np.corrcoef(t1ce, t2)[0, 1] - np.corrcoef(flair, t2)[0, 1])
+    ranked = {key: scaled_ranks(volumes[key][brain][::stride]) for key in (first, second, reference)}
+    return float(
+        np.corrcoef(ranked[second], ranked[reference])[0, 1] - np.corrcoef(ranked[first], ranked[reference])[0, 1]
+    )
 
 
-def flair_t1ce_check(
-    images: np.ndarray,
+def exchange_check(
+    name: str,
+    volumes: Mapping[str, np.ndarray],
     modalities: Sequence[str],
     classes: np.ndarray,
     low_confidence: float | None,
     predict: Callable[[np.ndarray], Any],
 ) -> dict[str, Any] | None:
-    """Were the FLAIR and T1ce files swapped? None where there is nothing to check (no tumour, a channel missing).
+    """Were the two files of ``EXCHANGES[name]`` swapped? None where there is nothing to check (no tumour,
+    a volume missing, neither file a model input).
 
-    ``t2_correlation_gap`` costs a rank correlation; where it reaches ``T2_GAP_TRIGGER`` the network runs
-    again (``predict``: images -> a Prediction) with FLAIR and T1ce exchanged, and ``swapped`` is true
-    when the case as given (``low_confidence``: its fraction of tumour with top softmax under 0.5) is at
-    least ``LOW_CONFIDENCE_RATIO`` times as uncertain as the exchanged one, and at least ``MIN_LOW_CONFIDENCE``.
+    ``volumes``: the case's modalities on the model grid by name (the model's ``modalities`` and, where
+    read, T1). ``correlation_gap`` costs rank correlations; where it reaches ``GAP_TRIGGER`` the network
+    runs again (``predict``: images -> a Prediction) with the two exchanged, and ``swapped`` is true when
+    the case as given (``low_confidence``: its fraction of tumour with top softmax under 0.5) is at least
+    ``LOW_CONFIDENCE_RATIO`` times as uncertain as the exchanged one, and at least ``MIN_LOW_CONFIDENCE``,
+    or when the gap reaches ``GAP_FLAG`` whatever the second pass found.
     """
-    if not {"flair", "t1ce", "t2"} <= set(modalities) or not np.any(classes) or low_confidence is None:
+    first, second, reference = EXCHANGES[name]
+    needed = (first, second, reference)
+    if not all(key in volumes for key in needed) or not {first, second} & set(modalities):
         return None
-    gap = t2_correlation_gap(images, modalities)
-    check: dict[str, Any] = {"t2_correlation_gap": round(gap, 4), "swapped": False}
-    if gap < T2_GAP_TRIGGER:
+    if not np.any(classes) or low_confidence is None:
+        return None
+    gap = correlation_gap(volumes, first, second, reference)
+    check: dict[str, Any] = {"correlation_gap": round(gap, 4), "swapped": False}
+    if gap < GAP_TRIGGER:
         return check
-    flair, t1ce = list(modalities).index("flair"), list(modalities).index("t1ce")
-    exchanged_images = images.copy()
-    exchanged_images[[flair, t1ce]] = images[[t1ce, flair]]
+    exchanged_key = {first: second, second: first}
+    exchanged_images = np.stack([volumes[exchanged_key.get(key, key)] for key in modalities])
     exchanged = predict(exchanged_images).low_confidence_fraction or 0.0
-    swapped = low_confidence >= max(LOW_CONFIDENCE_RATIO * exchanged, MIN_LOW_CONFIDENCE)
+    surer = low_confidence >= max(LOW_CONFIDENCE_RATIO * exchanged, MIN_LOW_CONFIDENCE)
+    by = "uncertainty" if surer else "correlation gap" if gap >= GAP_FLAG[name] else None
     return check | {"low_confidence": round(low_confidence, 5), "low_confidence_exchanged": round(exchanged, 5),
-                    "swapped": bool(swapped)}  # fmt: skip
+                    "swapped": by is not None, "by": by}  # fmt: skip
+
+
+def _pair(name: str) -> str:
+    first, second, _ = EXCHANGES[name]
+    return f"{MODALITY_NAMES[first]} and {MODALITY_NAMES[second]}"
+
+
+def _evidence(name: str, check: dict[str, Any], whose: str) -> str:
+    """Why an exchange check flagged: the second pass's uncertainty, or a correlation gap MRI never has."""
+    if check.get("by") == "correlation gap":
+        first, second, reference = (MODALITY_NAMES[key] for key in EXCHANGES[name])
+        return (
+            f"the file named {second} matches {reference} better than the file named {first} by "
+            f"{check['correlation_gap']:+.2f} in rank correlation, which MRI has the other way round"
+        )
+    return (
+        f"{check['low_confidence']:.2%} of {whose} tumour is uncertain as given, "
+        f"{check['low_confidence_exchanged']:.2%} with the two exchanged"
+    )
 
 
 def swap_warnings(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """One sentence per case whose T1 and T1ce, or FLAIR and T1ce, files look swapped: its labels are likely wrong."""
+    """One sentence per case and pair of files that look swapped (T1/T1ce, or one of ``EXCHANGES``):
+    its labels are likely wrong."""
     sentences = []
     for entry in entries:
         if (check := entry.get("t1ce_check")) and check.get("swapped"):
@@ -248,12 +289,12 @@ def swap_warnings(entries: Sequence[dict[str, Any]]) -> list[str]:
                 f"{check['et_ml_with_t1_as_t1ce']:.1f} mL with T1 as T1ce), so its TC and ET are likely wrong: "
                 "check the files and segment it again"
             )
-        if (check := entry.get("flair_t1ce_check")) and check.get("swapped"):
-            sentences.append(
-                f"case {entry['case_id']}: its FLAIR and T1ce files look swapped ({check['low_confidence']:.2%} of "
-                f"its tumour is uncertain as given, {check['low_confidence_exchanged']:.2%} with the two exchanged), "
-                "so its labels are likely wrong: check the files and segment it again"
-            )
+        for name, check in (entry.get("exchange_checks") or {}).items():
+            if check.get("swapped"):
+                sentences.append(
+                    f"case {entry['case_id']}: its {_pair(name)} files look swapped ({_evidence(name, check, 'its')}), "
+                    "so its labels are likely wrong: check the files and segment it again"
+                )
     return sentences
 
 
@@ -262,17 +303,17 @@ def case_flags(
     ood: dict[str, Any] | None,
     audit: dict[str, Any] | None,
     t1ce: dict[str, Any] | None = None,
-    flair_t1ce: dict[str, Any] | None = None,
+    exchanges: dict[str, dict[str, Any]] | None = None,
 ) -> list[str]:
     """Every reason to review a case: QA outliers, input unlike the bundle's data, an audit below the gate,
-    T1 and T1ce files or FLAIR and T1ce files that look swapped."""
+    files that look swapped (``t1ce_check``, ``exchange_check`` by name)."""
     flags = list(qa_flags(qa)) if qa and qa.get("volumes_ml") else []
-    if flair_t1ce and flair_t1ce.get("swapped"):
-        flags.append(
-            f"FLAIR and T1ce look swapped: {flair_t1ce['low_confidence']:.2%} of the tumour is uncertain as given, "
-            f"{flair_t1ce['low_confidence_exchanged']:.2%} with the two exchanged; check the files and segment "
-            "the case again"
-        )
+    for name, check in (exchanges or {}).items():
+        if check.get("swapped"):
+            flags.append(
+                f"{_pair(name)} look swapped: {_evidence(name, check, 'the')}; "
+                "check the files and segment the case again"
+            )
     if t1ce and t1ce.get("swapped"):
         flags.append(
             f"T1 and T1ce look swapped: with the T1 file as T1ce the network finds "

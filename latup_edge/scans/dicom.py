@@ -28,7 +28,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from latup_edge.data.naming import MODEL_MODALITIES
+from latup_edge.data.naming import MODALITY_NAMES, MODEL_MODALITIES
 from latup_edge.errors import LatupError
 
 # Fewer slices than this cannot hold a brain volume (a localizer has 1-9, a 3-D brain 20 or more).
@@ -42,7 +42,6 @@ LOCALIZER_DESCRIPTION = re.compile(r"locali[sz]er|scout|survey|3.?plane.?loc|(?<
 SPACING_TOLERANCE = 0.01
 # Direction cosines of one series may differ by this much (they are stored as 16-character decimals).
 ORIENTATION_TOLERANCE = 1e-4
-MODALITY_NAMES = {"flair": "FLAIR", "t1ce": "T1ce", "t2": "T2", "t1": "T1"}
 RULES_FILE = "modality_rules.json"
 
 
