@@ -3,7 +3,8 @@
 From one BraTS-named case (four modalities and its label file) the script writes variants a user's
 folder may hold: z-scored float64, uint8, RAS voxel order, a NIfTI ``scl_slope``/``scl_inter`` that
 puts 10 outside the brain, 4-D with a trailing 1, a missing modality, a NaN, a truncated file, 1.2 mm
-voxels, an all-zero T1, T1/T1ce swapped, FLAIR/T1ce swapped, and FLAIR's file given as T2 too. It
+voxels, an all-zero T1, FLAIR's file given as T2 too, and four swaps (T1/T1ce, FLAIR/T1ce, T1/T2,
+FLAIR/T1). It
 segments the folder once with the shipped bundle (or ``--bundle``), checks that no input byte changed,
 and prints per variant the status, Dice against the source's labels (moved onto the output's grid by
 nearest neighbour), and the error or flags.
@@ -79,6 +80,14 @@ VARIANTS: dict[str, Variant] = {
     "T1 and T1ce swapped": lambda key, image: image,  # renamed after writing
     "FLAIR and T1ce swapped": lambda key, image: image,  # renamed after writing
     "T2 file is a copy of FLAIR": lambda key, image: image,  # copied after writing
+    "T1 and T2 swapped": lambda key, image: image,  # renamed after writing
+    "FLAIR and T1 swapped": lambda key, image: image,  # renamed after writing
+}
+SWAPPED = {
+    "T1 and T1ce swapped": ("t1", "t1ce"),
+    "FLAIR and T1ce swapped": ("flair", "t1ce"),
+    "T1 and T2 swapped": ("t1", "t2"),
+    "FLAIR and T1 swapped": ("flair", "t1"),
 }
 
 
@@ -103,7 +112,7 @@ def write_variants(source: Path, root: Path) -> dict[str, str]:
         ids[name] = case_id
     truncated = root / ids["T2 truncated"] / case_filename(ids["T2 truncated"], "t2", "2021")
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
-    for name, keys in (("T1 and T1ce swapped", ("t1", "t1ce")), ("FLAIR and T1ce swapped", ("flair", "t1ce"))):
+    for name, keys in SWAPPED.items():
         swapped = root / ids[name]
         first, second = (swapped / case_filename(swapped.name, key, "2021") for key in keys)
         first.rename(swapped / "tmp.nii.gz")
