@@ -437,7 +437,7 @@ class CaseJob:
         self, reader: ThreadPoolExecutor, modalities: Sequence[str], rules: ModalityRules | Path | None = None
     ) -> None:
         self.loading = reader.submit(_timed, load_scan, self.case, modalities, rules)
-        if "t1ce" in modalities and "t1" not in modalities:  # for the T1/T1ce check: the model does not read T1
+        if "t1ce" in modalities and "t1" not in modalities:  # for the swap checks: the model does not read T1
             self.t1_loading = reader.submit(self._read_t1, self.loading, rules)
 
     def wait_for_images(self) -> LoadedScan | None:
@@ -466,7 +466,7 @@ class CaseJob:
     def check(
         self, trust: RunTrust, loaded: LoadedScan, modalities: Sequence[str], audited: bool, predictor: Predictor
     ) -> None:
-        """QA figures, the input's OOD score, the T1/T1ce check and, when ``audited``, the fp32 audit."""
+        """QA figures, the input's OOD score, the swap checks and, when ``audited``, the fp32 audit."""
         if self.prediction is None:
             return
         classes, spacing = self.prediction.classes, loaded.reference.header.get_zooms()[:3]  # the network's grid
@@ -501,7 +501,7 @@ class CaseJob:
     ) -> tuple[np.ndarray | None, list[dict[str, Any]], str | None]:
         """The case's T1 on its model grid, aligned as its inputs were (reader thread, after them): the volume,
         its geometry steps and, without one, why. The model does not read T1, so a T1 missing, unreadable or
-        not aligned ends only the T1/T1ce check, never the case."""
+        not aligned ends only the checks that need it, never the case."""
         try:
             loaded, _ = loading.result()
         except Exception:  # noqa: BLE001 - the case's own failure is reported where its images are awaited

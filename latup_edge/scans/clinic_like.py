@@ -3,7 +3,7 @@
 ``clinic_series`` turns one BraTS-ready case (1 mm, one grid) into the series of a clinic study:
 T1ce at 0.9 x 0.9 x 1 mm axial, FLAIR at 0.9 x 0.9 x 5 mm axial (thick slices, averaged over their
 thickness), T2 at 1 x 1 x 3 mm sagittal in reversed slice order and, where the case has one, a 1 mm
-sagittal T1 (not a network input: the T1/T1ce check reads it), each but T1ce after a known rigid head
+sagittal T1 (not a network input: the swap checks read it), each but T1ce after a known rigid head
 motion of a few mm and degrees (the patient moved between series; T1's is drawn last, so the others'
 are what they were without it). ``write_clinic_study`` writes them as DICOM series with scanner-like
 tags, plus a localiser that must be skipped, and returns the truth: each series' transform and the

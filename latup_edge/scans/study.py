@@ -281,7 +281,7 @@ def _aligned(
 def load_companion(
     scan: Scan, key: str, loaded: LoadedScan, rules: ModalityRules | Path | None = None
 ) -> tuple[np.ndarray | None, list[dict[str, Any]], str | None]:
-    """A series the network does not read (T1, for the T1/T1ce check) on ``loaded``'s model grid, aligned
+    """A series the network does not read (T1, for the swap checks) on ``loaded``'s model grid, aligned
     as the inputs were: registered to the reference series and resampled, or as it is on a BraTS-ready grid.
 
     Returns ``(volume, steps, None)``, or ``(None, steps, why)`` where the scan has no such series or it

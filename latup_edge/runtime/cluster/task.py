@@ -63,7 +63,7 @@ def run_case(predictor: Predictor, case: Scan, out_dir: Path, settings: SegmentS
         loaded = job.wait_for_images()
         if loaded is not None:
             job.predict(predictor, loaded)
-            # QA, the input check and the T1/T1ce check as serial segment runs them; the audit is serial only.
+            # QA, the input check and the swap checks as serial segment runs them; the audit is serial only.
             modalities = predictor.modalities or MODEL_MODALITIES
             job.check(RunTrust.open(predictor, settings), loaded, modalities, False, predictor)
             del loaded  # the images are no longer needed once predicted
