@@ -62,8 +62,8 @@ def run_config(
         if done.returncode != 0:
             raise SystemExit(f"{name}: segment failed ({done.returncode}):\n{done.stderr[-2000:]}")
         log = json.loads((Path(out) / "segment-log.json").read_text())
-        labels = {case_id: _written_classes(Path(out) / f"{case_id}.nii.gz") for case_id in _ok_ids(log)}
-    entries = [entry for entry in log["cases"] if entry["status"] == "ok"]
+        entries = [entry for entry in log["cases"] if entry["status"] == "ok"]
+        labels = {entry["case_id"]: _written_classes(Path(out) / f"{entry['case_id']}.nii.gz") for entry in entries}
     if len(entries) < 2:
         raise SystemExit(f"{name}: need at least 2 segmented cases, got {len(entries)}")
     first, rest = entries[0]["seconds"], [entry["seconds"] for entry in entries[1:]]
@@ -84,10 +84,6 @@ def run_config(
         "backend": log["backend"],
         "labels": labels,  # popped by main once scored
     }
-
-
-def _ok_ids(log: dict[str, Any]) -> list[str]:
-    return [entry["case_id"] for entry in log["cases"] if entry["status"] == "ok"]
 
 
 def _written_classes(path: Path) -> np.ndarray:

@@ -481,13 +481,13 @@ class CaseJob:
         if check is not None:
             self.entry["t1ce_check"] = check | {"seconds": round(seconds, 3)}
         volumes = dict(zip(modalities, loaded.images, strict=True)) | ({} if t1 is None else {"t1": t1})
+        exchanges = {}
         for name in EXCHANGES:
             check, seconds = _timed(exchange_check, name, volumes, modalities, classes,
                                     self.prediction.low_confidence_fraction, predictor.predict)  # fmt: skip
             if check is not None:
-                self.entry["exchange_checks"] = (self.entry["exchange_checks"] or {}) | {
-                    name: check | {"seconds": round(seconds, 3)}
-                }
+                exchanges[name] = check | {"seconds": round(seconds, 3)}
+        self.entry["exchange_checks"] = exchanges or None
         if audited:
             try:
                 reference, seconds = _timed(trust.reference.predict, loaded.images)

@@ -241,8 +241,7 @@ def exchange_check(
     or when the gap reaches ``GAP_FLAG`` whatever the second pass found.
     """
     first, second, reference = EXCHANGES[name]
-    needed = (first, second, reference)
-    if not all(key in volumes for key in needed) or not {first, second} & set(modalities):
+    if not all(key in volumes for key in EXCHANGES[name]) or not {first, second} & set(modalities):
         return None
     if not np.any(classes) or low_confidence is None:
         return None

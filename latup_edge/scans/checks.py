@@ -116,13 +116,15 @@ def check_distinct(images: np.ndarray, labels: list[str]) -> dict:
     """Raise ``ScanError`` when two modalities of ``images`` (C, X, Y, Z) on one grid hold the same image
     (Pearson correlation at least ``COPY_CORRELATION`` where both are nonzero: a file given twice, under
     two names); else the highest correlation of two channels, for the log (None: nothing to compare)."""
-    both = np.all(images != 0, axis=0)
-    stride = max(1, int(np.count_nonzero(both)) // _COPY_SAMPLE)
-    values = images[:, both][:, ::stride].astype(np.float64)
+    both = np.flatnonzero(np.all(images != 0, axis=0))
+    sample = both[:: max(1, both.size // _COPY_SAMPLE)]  # indices only: no copy of the whole brain
+    if sample.size < 2:
+        return {"highest_correlation": None}
+    values = images.reshape(len(images), -1)[:, sample].astype(np.float64)
     highest = None
     for a in range(len(labels)):
         for b in range(a + 1, len(labels)):
-            if values.shape[1] < 2 or values[a].std() == 0 or values[b].std() == 0:
+            if values[a].std() == 0 or values[b].std() == 0:
                 continue
             correlation = float(np.corrcoef(values[a], values[b])[0, 1])
             if correlation >= COPY_CORRELATION:
