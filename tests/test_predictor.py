@@ -87,8 +87,8 @@ def test_bucket_padding_gives_the_labels_of_the_exact_box(backend, tmp_path):
         return forward(x)
 
     images = raw_images()
-    exact = predict_volume(images, recorded, normalization="zscore-brain")
-    bucket = predict_volume(images, recorded, normalization="zscore-brain", bucket=32)
+    exact = predict_volume(images, recorded, "whole", normalization="zscore-brain")
+    bucket = predict_volume(images, recorded, "whole", normalization="zscore-brain", bucket=32)
     assert shapes == [(40, 48, 32), (64, 64, 32)]
     assert len(np.unique(exact.classes)) > 1
     np.testing.assert_array_equal(bucket.classes, exact.classes)

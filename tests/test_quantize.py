@@ -22,6 +22,7 @@ from latup_edge.models.checkpoint import save_checkpoint
 from latup_edge.runtime.bundle import load_bundle
 from latup_edge.runtime.openvino_backend import OpenVINOModel, int8_kernel_report
 from latup_edge.runtime.segment import SegmentSettings, segment_cases
+from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW
 
 SKIP_CONV = "/decoder1/conv_skip/Conv"
 STEM_NORM = "/encoder2/norm/InstanceNormalization"
@@ -261,6 +262,8 @@ def test_build_makes_a_verified_bundle_with_a_drift_gate(engine, config, two_pha
     assert set(report["verdicts"]) >= {"fp32", "int8"}
     assert bundle.manifest["build"]["engine"] == engine
     assert report["held_out"] and report["held_out"][0] not in report["calibration"]["cases"]
+    # The gate ran the held-out boxes as segment runs them by default.
+    assert report["gate_tiling"] == {"tiling": DEFAULT_TILING, "window": DEFAULT_WINDOW, "overlap": DEFAULT_OVERLAP}
     int8 = bundle.manifest["precisions"]["int8"]
     assert int8["int8_kernels"]["int8_convolutions"] > 0
     assert int8["eligible"] == report["verdicts"]["int8"].startswith("pass")

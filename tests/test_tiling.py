@@ -1,12 +1,20 @@
 """Sliding windows: the steps cover every voxel, the Gaussian is sane, and stitching is exact."""
 
+import math
+
 import numpy as np
 import pytest
 
 from latup_edge.data.preprocess import apply_crop, brain_box, undo_crop
 from latup_edge.errors import LatupError
 from latup_edge.runtime.postprocess import Postprocessing
-from latup_edge.runtime.tiling import gaussian_importance, sliding_window_scores, softmax, window_starts
+from latup_edge.runtime.tiling import (
+    fitted_windows,
+    gaussian_importance,
+    sliding_window_scores,
+    softmax,
+    window_starts,
+)
 from latup_edge.runtime.volume import predict_classes, predict_probabilities, predict_volume
 
 
@@ -52,6 +60,34 @@ def test_window_starts_refuse_an_overlap_outside_0_1(overlap):
         window_starts(100, 32, overlap)
 
 
+BRAIN_BOXES = [(160, 192, 160), (136, 192, 144), (144, 176, 120), (152, 168, 152), (240, 240, 160), (96, 96, 96)]
+
+
+@pytest.mark.parametrize("shape", BRAIN_BOXES)
+@pytest.mark.parametrize("overlap", [1 / 6, 0.25])
+def test_fitted_windows_cover_the_box_within_the_memory_bound_and_the_overlap(shape, overlap):
+    sides, starts = fitted_windows(shape, 96, overlap)
+    assert math.prod(sides) <= 96**3
+    for size, side, axis in zip(shape, sides, starts, strict=True):
+        assert axis[0] == 0 and axis[-1] + side == size  # the first and last windows reach the box's faces
+        if len(axis) > 1:
+            assert side % 8 == 0 and side >= 64
+            assert min(np.diff(axis)) > 0 and side - max(np.diff(axis)) >= round(overlap * 96)
+
+
+@pytest.mark.parametrize("shape", BRAIN_BOXES)
+def test_fitted_windows_compute_no_more_than_cubes(shape):
+    sides, starts = fitted_windows(shape, 96, 0.25)
+    fitted = math.prod(len(axis) for axis in starts) * math.prod(sides)
+    cubes = math.prod(len(window_starts(size, 96, 0.25)) for size in shape) * 96**3
+    assert math.prod(shape) <= fitted <= cubes
+
+
+def test_fitted_windows_of_a_typical_brain_box_need_a_third_fewer_voxels_than_cubes():
+    assert fitted_windows((160, 192, 160), 96, 1 / 6) == ((88, 104, 88), [[0, 72], [0, 88], [0, 72]])
+    # 8 windows of 88x104x88: 1.31x the box's voxels, where twelve 96^3 cubes compute 2.16x.
+
+
 @pytest.mark.parametrize("shape", [(32, 32, 32), (24, 40, 17)])
 def test_gaussian_is_positive_normalised_and_peaks_in_the_centre(shape):
     weights = gaussian_importance(shape)
@@ -86,6 +122,20 @@ def test_stitching_a_pointwise_function_is_exact(shape, window, overlap):
     assert stitched.shape == (1, 4, *shape) and stitched.dtype == np.float32
     np.testing.assert_allclose(stitched, softmax(pointwise(x)), rtol=1e-5, atol=1e-6)
     assert all(call == (1, 3, window, window, window) for call in calls)
+
+
+@pytest.mark.parametrize(("shape", "window"), [((40, 40, 40), 16), ((48, 24, 32), 16), ((64, 40, 24), 24)])
+def test_stitching_fitted_windows_of_a_pointwise_function_is_exact(shape, window):
+    x = ramps(shape)
+    calls = []
+
+    def forward(window_input: np.ndarray) -> np.ndarray:
+        calls.append(window_input.shape[2:])
+        return pointwise(window_input)
+
+    stitched = sliding_window_scores(x, forward, window, 0.25, fitted=True)
+    np.testing.assert_allclose(stitched, softmax(pointwise(x)), rtol=1e-5, atol=1e-6)
+    assert len(calls) > 1 and len(set(calls)) == 1 and math.prod(calls[0]) <= window**3
 
 
 def test_stitching_uses_every_window_and_weights_them():

@@ -82,6 +82,8 @@ def minmax_normalize(images: np.ndarray) -> np.ndarray:
 # Brain voxels are clipped to these percentiles before the z-score: a few hot voxels do not set the scale.
 ZSCORE_PERCENTILES = (0.5, 99.5)
 NORMALIZATIONS: tuple[str, ...] = ("minmax", "zscore-brain")
+# Normalisations computed over brain voxels only: the brain box alone gives the same values.
+BRAIN_ONLY_NORMALIZATIONS: tuple[str, ...] = ("zscore-brain",)
 
 
 def zscore_brain_normalize(images: np.ndarray) -> np.ndarray:

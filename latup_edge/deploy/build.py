@@ -34,6 +34,7 @@ from latup_edge.evaluate.drift import (
 from latup_edge.runtime.input_stats import case_statistics, reference_statistics
 from latup_edge.runtime.normalization import network_normalization
 from latup_edge.runtime.openvino_backend import OpenVINOModel, cpu_supports_bf16
+from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW, box_forward
 
 SENSITIVITY_CASES = 2
 # The search compiles and runs one model per quantized layer: on 128^3 crops it costs ~3x less
@@ -163,10 +164,12 @@ def build_bundle(
         )  # fmt: skip
 
         progress("drift")
-        forwards = {"fp32": OpenVINOModel(onnx_path, "fp32", threads=settings.threads)}
+        models = {"fp32": OpenVINOModel(onnx_path, "fp32", threads=settings.threads)}
         if cpu_supports_bf16():
-            forwards["bf16"] = OpenVINOModel(onnx_path, "bf16", threads=settings.threads)
-        forwards["int8"] = OpenVINOModel(quantized.path, "int8", threads=settings.threads)
+            models["bf16"] = OpenVINOModel(onnx_path, "bf16", threads=settings.threads)
+        models["int8"] = OpenVINOModel(quantized.path, "int8", threads=settings.threads)
+        # The gate runs boxes as segment does by default, so its verdict is about what users get.
+        forwards = {name: box_forward(model) for name, model in models.items()}
         prepared = [prepare_case(cases[i], normalization=normalization) for i in held_out]
         drift = measure_drift(prepared, forwards)
         bounds = (settings.max_dice_drop, settings.min_agreement)
@@ -191,6 +194,7 @@ def build_bundle(
             "quantization": quantized.to_dict() | {"path": quantized.path.name},
             "keep_float": quantized.keep_float,
             "drift": drift,
+            "gate_tiling": {"tiling": DEFAULT_TILING, "window": DEFAULT_WINDOW, "overlap": DEFAULT_OVERLAP},
             "gate": gate,
             "verdicts": verdicts,
             "input_reference": inputs,

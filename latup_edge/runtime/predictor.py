@@ -7,7 +7,7 @@ policy is resolved here, once, from the network config (see ``resolve_shape_poli
 
 >>> predictor = Predictor.from_bundle(Path("bundle"), threads=2)                  # doctest: +SKIP
 >>> predictor.describe()                                                          # doctest: +SKIP
-'openvino int8, 2 threads, whole box, shape policy bucket32, zscore-brain'
+'openvino int8, 2 threads, sliding windows of at most 96^3 voxels, shape policy bucket32, zscore-brain'
 >>> labels = predictor.predict(images).classes                                    # doctest: +SKIP
 >>> log = predictor.segment([Path("BraTS2021")], Path("out"))                     # doctest: +SKIP
 """
@@ -36,8 +36,8 @@ from latup_edge.runtime.volume import (
     Prediction,
     ShapePolicy,
     Tiling,
+    box_forward,
     bucket_shape,
-    bucketed,
     predict_volume,
 )
 
@@ -194,8 +194,8 @@ class Predictor:
 
     @property
     def forward(self) -> Forward:
-        """The backend as the predictor feeds it a brain box: padded to its bucket, logits cropped back."""
-        return bucketed(self.backend, self.bucket) if self.bucket else self.backend
+        """The backend as the predictor feeds it a normalised brain box: its tiling, windows or bucket."""
+        return box_forward(self.backend, self.tiling, self.window, self.overlap, self.bucket)
 
     def input_shape(self, box_shape: Sequence[int]) -> tuple[int, ...]:
         """The network input's spatial shape for a brain box of ``box_shape`` (whole tiling)."""
@@ -248,7 +248,7 @@ class Predictor:
     def describe(self) -> str:
         """One line for logs: backend, precision, threads, tiling, shape policy, normalisation."""
         threads = self.backend.resolved().get("threads")
-        tiling = "whole box" if self.tiling == "whole" else f"sliding {self.window}^3 windows"
+        tiling = "whole box" if self.tiling == "whole" else f"sliding windows of at most {self.window}^3 voxels"
         return (
             f"{self.backend.name} {self.precision}, {threads or 'default'} threads, {tiling}, "
             f"shape policy {self.shape_policy}, {self.normalization}"
