@@ -81,6 +81,29 @@ def test_evaluate_in_openvino_matches_pytorch_on_several_folders(two_phantoms, t
     assert abs(torch_wt - openvino_wt) < 1e-3
 
 
+def test_evaluate_runs_the_tiling_asked_for_and_says_which(two_phantoms, tmp_path, monkeypatch):
+    from latup_edge.runtime import evaluation
+
+    torch.manual_seed(0)
+    weights = save_checkpoint(LATUPNet(LATUPNetConfig(base_filters=4, statistics="brain")), tmp_path / "narrow")
+    tilings = []
+    real = evaluation.predict_classes
+    monkeypatch.setattr(
+        evaluation,
+        "predict_classes",
+        lambda images, forward, tiling, **kw: tilings.append(tiling) or real(images, forward, tiling, **kw),
+    )
+    for tiling in ("whole", "sliding"):
+        result = runner.invoke(
+            app, ["evaluate", str(two_phantoms), "--weights", str(weights), "--tiling", tiling, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["tiling"] == tiling
+    assert tilings == ["whole", "whole", "sliding", "sliding"]
+    result = runner.invoke(app, ["evaluate", str(two_phantoms), "--weights", str(weights), "--tiling", "tiles"])
+    assert result.exit_code == 2 and "tiles" in result.output
+
+
 def test_evaluate_refuses_a_broken_checkpoint_in_one_sentence(two_phantoms, tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 100)

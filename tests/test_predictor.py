@@ -18,7 +18,14 @@ from latup_edge.runtime import bundle as bundle_module
 from latup_edge.runtime import predictor as predictor_module
 from latup_edge.runtime.openvino_backend import OpenVINOModel
 from latup_edge.runtime.predictor import Predictor, PredictorError, resolve_shape_policy
-from latup_edge.runtime.volume import bucket_shape, bucketed, pad_to_shape, predict_volume, torch_forward
+from latup_edge.runtime.volume import (
+    DEFAULT_TILING,
+    bucket_shape,
+    bucketed,
+    pad_to_shape,
+    predict_volume,
+    torch_forward,
+)
 
 runner = CliRunner()
 
@@ -170,3 +177,4 @@ def test_drift_reuses_a_loaded_bundle_and_its_open_predictors(volume_bundle, tmp
     result = run_drift(tmp_path / "data", loaded, ["int8"], threads=1, opened={"fp32": fp32})
     assert opened == ["int8"] and set(result["summary"]) == {"fp32", "int8"}
     assert result["precisions"]["fp32"]["shape_policy"] == "exact"
+    assert result["precisions"]["int8"]["tiling"] == result["precisions"]["fp32"]["tiling"] == DEFAULT_TILING

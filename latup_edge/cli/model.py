@@ -11,6 +11,7 @@ from rich.progress import TextColumn
 
 from latup_edge.cli.app import (
     JsonOption,
+    TilingOption,
     command,
     console,
     err_console,
@@ -19,6 +20,7 @@ from latup_edge.cli.app import (
     progress_bar,
 )
 from latup_edge.errors import LatupError
+from latup_edge.runtime.volume import DEFAULT_TILING
 
 
 @command("model-info")
@@ -206,6 +208,7 @@ def evaluate(
     postprocess: Annotated[
         bool, typer.Option(help="Score segment's labels (post-processed, the default) or the raw argmax.")
     ] = True,
+    tiling: TilingOption = DEFAULT_TILING,
     as_json: JsonOption = False,
 ) -> None:
     """Dice and HD95 per case and region (WT, TC, ET) over the full volume, with a summary per folder.
@@ -233,12 +236,13 @@ def evaluate(
         else:
             forward = torch_forward(model, bf16=precision == "bf16")
         rules = DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none()
-        sets = _evaluate_sets(folders, forward, model.config.normalization, rules)
+        sets = _evaluate_sets(folders, forward, model.config.normalization, rules, tiling)
     result = {
         "weights": str(weights or "shipped demo weights"),
         "backend": backend,
         "precision": precision,
         "postprocessing": rules.to_dict(),
+        "tiling": tiling,
         "statistics": model.config.statistics,
         "normalization": model.config.normalization,
         "sets": sets,
@@ -247,14 +251,14 @@ def evaluate(
         print_json(result)
     else:
         for name, one in sets.items():
-            print_evaluation(one, f"{name}: {result['weights']} ({backend} {precision}, full volume)")
+            print_evaluation(one, f"{name}: {result['weights']} ({backend} {precision}, {tiling} tiling, full volume)")
         if len(sets) > 1:
             print_set_means(sets)
     if any(one["failures"] for one in sets.values()):
         raise typer.Exit(1)
 
 
-def _evaluate_sets(folders: dict, forward, normalization: str, postprocessing) -> dict[str, dict]:
+def _evaluate_sets(folders: dict, forward, normalization: str, postprocessing, tiling: str) -> dict[str, dict]:
     from latup_edge.runtime.evaluation import evaluate_cases
 
     sets = {}
@@ -263,7 +267,7 @@ def _evaluate_sets(folders: dict, forward, normalization: str, postprocessing) -
         for name, cases in folders.items():
             sets[name] = evaluate_cases(
                 cases, forward, progress=lambda case: bar.advance(task), normalization=normalization,
-                postprocessing=postprocessing,
+                postprocessing=postprocessing, tiling=tiling,
             )  # fmt: skip
     return sets
 

@@ -7,7 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
+from latup_edge.cli.app import (
+    JsonOption,
+    TilingOption,
+    command,
+    console,
+    err_console,
+    print_json,
+    print_table,
+    progress_bar,
+)
+from latup_edge.runtime.volume import DEFAULT_TILING
 
 BundleOption = Annotated[
     Path | None,
@@ -31,6 +41,7 @@ def drift(
         Path | None, typer.Option(help="Folder for report.md, a self-contained report.html and the PNGs.")
     ] = None,
     threads: ThreadsOption = 0,
+    tiling: TilingOption = DEFAULT_TILING,
     as_json: JsonOption = False,
 ) -> None:
     """Dice, HD95 and agreement of each reduced precision against fp32, per case and region, with verdicts."""
@@ -49,6 +60,7 @@ def drift(
             threads or None,
             report,
             progress=lambda case: bar.advance(task),
+            tiling=tiling,
         )
     if as_json:
         print_json(result)

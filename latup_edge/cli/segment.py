@@ -9,7 +9,16 @@ import typer
 from rich.markup import escape
 from rich.progress import TextColumn
 
-from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
+from latup_edge.cli.app import (
+    JsonOption,
+    TilingOption,
+    command,
+    console,
+    err_console,
+    print_json,
+    print_table,
+    progress_bar,
+)
 from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW
 
 
@@ -42,13 +51,7 @@ def segment(
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Skip cases whose outputs exist (resume a run).")
     ] = False,
-    tiling: Annotated[
-        Literal["whole", "sliding"],
-        typer.Option(
-            help="Sliding windows shaped to the brain box (under 1.5 GB on a 240x240x155 case), or one pass "
-            "over the whole box (about as fast, 3.3-3.6 GB, labels slightly different)."
-        ),
-    ] = DEFAULT_TILING,
+    tiling: TilingOption = DEFAULT_TILING,
     window: Annotated[
         int,
         typer.Option(help="--tiling sliding: windows hold at most WINDOW^3 voxels (a positive multiple of 8)."),

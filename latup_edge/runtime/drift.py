@@ -27,6 +27,7 @@ from latup_edge.runtime.bundle import Bundle, load_bundle
 from latup_edge.runtime.openvino_backend import cpu_name, cpu_supports_bf16
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.tiling import Forward
+from latup_edge.runtime.volume import DEFAULT_TILING, Tiling
 
 REDUCED = ("bf16", "int8")
 # The precision the overlay compares with fp32 when it was run (the one a bundle most often defaults to).
@@ -63,7 +64,11 @@ def reduced_precisions(bundle: Bundle, precisions: Sequence[str] | None = None) 
 
 
 def drift_predictors(
-    bundle: Bundle, names: Sequence[str], threads: int | None = None, opened: Mapping[str, Predictor] | None = None
+    bundle: Bundle,
+    names: Sequence[str],
+    threads: int | None = None,
+    opened: Mapping[str, Predictor] | None = None,
+    tiling: Tiling = DEFAULT_TILING,
 ) -> dict[str, Predictor]:
     """One Predictor per precision in ``names``, reusing those in ``opened``; the bundle is not re-read.
 
@@ -74,7 +79,9 @@ def drift_predictors(
         # The approval of each precision is reported in the result instead of as a warning.
         warnings.simplefilter("ignore")
         return {
-            name: opened[name] if name in opened else Predictor.from_bundle(bundle, name, threads, allow_failed=True)
+            name: opened[name]
+            if name in opened
+            else Predictor.from_bundle(bundle, name, threads, tiling, allow_failed=True)
             for name in names
         }
 
@@ -87,6 +94,7 @@ def run_drift(
     report: Path | None = None,
     progress: Callable[[str], None] = lambda case_id: None,
     opened: Mapping[str, Predictor] | None = None,
+    tiling: Tiling = DEFAULT_TILING,
 ) -> dict[str, Any]:
     """Score fp32 and each reduced precision of ``bundle`` on every case under ``data_dir``.
 
@@ -96,14 +104,15 @@ def run_drift(
     Precisions that failed the bundle's drift gate are run too: measuring them is the point.
     With ``report``, also writes the report folder (``write_report``). ``bundle`` is a path (read and
     verified here) or a loaded ``Bundle``; ``opened`` holds predictors of it to reuse, by precision.
-    Each precision runs every brain box as its predictor shapes it (``Predictor.forward``).
+    Each precision runs every brain box as its predictor runs it (``Predictor.forward``): in ``tiling``,
+    or in the tiling of the predictor given in ``opened``.
 
     Returns ``{"bundle", "data_dir", "cpu", "threads", "precisions", "cases", "summary", "report"}``;
     ``precisions`` holds what each model resolved, its build verdict and whether the bundle approves it.
     """
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
     names = [REFERENCE, *reduced_precisions(loaded, precisions)]
-    predictors = drift_predictors(loaded, names, threads, opened)
+    predictors = drift_predictors(loaded, names, threads, opened, tiling)
     recorded = {name: _Recorded(predictor.forward) for name, predictor in predictors.items()}
     compared = OVERLAY_PRECISION if OVERLAY_PRECISION in names else names[1]
     per_case: dict[str, Any] = {}
@@ -125,6 +134,7 @@ def run_drift(
             name: {
                 "resolved": predictor.backend.model.resolved(),
                 "shape_policy": predictor.shape_policy,
+                "tiling": predictor.tiling,
                 "build_verdict": loaded.precisions[name].get("verdict"),
                 "approved": name == REFERENCE or bool(loaded.precisions[name].get("eligible")),
             }

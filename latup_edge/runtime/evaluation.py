@@ -10,7 +10,7 @@ from typing import Any
 from latup_edge.data.cases import BratsCase, CaseError, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import region_metrics, summarise
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
-from latup_edge.runtime.volume import Forward, predict_classes
+from latup_edge.runtime.volume import DEFAULT_TILING, Forward, Tiling, predict_classes
 
 
 def evaluate_cases(
@@ -20,6 +20,7 @@ def evaluate_cases(
     *,
     normalization: str,
     postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
+    tiling: Tiling = DEFAULT_TILING,
 ) -> dict[str, Any]:
     """Score every case that has a label map; cases that fail to load are listed, not fatal.
 
@@ -37,7 +38,7 @@ def evaluate_cases(
             progress(case)
             continue
         started = time.perf_counter()
-        predicted = predict_classes(images, forward, normalization=normalization, postprocessing=postprocessing)
+        predicted = predict_classes(images, forward, tiling, normalization=normalization, postprocessing=postprocessing)
         seconds[case.case_id] = round(time.perf_counter() - started, 2)
         per_case[case.case_id] = region_metrics(predicted, truth, spacing=reference.header.get_zooms()[:3])
         progress(case)
