@@ -6,13 +6,15 @@ backend shares, so all of them see identical inputs.
 
 Tiling over the brain box (padded to a multiple of 8), ``box_forward``:
 
-- ``sliding`` (default): windows shaped to the box (``latup_edge.runtime.tiling.fitted_windows``), at
-  most ``window``^3 voxels each (96: the process peaks under 1.5 GB), neighbours sharing at least
-  ``overlap`` x ``window`` voxels, blended with Gaussian weights. Measured against the whole box on
-  20 cases of two generators (docs/RUNTIME.md): the same time within 7 %, 2.4x less memory, Dice as
-  high or higher in every region.
-- ``whole``: one pass over the box, padded to its ``bucket``; its peak grows with the box (3.3-3.6 GB
-  for a 240x240x155 case).
+- ``whole`` (default): one pass over the box, padded to its ``bucket``; its peak grows with the box
+  (3.3-3.6 GB for a 240x240x155 case). The bundle's INT8 gate is measured in this mode.
+- ``sliding`` (the lower-memory mode): windows shaped to the box
+  (``latup_edge.runtime.tiling.fitted_windows``), at most ``window``^3 voxels each (96: the process
+  peaks under 1.5 GB), neighbours sharing at least ``overlap`` x ``window`` voxels, blended with
+  Gaussian weights. Measured against the whole box on 20 cases of two generators (docs/RUNTIME.md):
+  the same time within 7 %, 2.4x less memory, Dice as high or higher in every region; but the
+  shipped bundle's INT8 fell below its gate in this mode on its own held-out split (TC), so it is
+  not the default.
 
 >>> classes = predict_classes(images, forward, normalization="minmax")        # doctest: +SKIP
 >>> prediction = predict_volume(images, forward, "sliding", probabilities=True,
@@ -58,7 +60,7 @@ from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
 
 Tiling = Literal["whole", "sliding"]
 TILINGS: tuple[str, ...] = get_args(Tiling)
-DEFAULT_TILING: Tiling = "sliding"
+DEFAULT_TILING: Tiling = "whole"
 # Windows of at most 96^3 voxels sharing a quarter of 96: peak under 1.5 GB (docs/RUNTIME.md measures it).
 DEFAULT_WINDOW = 96
 DEFAULT_OVERLAP = 0.25
