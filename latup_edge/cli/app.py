@@ -6,7 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -91,14 +91,6 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print only the JSON result on stdout.")]
-TilingOption = Annotated[
-    Literal["whole", "sliding"],
-    typer.Option(
-        help="One pass over the brain box (the default, what the bundle's INT8 gate measured; 3.3-3.6 GB on a "
-        "240x240x155 case), or sliding windows shaped to the box (the lower-memory mode: under 1.5 GB, about "
-        "as fast, labels slightly different)."
-    ),
-]
 
 
 def progress_bar(*extra_columns: Any):

@@ -11,7 +11,6 @@ from rich.progress import TextColumn
 
 from latup_edge.cli.app import (
     JsonOption,
-    TilingOption,
     command,
     console,
     err_console,
@@ -19,6 +18,7 @@ from latup_edge.cli.app import (
     print_table,
     progress_bar,
 )
+from latup_edge.cli.options import TilingOption
 from latup_edge.errors import LatupError
 from latup_edge.runtime.volume import DEFAULT_TILING
 

@@ -7,16 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from latup_edge.cli.app import (
-    JsonOption,
-    TilingOption,
-    command,
-    console,
-    err_console,
-    print_json,
-    print_table,
-    progress_bar,
-)
+from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
+from latup_edge.cli.options import TilingOption
 from latup_edge.runtime.volume import DEFAULT_TILING
 
 BundleOption = Annotated[

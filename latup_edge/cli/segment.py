@@ -9,16 +9,8 @@ import typer
 from rich.markup import escape
 from rich.progress import TextColumn
 
-from latup_edge.cli.app import (
-    JsonOption,
-    TilingOption,
-    command,
-    console,
-    err_console,
-    print_json,
-    print_table,
-    progress_bar,
-)
+from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
+from latup_edge.cli.options import TilingOption
 from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW
 
 
