@@ -12,9 +12,9 @@ Tiling over the brain box (padded to a multiple of 8), ``box_forward``:
   (``latup_edge.runtime.tiling.fitted_windows``), at most ``window``^3 voxels each (96: the process
   peaks under 1.5 GB), neighbours sharing at least ``overlap`` x ``window`` voxels, blended with
   Gaussian weights. Measured against the whole box (docs/RUNTIME.md): the same time within 7 %,
-  2.4x less memory, on 60 independent cases the same WT, TC +0.017, ET -0.005; but the shipped
-  bundle's INT8 fell below its gate in this mode on its own held-out split (TC), so it is
-  not the default.
+  2.4x less memory, on 60 independent cases the same WT, TC +0.017, ET -0.005 (but two cases
+  with a large false tumour far from the real one); the shipped bundle's INT8 fell below its
+  gate in this mode on its own held-out split (TC), so it is not the default.
 
 >>> classes = predict_classes(images, forward, normalization="minmax")        # doctest: +SKIP
 >>> prediction = predict_volume(images, forward, "sliding", probabilities=True,
