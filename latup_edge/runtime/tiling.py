@@ -50,8 +50,12 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
         return [0]
     # The floor makes "step <= target" hold after rounding the evenly spaced starts to integers.
     target_step = max(math.floor(window * (1 - overlap)), 1)
-    count = math.ceil((size - window) / target_step) + 1
-    return [round(i * (size - window) / (count - 1)) for i in range(count)]
+    return spread_starts(size, window, math.ceil((size - window) / target_step) + 1)
+
+
+def spread_starts(size: int, window: int, count: int) -> list[int]:
+    """``count`` evenly spaced starts of ``window``-long windows, the first at 0 and the last at ``size - window``."""
+    return [0] if count == 1 else [round(i * (size - window) / (count - 1)) for i in range(count)]
 
 
 def fitted_windows(
@@ -89,11 +93,7 @@ def fitted_windows(
         cube = (window,) * len(shape)
         return cube, [window_starts(size, window, overlap) for size in shape]
     _, sides, counts = best
-    starts = [
-        [0] if count == 1 else [round(i * (size - side) / (count - 1)) for i in range(count)]
-        for size, side, count in zip(shape, sides, counts, strict=True)
-    ]
-    return tuple(sides), starts
+    return tuple(sides), [spread_starts(*axis) for axis in zip(shape, sides, counts, strict=True)]
 
 
 def gaussian_importance(window_shape: Sequence[int], sigma_scale: float = 1 / 8) -> np.ndarray:

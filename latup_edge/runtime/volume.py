@@ -161,8 +161,9 @@ def predict_volume(
     """Predict raw (C, X, Y, Z) modality images: classes and, with ``probabilities``, the softmax.
 
     The images are normalised with ``normalization`` (the model's own), cropped to the brain box
-    (padded to a multiple of 8), run in one pass (``whole``) or in ``window``^3 windows overlapping
-    by ``overlap`` (``sliding``), and put back into the full shape with background outside the box.
+    (padded to a multiple of 8), run in one pass (``whole``) or in windows of at most ``window``^3
+    voxels shaped to the box, sharing at least ``overlap`` x ``window`` voxels (``sliding``), and put
+    back into the full shape with background outside the box.
     ``bucket`` (whole only; a multiple of 8) runs the box zero-padded at its ends to a multiple of
     ``bucket`` (see the module docstring: only for brain-statistics networks). The classes then
     go through ``postprocessing`` (``latup_edge.runtime.postprocess``); probabilities do not.
