@@ -34,20 +34,28 @@ REGIONS = ("WT", "TC", "ET")
 RULES: dict[str, Postprocessing] = {  # every field explicit: the defaults are what is being chosen
     "none (raw argmax)": Postprocessing.none(),
     "components < 0.1 of the largest go": Postprocessing(
-        min_component_fraction=0.1, drop_coreless=False, min_et_voxels=0
+        min_component_fraction=0.1, drop_coreless=False, min_et_voxels=0, min_core_fraction=0
     ),
-    "coreless components go": Postprocessing(min_component_fraction=0.0, drop_coreless=True, min_et_voxels=0),
+    "coreless components go": Postprocessing(
+        min_component_fraction=0.0, drop_coreless=True, min_et_voxels=0, min_core_fraction=0
+    ),
     "coreless, then < 0.1 of the largest go": Postprocessing(
-        min_component_fraction=0.1, drop_coreless=True, min_et_voxels=0
+        min_component_fraction=0.1, drop_coreless=True, min_et_voxels=0, min_core_fraction=0
     ),
     "coreless, then < 0.05 of the largest go": Postprocessing(
-        min_component_fraction=0.05, drop_coreless=True, min_et_voxels=0
+        min_component_fraction=0.05, drop_coreless=True, min_et_voxels=0, min_core_fraction=0
     ),
     **{  # the BraTS ET rule on top of the component rules
         f"coreless, < 0.1, then under {n} ET voxels is NCR": Postprocessing(
-            min_component_fraction=0.1, min_et_voxels=n, drop_coreless=True
+            min_component_fraction=0.1, min_et_voxels=n, drop_coreless=True, min_core_fraction=0
         )
         for n in (50, 100, 200, 300, 500)
+    },
+    **{  # a core under this share of the largest core counts as none (a speck on a blob of false oedema)
+        f"coreless (core < {f} of the largest), < 0.1, under 200 ET is NCR": Postprocessing(
+            min_component_fraction=0.1, min_et_voxels=200, drop_coreless=True, min_core_fraction=f
+        )
+        for f in (0.02, 0.05, 0.1, 0.2, 0.3)
     },
 }
 DEFAULT_RULE = next(name for name, rules in RULES.items() if rules == DEFAULT_POSTPROCESSING)  # what segment applies

@@ -1,6 +1,7 @@
 """Label post-processing: small WT components removed, too little ET relabelled as necrosis."""
 
 import numpy as np
+import pytest
 
 from latup_edge.runtime.postprocess import Postprocessing, postprocess
 
@@ -63,3 +64,22 @@ def test_by_default_under_200_et_voxels_become_necrosis_and_wt_tc_stay():
     assert ((out > 0) == (kept > 0)).all()  # WT unchanged
     assert (np.isin(out, (1, 3)) == np.isin(kept, (1, 3))).all()  # TC unchanged
     assert (postprocess(_case()) == 3).sum() == 216  # 216 >= 200: the ET stays
+
+
+def test_a_component_with_a_speck_of_core_counts_as_coreless_under_min_core_fraction():
+    classes = np.zeros((60, 60, 60), np.uint8)
+    classes[5:20, 5:20, 5:20] = 2  # the lesion: ED ...
+    classes[8:16, 8:16, 8:16] = 1  # ... around a core of 512 voxels
+    classes[25:55, 25:55, 25:55] = 2  # false oedema far larger than the lesion ...
+    classes[40:43, 40:43, 40:43] = 3  # ... with a speck of core: 27 voxels, 5 % of the lesion's
+    specks_count = Postprocessing(min_component_fraction=0, min_et_voxels=0, min_core_fraction=0)
+    assert (postprocess(classes, specks_count) == classes).all()  # any core voxel keeps a component
+    relative = Postprocessing(min_component_fraction=0, min_et_voxels=0, min_core_fraction=0.1)
+    out = postprocess(classes, relative)
+    assert not out[25:55, 25:55, 25:55].any()  # 27 < 0.1 x 512: coreless, so it goes
+    assert (out[5:20, 5:20, 5:20] == classes[5:20, 5:20, 5:20]).all()  # the lesion with the largest core stays
+    satellite = classes.copy()
+    satellite[40:46, 40:46, 40:46] = 1  # a second lesion whose core is 216 voxels, 42 % of the first's
+    assert (postprocess(satellite, relative) == satellite).all()
+    with pytest.raises(ValueError, match="min_core_fraction"):
+        Postprocessing(min_core_fraction=1.5)

@@ -21,6 +21,7 @@ from latup_edge.evaluate.drift import PreparedCase, measure_drift, summarise_dri
 from latup_edge.models.checkpoint import save_checkpoint
 from latup_edge.runtime.bundle import load_bundle
 from latup_edge.runtime.openvino_backend import OpenVINOModel, int8_kernel_report
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, postprocess
 from latup_edge.runtime.segment import SegmentSettings, segment_cases
 from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW
 
@@ -239,6 +240,35 @@ def break_int8(path, out):
     return out
 
 
+def test_drift_scores_the_labels_after_the_rule_and_keeps_the_argmax_agreement():
+    inputs = np.zeros((1, 3, 24, 24, 24), np.float32)
+    case = PreparedCase("a", inputs, Crop((24, 24, 24), (0, 0, 0), (24, 24, 24)), None, (1.0, 1.0, 1.0))
+
+    def logits(speck: bool):
+        def forward(x):
+            scores = np.zeros((1, 4, 24, 24, 24), np.float32)
+            scores[0, 0] = 1
+            scores[0, 2, 2:12, 2:12, 2:12] = 2  # a lesion: oedema ...
+            scores[0, 1, 5:9, 5:9, 5:9] = 3  # ... around a core
+            if speck:
+                scores[0, 2, 14:22, 14:22, 14:22] = 2  # a coreless blob the rules remove
+            return scores
+
+        return forward
+
+    forwards = {"fp32": logits(False), "int8": logits(True)}
+    rules = Postprocessing()
+    delivered = measure_drift([case], forwards, labels=lambda classes: postprocess(classes, rules))
+    scores = delivered["cases"]["a"]["precisions"]["int8"]
+    assert scores["agreement"]["WT"] == 1.0 and scores["raw_agreement"]["WT"] < 0.9
+    assert delivered["summary"]["int8"]["labels"] == "post-processed"
+    assert delivered["summary"]["int8"]["regions"]["WT"]["raw_agreement_min"] < 0.9
+    raw = measure_drift([case], forwards)
+    assert raw["cases"]["a"]["precisions"]["int8"]["agreement"]["WT"] < 0.9
+    assert raw["summary"]["int8"]["labels"] == "network argmax"
+    assert "raw_agreement" not in raw["cases"]["a"]["precisions"]["int8"]
+
+
 def test_drift_catches_a_broken_int8_model(float_onnx, samples, tmp_path):
     broken = break_int8(run_engine("nncf", float_onnx, samples, tmp_path), tmp_path / "broken.xml")
     cases = [tiny_case("a", 10), tiny_case("b", 11)]
@@ -264,6 +294,9 @@ def test_build_makes_a_verified_bundle_with_a_drift_gate(engine, config, two_pha
     assert report["held_out"] and report["held_out"][0] not in report["calibration"]["cases"]
     # The gate ran the held-out boxes as segment runs them by default.
     assert report["gate_tiling"] == {"tiling": DEFAULT_TILING, "window": DEFAULT_WINDOW, "overlap": DEFAULT_OVERLAP}
+    # ... and scored the labels segment writes: post-processed.
+    assert report["gate_postprocessing"] == DEFAULT_POSTPROCESSING.to_dict()
+    assert report["drift"]["summary"]["int8"]["labels"] == "post-processed"
     int8 = bundle.manifest["precisions"]["int8"]
     assert int8["int8_kernels"]["int8_convolutions"] > 0
     assert int8["eligible"] == report["verdicts"]["int8"].startswith("pass")

@@ -18,6 +18,7 @@ from latup_edge.evaluate.report import case_slice, drift_tables
 from latup_edge.runtime.bundle import load_bundle
 from latup_edge.runtime.drift import run_drift
 from latup_edge.runtime.openvino_backend import cpu_supports_bf16
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, delivered_labels
 from latup_edge.runtime.volume import box_forward
 
 runner = CliRunner()
@@ -59,6 +60,10 @@ def test_every_case_precision_and_region_is_scored(drifted):
                     )
                     assert scores["difference"][region]["dice"] == pytest.approx(expected)
     assert result["summary"]["fp32"]["worst_ratio"] == 1.0 and result["summary"]["fp32"]["verdicts"]["99.9"]
+    assert result["summary"]["fp32"]["labels"] == "post-processed"
+    assert result["postprocessing"] == DEFAULT_POSTPROCESSING.to_dict()
+    for entry in result["cases"].values():  # the network's argmax agreement is kept for the record
+        assert all("raw_agreement" in scores for scores in entry["precisions"].values())
     assert result["precisions"]["fp32"]["resolved"]["INFERENCE_PRECISION_HINT"] == "f32"
 
 
@@ -68,7 +73,9 @@ def test_the_fp32_scores_are_those_of_the_bundles_fp32_model_on_each_case(drifte
     fp32 = box_forward(loaded.model("fp32", threads=1))  # each box run as segment runs it by default
     for case in discover_cases(small_cases):
         prepared = prepare_case(case, normalization=loaded.normalization)
-        expected = region_metrics(prepared.classes(fp32(prepared.inputs)), prepared.truth, prepared.spacing)
+        # ... and scored as segment writes them: post-processed.
+        delivered = prepared.classes(fp32(prepared.inputs), delivered_labels(DEFAULT_POSTPROCESSING))
+        expected = region_metrics(delivered, prepared.truth, prepared.spacing)
         recorded = result["cases"][case.case_id]["precisions"]["fp32"]["metrics"]
         for region in REGIONS:
             assert recorded[region] == pytest.approx(expected[region])
@@ -105,7 +112,7 @@ def test_a_case_without_labels_gets_agreement_only(bundle, small_cases, tmp_path
             (unlabelled / file.name).symlink_to(file)
     result = run_drift(tmp_path, bundle, ["int8"], threads=1, report=tmp_path / "report")
     scores = result["cases"][case.name]["precisions"]
-    assert set(scores) == {"fp32", "int8"} and set(scores["int8"]) == {"agreement"}
+    assert set(scores) == {"fp32", "int8"} and set(scores["int8"]) == {"agreement", "raw_agreement"}
     assert result["summary"]["int8"]["basis"] == "agreement"
     assert (tmp_path / "report" / f"{case.name}.png").is_file()
     per_case = drift_tables(result)[0]

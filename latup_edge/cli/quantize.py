@@ -78,6 +78,7 @@ def quantize_command(
     from latup_edge.evaluate.drift import measure_drift, prepare_case
     from latup_edge.fileio import atomic_write
     from latup_edge.runtime.openvino_backend import OpenVINOModel
+    from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, delivered_labels
 
     _check_engine(engine)
     _check_ranges(activation_ranges)
@@ -99,7 +100,7 @@ def quantize_command(
     if eval_data is not None:
         forwards = {"fp32": OpenVINOModel(model, "fp32"), "int8": OpenVINOModel(result.path, "int8")}
         prepared = [prepare_case(c, normalization=normalization) for c in discover_cases(eval_data)]
-        drift = measure_drift(prepared, forwards)
+        drift = measure_drift(prepared, forwards, labels=delivered_labels(DEFAULT_POSTPROCESSING))
         report["drift"] = drift | {"verdict": verdict(drift["summary"]["int8"], max_dice_drop)}
     text = json.dumps(report, indent=2, default=str) + "\n"
     atomic_write(output / "quantization.json", lambda tmp: tmp.write_text(text))

@@ -34,6 +34,13 @@ def drift(
     ] = None,
     threads: ThreadsOption = 0,
     tiling: TilingOption = DEFAULT_TILING,
+    postprocess: Annotated[
+        bool,
+        typer.Option(
+            help="Score the labels segment writes (post-processed, the default); --no-postprocess scores the "
+            "network's argmax."
+        ),
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Dice, HD95 and agreement of each reduced precision against fp32, per case and region, with verdicts."""
@@ -41,6 +48,7 @@ def drift(
     from latup_edge.evaluate.report import drift_tables
     from latup_edge.runtime.bundle import resolve_bundle
     from latup_edge.runtime.drift import run_drift
+    from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
 
     total = len(discover_cases(data_dir))
     with progress_bar() as bar:
@@ -53,6 +61,7 @@ def drift(
             report,
             progress=lambda case: bar.advance(task),
             tiling=tiling,
+            postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(),
         )
     if as_json:
         print_json(result)

@@ -34,6 +34,7 @@ from latup_edge.evaluate.drift import (
 from latup_edge.runtime.input_stats import case_statistics, reference_statistics
 from latup_edge.runtime.normalization import network_normalization
 from latup_edge.runtime.openvino_backend import OpenVINOModel, cpu_supports_bf16
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, delivered_labels
 from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW, box_forward
 
 SENSITIVITY_CASES = 2
@@ -171,12 +172,14 @@ def build_bundle(
         # The gate runs boxes as segment does by default, so its verdict is about what users get.
         forwards = {name: box_forward(model) for name, model in models.items()}
         prepared = [prepare_case(cases[i], normalization=normalization) for i in held_out]
-        drift = measure_drift(prepared, forwards)
+        # ... and scores the labels users get: the network's argmax after segment's post-processing.
+        labels = delivered_labels(DEFAULT_POSTPROCESSING)
+        drift = measure_drift(prepared, forwards, labels=labels)
         bounds = (settings.max_dice_drop, settings.min_agreement)
         gate = {f"held-out split of {data_dir}": _gate_entry(drift, forwards, bounds)}
         for folder in settings.gate_data:
             extra = [prepare_case(case, normalization=normalization) for case in discover_cases(folder)]
-            gate[str(folder)] = _gate_entry(measure_drift(extra, forwards), forwards, bounds)
+            gate[str(folder)] = _gate_entry(measure_drift(extra, forwards, labels=labels), forwards, bounds)
         verdicts = {
             name: combined_verdict({data: entry["verdicts"][name] for data, entry in gate.items()}) for name in forwards
         }
@@ -195,6 +198,7 @@ def build_bundle(
             "keep_float": quantized.keep_float,
             "drift": drift,
             "gate_tiling": {"tiling": DEFAULT_TILING, "window": DEFAULT_WINDOW, "overlap": DEFAULT_OVERLAP},
+            "gate_postprocessing": DEFAULT_POSTPROCESSING.to_dict(),
             "gate": gate,
             "verdicts": verdicts,
             "input_reference": inputs,

@@ -142,15 +142,18 @@ def drift_tables(result: Mapping[str, Any]) -> list[Table]:
                     f"{difference['dice']:+.4f}", f"{metrics['hd95']:.2f}", f"{difference['hd95']:+.2f}", agreement,
                 ))  # fmt: skip
     regions = []
+    raw_shown = any("raw_agreement_mean" in row for s in result["summary"].values() for row in s["regions"].values())
     for name in reduced:
         for region, row in result["summary"][name]["regions"].items():
             labelled = "dice" in row
+            raw = (f"{row['raw_agreement_mean']:.4f} / {row['raw_agreement_min']:.4f}",) if raw_shown else ()
             regions.append((
                 name, region,
                 *((f"{row['dice']:.4f}", f"{row['dice_fp32']:.4f}", format_ratio(row), f"{row['hd95']:.2f}")
                   if labelled else ("-",) * 4),
-                f"{row['agreement_mean']:.4f}", f"{row['agreement_min']:.4f}",
+                f"{row['agreement_mean']:.4f}", f"{row['agreement_min']:.4f}", *raw,
             ))  # fmt: skip
+    basis = next(iter(result["summary"].values())).get("labels", "network argmax")
     verdicts = []
     for name in names:
         summary = result["summary"][name]
@@ -172,9 +175,11 @@ def drift_tables(result: Mapping[str, Any]) -> list[Table]:
         ),
         Table(
             "Summary per region",
-            ("precision", "region", "Dice", "Dice fp32", "ratio", "HD95 mm", "agreement mean", "agreement min"),
+            ("precision", "region", "Dice", "Dice fp32", "ratio", "HD95 mm", "agreement mean", "agreement min")
+            + (("argmax agreement mean / min",) if raw_shown else ()),
             regions,
-            f"means over {labelled} labelled of {len(result['cases'])} cases (Dice, HD95) and over all (agreement)",
+            f"labels scored: {basis}; means over {labelled} labelled of {len(result['cases'])} cases (Dice, HD95) "
+            "and over all (agreement)" + ("; argmax: the network's labels before post-processing" if raw_shown else ""),
         ),
         Table(
             "Verdicts (MLPerf tiers: mean Dice >= 99 % / 99.9 % of fp32 in every region)",

@@ -25,6 +25,7 @@ from latup_edge.evaluate.drift import REFERENCE, measure_drift, prepare_case, su
 from latup_edge.evaluate.report import CaseSlice, add_differences, case_slice, write_report
 from latup_edge.runtime.bundle import Bundle, load_bundle
 from latup_edge.runtime.openvino_backend import cpu_name, cpu_supports_bf16
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, delivered_labels
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.tiling import Forward
 from latup_edge.runtime.volume import DEFAULT_TILING, Tiling
@@ -95,6 +96,7 @@ def run_drift(
     progress: Callable[[str], None] = lambda case_id: None,
     opened: Mapping[str, Predictor] | None = None,
     tiling: Tiling = DEFAULT_TILING,
+    postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
 ) -> dict[str, Any]:
     """Score fp32 and each reduced precision of ``bundle`` on every case under ``data_dir``.
 
@@ -105,7 +107,8 @@ def run_drift(
     With ``report``, also writes the report folder (``write_report``). ``bundle`` is a path (read and
     verified here) or a loaded ``Bundle``; ``opened`` holds predictors of it to reuse, by precision.
     Each precision runs every brain box as its predictor runs it (``Predictor.forward``): in ``tiling``,
-    or in the tiling of the predictor given in ``opened``.
+    or in the tiling of the predictor given in ``opened``. The labels scored are the network's argmax
+    after ``postprocessing`` (what ``segment`` writes; ``Postprocessing.none()`` scores the argmax).
 
     Returns ``{"bundle", "data_dir", "cpu", "threads", "precisions", "cases", "summary", "report"}``;
     ``precisions`` holds what each model resolved, its build verdict and whether the bundle approves it.
@@ -114,12 +117,13 @@ def run_drift(
     names = [REFERENCE, *reduced_precisions(loaded, precisions)]
     predictors = drift_predictors(loaded, names, threads, opened, tiling)
     recorded = {name: _Recorded(predictor.forward) for name, predictor in predictors.items()}
+    labels = delivered_labels(postprocessing)
     compared = OVERLAY_PRECISION if OVERLAY_PRECISION in names else names[1]
     per_case: dict[str, Any] = {}
     slices: list[CaseSlice] = []
     for case in discover_cases(data_dir):
         prepared = prepare_case(case, normalization=loaded.normalization)
-        per_case |= measure_drift([prepared], recorded)["cases"]
+        per_case |= measure_drift([prepared], recorded, labels=labels)["cases"]
         scores = {name: forward.take() for name, forward in recorded.items()}
         if report is not None:
             slices.append(case_slice(prepared, scores[REFERENCE], scores[compared], compared))
@@ -140,6 +144,7 @@ def run_drift(
             }
             for name, predictor in predictors.items()
         },
+        "postprocessing": postprocessing.to_dict(),
         "cases": per_case,
         "summary": summarise_drift(per_case, names),
         "report": str(report) if report is not None else None,
