@@ -117,7 +117,12 @@ def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_p
     log = json.loads(result.stdout)
     assert log == json.loads((out / "segment-log.json").read_text())
     assert log["summary"] == {"ok": 2, "failed": 0, "skipped": 0} and log["finished"]
-    assert log["postprocessing"] == {"min_et_voxels": 0, "min_component_fraction": 0.0, "drop_coreless": False}
+    assert log["postprocessing"] == {
+        "min_et_voxels": 0,
+        "min_component_fraction": 0.0,
+        "drop_coreless": False,
+        "min_core_fraction": 0.0,
+    }
     assert log["backend"]["name"] == "openvino" and log["backend"]["precision"] == "fp32"
     assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()
     for entry in log["cases"]:
