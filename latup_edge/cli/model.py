@@ -18,7 +18,7 @@ from latup_edge.cli.app import (
     print_table,
     progress_bar,
 )
-from latup_edge.cli.options import TilingOption
+from latup_edge.cli.options import ScoredLabelsOption, TilingOption
 from latup_edge.errors import LatupError
 from latup_edge.runtime.volume import DEFAULT_TILING
 
@@ -205,9 +205,7 @@ def evaluate(
     backend: Annotated[
         str, typer.Option(help="torch (the reference) or openvino (the checkpoint exported to ONNX; ~2-8x faster).")
     ] = "torch",
-    postprocess: Annotated[
-        bool, typer.Option(help="Score segment's labels (post-processed, the default) or the raw argmax.")
-    ] = True,
+    postprocess: ScoredLabelsOption = True,
     tiling: TilingOption = DEFAULT_TILING,
     as_json: JsonOption = False,
 ) -> None:

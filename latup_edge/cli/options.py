@@ -15,3 +15,12 @@ TilingOption = Annotated[
         "scored 0.71-0.92; docs/RUNTIME.md)."
     ),
 ]
+
+ScoredLabelsOption = Annotated[
+    bool,
+    typer.Option(
+        "--postprocess/--no-postprocess",
+        help="Score the labels segment writes (post-processed, the default); --no-postprocess scores the "
+        "network's argmax.",
+    ),
+]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
-from latup_edge.cli.options import TilingOption
+from latup_edge.cli.options import ScoredLabelsOption, TilingOption
 from latup_edge.runtime.volume import DEFAULT_TILING
 
 BundleOption = Annotated[
@@ -34,13 +34,7 @@ def drift(
     ] = None,
     threads: ThreadsOption = 0,
     tiling: TilingOption = DEFAULT_TILING,
-    postprocess: Annotated[
-        bool,
-        typer.Option(
-            help="Score the labels segment writes (post-processed, the default); --no-postprocess scores the "
-            "network's argmax."
-        ),
-    ] = True,
+    postprocess: ScoredLabelsOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Dice, HD95 and agreement of each reduced precision against fp32, per case and region, with verdicts."""

@@ -50,8 +50,11 @@ class PreparedCase:
     spacing: tuple[float, float, float]
 
     def classes(self, scores: np.ndarray, labels: LabelRule | None = None) -> np.ndarray:
-        box = np.argmax(scores[0], axis=0).astype(np.uint8)
-        return undo_crop(labels(box) if labels is not None else box, self.crop)
+        return self.placed(np.argmax(scores[0], axis=0).astype(np.uint8), labels)
+
+    def placed(self, box_classes: np.ndarray, labels: LabelRule | None = None) -> np.ndarray:
+        """The brain box's class map (after ``labels``, if given) in the original geometry."""
+        return undo_crop(labels(box_classes) if labels is not None else box_classes, self.crop)
 
 
 def prepare_case(case: BratsCase, size: int | None = None, *, normalization: str) -> PreparedCase:
@@ -87,10 +90,11 @@ def measure_drift(
             started = time.perf_counter()
             logits = forward(case.inputs)
             seconds[precision] = time.perf_counter() - started
-            predictions[precision] = case.classes(logits, labels)
-            if labels is not None:
-                raw[precision] = case.classes(logits)
+            box = np.argmax(logits[0], axis=0).astype(np.uint8)  # one argmax serves both label sets
             del logits
+            predictions[precision] = case.placed(box, labels)
+            if labels is not None:
+                raw[precision] = case.placed(box)
         entry: dict[str, Any] = {"seconds": seconds, "precisions": {}}
         for precision, predicted in predictions.items():
             scores: dict[str, Any] = {"agreement": agreement(predicted, predictions[REFERENCE])}
