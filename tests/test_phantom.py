@@ -61,6 +61,14 @@ def test_same_seed_gives_identical_bytes(folder_2021: Path, tmp_path: Path) -> N
         assert (folder_2021 / name).read_bytes() == (again / name).read_bytes(), name
 
 
+def test_worker_processes_write_the_same_bytes_in_index_order(folder_2021: Path, tmp_path: Path) -> None:
+    done: list[int] = []
+    folders = write_phantoms(tmp_path, n=2, seed=SEED, naming="2021", randomise=NARROW, workers=2, progress=done.append)
+    assert [f.name for f in folders] == [case_id_for(0, "2021"), case_id_for(1, "2021")] and done == [1, 2]
+    for name in sorted(p.name for p in folder_2021.iterdir()):
+        assert (folder_2021 / name).read_bytes() == (folders[0] / name).read_bytes(), name
+
+
 def test_different_seed_gives_different_case(folder_2021: Path, other_case: PhantomCase) -> None:
     flair = np.asanyarray(load(folder_2021, "flair").dataobj)
     assert not np.array_equal(flair, other_case.images["flair"])

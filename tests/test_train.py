@@ -1,5 +1,7 @@
 """Training: the paper's loss, and a narrow network that learns on two small phantoms."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -158,6 +160,39 @@ def test_training_with_augmentation_is_reproducible_and_recorded(two_phantoms, t
     assert provenance["settings"]["augmentation"]["flip"] == settings.augmentation.flip
     assert provenance["config"]["statistics"] == "brain"
     assert provenance["config"]["normalization"] == "zscore-brain"
+
+
+def test_a_run_stopped_by_its_time_limit_resumes_mid_epoch_to_the_same_weights_with_workers(two_phantoms, tmp_path):
+    settings = TrainingSettings(
+        patch=32, epochs=2, steps_per_epoch=3, l2=0.0, val_cases=1, seed=7, base_filters=4, precision="fp32"
+    )
+    straight = train(two_phantoms, tmp_path / "straight", settings)
+
+    # A limit shorter than one step stops after the first step, inside epoch 1, with the run saved there.
+    stopped = train(two_phantoms, tmp_path / "chunks", settings, workers=2, max_minutes=1e-9)
+    assert (stopped.step, stopped.epoch) == (1, 0)
+    assert json.loads((tmp_path / "chunks" / "last.json").read_text())["stopped"] == "time limit"
+    resumed = train(two_phantoms, tmp_path / "chunks", settings, resume=True, workers=2)
+    assert (resumed.step, resumed.epoch) == (straight.step, straight.epoch) == (6, 2)
+
+    # Batches are seeded by (seed, step): two worker processes and a resume mid-epoch change nothing.
+    first, second = (load_model(tmp_path / run / "last.safetensors").state_dict() for run in ("straight", "chunks"))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_batches_depend_on_seed_and_step_only(two_phantoms):
+    from latup_edge.train.batches import BatchStream, draw_batch
+
+    cases = [load_training_case(case, "zscore-brain") for case in discover_cases(two_phantoms)]
+    settings = TrainingSettings(patch=32, batch=2, seed=11)
+    with BatchStream(cases, settings, range(3, 7), workers=2) as stream:
+        drawn = list(stream)
+    assert len(drawn) == 4
+    for step, (images, classes) in zip(range(3, 7), drawn, strict=True):
+        again = draw_batch(cases, settings, step)
+        assert images.shape == (2, 3, 32, 32, 32) and np.array_equal(images, again[0])
+        assert np.array_equal(classes, again[1])
+    assert not np.array_equal(drawn[0][0], drawn[1][0])
 
 
 def test_poly_schedule_decays_to_near_zero_on_the_runs_own_steps_and_constant_stays():

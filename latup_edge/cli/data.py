@@ -32,6 +32,13 @@ def phantom(
             "contrast and lesion models; never train or calibrate on it)."
         ),
     ] = "phantom",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes making cases side by side (the same files with any number); the training generator only.",
+        ),
+    ] = 1,
     non_enhancing: Annotated[
         float | None,
         typer.Option(
@@ -83,5 +90,6 @@ def phantom(
             progress=lambda done: bar.update(task, completed=done),
             randomise=families,
             non_enhancing=NON_ENHANCING_SHARE if non_enhancing is None else non_enhancing,
+            workers=workers,
         )
     console.print(f"Wrote {len(folders)} case(s) to {out_dir}")

@@ -97,6 +97,21 @@ def train(
         str, typer.Option(help="InstanceNorm/SE statistics over the brain (default) or the whole input (paper).")
     ] = "brain",
     normalization: Annotated[str, typer.Option(help="zscore-brain (default) or minmax (paper).")] = "zscore-brain",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Processes that draw and augment batches ahead of the network (0: none). The same batches "
+            "either way; on a GPU it keeps the network fed.",
+        ),
+    ] = 0,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Stop after this much training time, saving the run where it stopped; --resume goes on from there.",
+        ),
+    ] = None,
     augment: Annotated[bool, typer.Option(help="Training-time augmentation (the flags below); off: none.")] = True,
     flip: Annotated[float, typer.Option(help="Probability of a mirror flip, per axis.")] = 0.5,
     rotate_deg: Annotated[float, typer.Option(help="Largest rotation per axis, degrees.")] = 10.0,
@@ -180,6 +195,11 @@ def train(
                 bar.update(task, completed=event["step"], status=f"loss {event['loss']:.3f}")
                 if not err_console.is_terminal and event["step"] % 10 == 0:  # a log file gets plain lines
                     err_console.print(f"step {event['step']}/{event['total']} loss {event['loss']:.3f}")
+            elif event["event"] == "stopped":
+                err_console.print(
+                    f"stopped at step {event['step']}/{event['total']} after {event['minutes']:g} min; "
+                    "--resume goes on from there"
+                )
             else:
                 dice = " ".join(f"{k} {v:.3f}" for k, v in event["val_dice"].items())
                 err_console.print(
@@ -187,7 +207,12 @@ def train(
                     f"{'  (best)' if event['best'] else ''}"
                 )
 
-        state = run_training(data_dir, output, settings, resume=resume, report=report)
+        state = run_training(
+            data_dir, output, settings, resume=resume, report=report, workers=workers, max_minutes=max_minutes
+        )
+    if state.step < epochs * steps_per_epoch:
+        console.print(f"Stopped: {state.step} steps in {state.seconds / 60:.1f} min -> {output / 'last.safetensors'}")
+        return
     console.print(
         f"Done: {state.step} steps in {state.seconds / 60:.1f} min; best epoch {state.best_epoch} "
         f"-> {output / 'best.safetensors'}"

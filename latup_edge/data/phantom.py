@@ -32,9 +32,9 @@ import gzip
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, fields, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -670,24 +670,50 @@ def write_phantoms(
     progress: Callable[[int], None] | None = None,
     randomise: Randomisation = WIDE,
     non_enhancing: float = NON_ENHANCING_SHARE,
+    workers: int = 1,
 ) -> list[Path]:
     """Generate ``n`` cases (indices ``start`` .. ``start + n - 1``) as ``out_dir/<case_id>/`` folders.
 
     Each folder holds ``case_filename(case_id, key, naming)`` for t1, t1ce, t2, flair and seg, and
     with ``preview`` a ``<case_id>_preview.png``. ``randomise`` says which families of variation are
     drawn widely (default: all); ``non_enhancing`` the share of lesion foci without ET. ``progress``
-    is called with the number of cases done after each one. Returns the case folders in index order.
+    is called with the number of cases done after each one. ``workers`` > 1 makes cases in that many
+    processes (the same files: each case depends on its seed and index alone). Returns the case
+    folders in index order.
     """
-    folders = []
-    for done, index in enumerate(range(start, start + n), start=1):
-        case_id = case_id_for(index, naming)
-        case = make_phantom(case_id, seed, index, randomise, non_enhancing)
-        folder = write_case(case, Path(out_dir) / case_id, naming)
-        if preview:
-            from latup_edge.data.preview import write_preview  # PIL only when a preview is asked for
+    job = partial(
+        _write_one,
+        out_dir=Path(out_dir),
+        seed=seed,
+        naming=naming,
+        preview=preview,
+        randomise=randomise,
+        non_enhancing=non_enhancing,
+    )
+    indices = range(start, start + n)
+    if workers <= 1:
+        folders = []
+        for done, index in enumerate(indices, start=1):
+            folders.append(job(index))
+            if progress is not None:
+                progress(done)
+        return folders
+    with ProcessPoolExecutor(workers) as pool:
+        futures = [pool.submit(job, index) for index in indices]
+        for done, _ in enumerate(as_completed(futures), start=1):
+            if progress is not None:
+                progress(done)
+        return [future.result() for future in futures]
 
-            write_preview(case, folder / f"{case_id}_preview.png")
-        folders.append(folder)
-        if progress is not None:
-            progress(done)
-    return folders
+
+def _write_one(
+    index: int, out_dir: Path, seed: int, naming: Naming, preview: bool, randomise: Randomisation, non_enhancing: float
+) -> Path:
+    case_id = case_id_for(index, naming)
+    case = make_phantom(case_id, seed, index, randomise, non_enhancing)
+    folder = write_case(case, out_dir / case_id, naming)
+    if preview:
+        from latup_edge.data.preview import write_preview  # PIL only when a preview is asked for
+
+        write_preview(case, folder / f"{case_id}_preview.png")
+    return folder

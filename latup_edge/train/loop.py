@@ -1,9 +1,10 @@
 """The training loop: Adam on the paper's loss, per-region validation Dice each epoch, checkpoints.
 
-A run folder holds ``last.safetensors`` (every epoch), ``best.safetensors`` (best mean validation
-Dice), each with its JSON sidecar, ``optimizer.safetensors`` and ``state.json`` for ``resume``.
-Every epoch seeds its own random streams from (seed, epoch), so a resumed run continues exactly as
-an uninterrupted one would.
+A run folder holds ``last.safetensors`` (every epoch, and where a time limit stopped the run),
+``best.safetensors`` (best mean validation Dice), each with its JSON sidecar, ``optimizer.safetensors``
+and ``state.json`` for ``resume``. Every step seeds its own random streams from (seed, step)
+(``batches.py``), so a resumed run continues exactly as an uninterrupted one would, from an epoch's end
+or from the middle of one, and any number of sampling workers draws the same batches.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from latup_edge.evaluate.metrics import dice
 from latup_edge.fileio import atomic_write
 from latup_edge.models.checkpoint import load_model, save_checkpoint
 from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
-from latup_edge.train.augment import Augmentation, augment_patch
+from latup_edge.train.augment import Augmentation
+from latup_edge.train.batches import BatchStream
 from latup_edge.train.loss import cross_entropy, l2_penalty, weighted_dice_loss
-from latup_edge.train.sampling import TrainingCase, choose_case, load_training_case, sample_patch
+from latup_edge.train.sampling import TrainingCase, load_training_case
 
 Precision = Literal["auto", "bf16", "fp32"]
 Schedule = Literal["poly", "constant"]
@@ -129,10 +131,15 @@ def train(
     settings: TrainingSettings,
     resume: bool = False,
     report: Callable[[Event], None] = lambda event: None,
+    workers: int = 0,
+    max_minutes: float | None = None,
 ) -> TrainingState:
     """Train LATUP-Net on a BraTS-format folder; checkpoints go to ``out_dir``. Returns the final state.
 
-    ``report`` receives events: {"event": "loaded"|"step"|"epoch", ...} for progress displays.
+    ``report`` receives events: {"event": "loaded"|"step"|"epoch"|"stopped", ...} for progress displays.
+    ``workers`` processes draw the batches ahead (0: in this process; the same batches either way).
+    ``max_minutes`` stops the run after the first step past that much training time, saving
+    ``last.safetensors`` and the state there, so that ``resume`` goes on from that step.
     """
     out_dir = Path(out_dir)
     device = resolve_device()
@@ -169,76 +176,83 @@ def train(
             "machine": platform.machine(),
             "processor": platform.processor(),
             "threads": torch.get_num_threads(),
+            "sampling_workers": workers,
         },
     }
     total_steps = settings.epochs * settings.steps_per_epoch
-    for epoch in range(state.epoch, settings.epochs):
-        started = time.perf_counter()
-        rng = np.random.default_rng([settings.seed, epoch])
-        torch.manual_seed(settings.seed * 100_003 + epoch)
-        model.train()
-        losses = []
-        for _ in range(settings.steps_per_epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(settings, state.step)
-            loss = _step(model, optimizer, train_set, settings, rng, device, bf16)
-            losses.append(loss)
-            state.step += 1
-            report({"event": "step", "step": state.step, "total": total_steps, "loss": loss})
-        metrics = validation_dice(model, val_set, bf16) if val_set else {}
-        score = float(np.mean(list(metrics.values()))) if metrics else -float(np.mean(losses))
-        state.seconds += time.perf_counter() - started
-        state.epoch = epoch + 1
-        state.history.append(
-            {
+    deadline = time.perf_counter() + 60 * max_minutes if max_minutes else None
+    with BatchStream(train_set, settings, range(state.step, total_steps), workers) as stream:
+        batches = iter(stream)
+        for epoch in range(state.epoch, settings.epochs):
+            started = time.perf_counter()
+            model.train()
+            losses = []
+            # A run resumed from a time limit starts inside this epoch.
+            for _ in range(state.step - epoch * settings.steps_per_epoch, settings.steps_per_epoch):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(settings, state.step)
+                torch.manual_seed(settings.seed * 100_003 + state.step)
+                loss = _step(model, optimizer, *next(batches), settings, device, bf16)
+                losses.append(loss)
+                state.step += 1
+                report({"event": "step", "step": state.step, "total": total_steps, "loss": loss})
+                if deadline is not None and time.perf_counter() > deadline and state.step < total_steps:
+                    state.seconds += time.perf_counter() - started
+                    info = {
+                        **provenance,
+                        "steps": state.step,
+                        "epoch": state.epoch,
+                        "train_seconds": round(state.seconds, 1),
+                        "stopped": "time limit",
+                    }
+                    save_checkpoint(model, out_dir / "last.safetensors", info)
+                    _save_optimizer(out_dir, optimizer, state)
+                    report({"event": "stopped", "step": state.step, "total": total_steps, "minutes": max_minutes})
+                    return state
+            metrics = validation_dice(model, val_set, bf16) if val_set else {}
+            score = float(np.mean(list(metrics.values()))) if metrics else -float(np.mean(losses))
+            state.seconds += time.perf_counter() - started
+            state.epoch = epoch + 1
+            state.history.append(
+                {
+                    "epoch": state.epoch,
+                    "step": state.step,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "loss": float(np.mean(losses)),
+                    "val_dice": metrics,
+                }
+            )
+            improved = score > state.best_score
+            if improved:
+                state.best_score, state.best_epoch = score, state.epoch
+            info = {
+                **provenance,
+                "steps": state.step,
                 "epoch": state.epoch,
-                "step": state.step,
-                "lr": optimizer.param_groups[0]["lr"],
-                "loss": float(np.mean(losses)),
+                "train_seconds": round(state.seconds, 1),
                 "val_dice": metrics,
+                "history": state.history,
             }
-        )
-        improved = score > state.best_score
-        if improved:
-            state.best_score, state.best_epoch = score, state.epoch
-        info = {
-            **provenance,
-            "steps": state.step,
-            "epoch": state.epoch,
-            "train_seconds": round(state.seconds, 1),
-            "val_dice": metrics,
-            "history": state.history,
-        }
-        save_checkpoint(model, out_dir / "last.safetensors", info)
-        if improved:
-            save_checkpoint(model, out_dir / "best.safetensors", info)
-        _save_optimizer(out_dir, optimizer, state)
-        report(
-            {
-                "event": "epoch",
-                "epoch": state.epoch,
-                "epochs": settings.epochs,
-                "loss": float(np.mean(losses)),
-                "val_dice": metrics,
-                "best": improved,
-            }
-        )
+            save_checkpoint(model, out_dir / "last.safetensors", info)
+            if improved:
+                save_checkpoint(model, out_dir / "best.safetensors", info)
+            _save_optimizer(out_dir, optimizer, state)
+            report(
+                {
+                    "event": "epoch",
+                    "epoch": state.epoch,
+                    "epochs": settings.epochs,
+                    "loss": float(np.mean(losses)),
+                    "val_dice": metrics,
+                    "best": improved,
+                }
+            )
     return state
 
 
-def _step(model, optimizer, train_set, settings, rng, device, bf16: bool) -> float:
-    pairs = [
-        augment_patch(
-            *sample_patch(
-                choose_case(train_set, rng, settings.no_et_fraction), settings.patch, rng, settings.tumour_fraction
-            ),
-            rng,
-            settings.augmentation,
-        )
-        for _ in range(settings.batch)
-    ]
-    x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
-    y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
+def _step(model, optimizer, images: np.ndarray, classes: np.ndarray, settings, device, bf16: bool) -> float:
+    x = torch.from_numpy(images).to(device)
+    y = torch.from_numpy(classes).to(device)
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -41,7 +42,7 @@ def load_training_case(case: BratsCase, normalization: str) -> TrainingCase:
     )
 
 
-def choose_case(cases: list[TrainingCase], rng: np.random.Generator, no_et_fraction: float = 0.0) -> TrainingCase:
+def choose_case(cases: Sequence[TrainingCase], rng: np.random.Generator, no_et_fraction: float = 0.0) -> TrainingCase:
     """A case drawn uniformly, or, with probability ``no_et_fraction``, one without ET.
 
     Non-enhancing tumours are about one case in ten; drawn that rarely, their patches rarely teach the
