@@ -11,11 +11,13 @@ Tiling over the brain box (padded to a multiple of 8), ``box_forward``:
 - ``sliding`` (the lower-memory mode): windows shaped to the box
   (``latup_edge.runtime.tiling.fitted_windows``), at most ``window``^3 voxels each (96: the process
   peaks under 1.5 GB), neighbours sharing at least ``overlap`` x ``window`` voxels, blended with
-  Gaussian weights. Measured against the whole box (docs/RUNTIME.md): the same time within 7 %,
-  2.4x less memory, on 80 independent cases WT +0.008, TC +0.022, ET -0.001, but 2 of the 80
-  score WT about 0.6 where the whole box scores 0.71-0.92 (a false tumour far from the real one,
-  oedema grown around a small tumour); by a rule fixed before the last 20 were scored, that keeps
-  the whole box the default (docs/GENERALISATION.md, section 11).
+  Gaussian weights, then gated by a coarse whole-box pass at half resolution
+  (``latup_edge.runtime.coarse``: a tumour component the whole brain does not show is dropped;
+  ``Postprocessing.coarse_gate``). Measured against the whole box (docs/RUNTIME.md): the same time
+  within 7 % before the gate, 2.4x less memory, on 80 independent cases WT +0.008, TC +0.022, ET
+  -0.001, but 2 of the 80 scored WT about 0.6 where the whole box scores 0.71-0.92 (a false tumour
+  far from the real one, which the gate removes; oedema grown around a small tumour, which it does
+  not); docs/GENERALISATION.md, sections 11 and 12.
 
 >>> classes = predict_classes(images, forward, normalization="minmax")        # doctest: +SKIP
 >>> prediction = predict_volume(images, forward, "sliding", probabilities=True,
@@ -55,6 +57,7 @@ from latup_edge.data.preprocess import (
     undo_crop,
 )
 from latup_edge.errors import LatupError
+from latup_edge.runtime.coarse import gated
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, postprocess
 from latup_edge.runtime.qa import low_confidence_fraction
 from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
@@ -77,6 +80,7 @@ __all__ = [
     "bucket_shape",
     "box_forward",
     "bucketed",
+    "gate_normalization",
     "pad_to_shape",
     "predict_classes",
     "predict_probabilities",
@@ -130,9 +134,12 @@ def box_forward(
     window: int = DEFAULT_WINDOW,
     overlap: float = DEFAULT_OVERLAP,
     bucket: int | None = None,
+    gate_normalization: str | None = None,
 ) -> Forward:
     """How a normalised brain box (1, C, D, H, W) goes through ``forward``: one pass (padded to ``bucket``,
     logits back) or fitted sliding windows (blended probabilities back). Either way argmax gives the classes.
+    With ``gate_normalization`` (the model's brain-only normalisation) the windows are gated by a coarse
+    whole-box pass (``latup_edge.runtime.coarse``); the whole tiling ignores it.
     """
     if tiling not in TILINGS:
         raise LatupError(f"unknown tiling {tiling!r}: choose {' or '.join(TILINGS)}")
@@ -144,7 +151,17 @@ def box_forward(
         raise LatupError(f"the bucket must be a positive multiple of {SIZE_MULTIPLE}, got {bucket}: 32 is usual")
     if tiling == "whole":
         return bucketed(forward, bucket) if bucket else forward
-    return lambda box: sliding_window_scores(box, forward, window, overlap, fitted=True)
+
+    def windows(box: np.ndarray) -> np.ndarray:
+        return sliding_window_scores(box, forward, window, overlap, fitted=True)
+
+    return gated(windows, forward, gate_normalization) if gate_normalization else windows
+
+
+def gate_normalization(postprocessing: Postprocessing, normalization: str) -> str | None:
+    """The normalisation ``box_forward`` gates windows with: the model's, when the rules ask for the coarse
+    gate and the normalisation is computed inside the brain (``latup_edge.runtime.coarse``); else None."""
+    return normalization if postprocessing.coarse_gate and normalization in BRAIN_ONLY_NORMALIZATIONS else None
 
 
 def predict_volume(
@@ -169,7 +186,7 @@ def predict_volume(
     ``bucket`` (see the module docstring: only for brain-statistics networks). The classes then
     go through ``postprocessing`` (``latup_edge.runtime.postprocess``); probabilities do not.
     """
-    run_box = box_forward(forward, tiling, window, overlap, bucket)
+    run_box = box_forward(forward, tiling, window, overlap, bucket, gate_normalization(postprocessing, normalization))
     clock = _Clock()
     if normalization in BRAIN_ONLY_NORMALIZATIONS:  # the box holds the whole brain: normalise the box only
         crop = brain_box(images, multiple=SIZE_MULTIPLE)
