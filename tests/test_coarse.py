@@ -25,7 +25,7 @@ def test_coarse_input_is_the_box_at_half_resolution_normalised_inside_the_brain_
     np.testing.assert_allclose(inside.reshape(3, -1).std(axis=1), 1, atol=1e-3)
 
 
-def test_outside_takes_the_components_that_touch_no_coarse_tumour_and_nothing_without_one():
+def test_outside_takes_the_components_that_touch_no_coarse_tumour_when_one_does():
     classes = np.zeros((30, 30, 30), np.uint8)
     classes[2:8, 2:8, 2:8] = 2  # near the coarse tumour: a gap of one voxel, within reach of the dilation
     classes[20:26, 20:26, 20:26] = 1  # far from it
@@ -34,6 +34,10 @@ def test_outside_takes_the_components_that_touch_no_coarse_tumour_and_nothing_wi
     cleared = outside(classes, tumour)
     assert cleared[22, 22, 22] and not cleared[4, 4, 4] and cleared.sum() == 216
     assert not outside(classes, np.zeros_like(tumour)).any()
+    # A coarse tumour that touches none of the components chooses nothing: the gate never empties a case.
+    elsewhere = np.zeros(classes.shape, bool)
+    elsewhere[14, 14, 14] = True
+    assert not outside(classes, elsewhere).any()
 
     probabilities = np.zeros((1, 4, 30, 30, 30), np.float32)
     probabilities[0, 0] = 1

@@ -5,11 +5,16 @@ a window that holds no tumour the network can paint one (docs/RUNTIME.md: 2 of 8
 grew a false tumour far from the real one, which the whole box, seeing the whole brain, did not).
 The coarse pass is the whole box at half resolution: the normalised box mean-pooled 2x2x2 (the brain
 where at least half of a pooled voxel is brain, exact zeros elsewhere), normalised again, one pass
-of the same network (1/8 of the whole box's voxels, so about 1/8 of its memory and time), labels
-post-processed and repeated back to full resolution. A tumour component of the windows' argmax that
-touches no voxel of the coarse whole tumour (grown by ``GATE_DILATION`` voxels) becomes background
-before the labels are post-processed. When the coarse pass finds no tumour at all, nothing is gated:
-a small tumour can vanish at half resolution.
+of the same network (1/8 of the whole box's voxels, so about 1/8 of its memory and time), its argmax
+repeated back to full resolution. A tumour component of the windows' argmax that touches no voxel of
+the coarse whole tumour (grown by ``GATE_DILATION`` voxels) becomes background before the labels are
+post-processed, provided some other component does touch it: the gate never empties a case, so a
+tumour the coarse pass misses keeps whatever the windows found.
+
+The coarse labels are the raw argmax, not post-processed: measured, post-processing them removed a
+non-enhancing tumour (coreless at half resolution) and kept two small false components with a core,
+and the gate then deleted the whole real tumour in 2 of 20 independent cases (docs/GENERALISATION.md,
+section 12).
 
 Only for networks with brain statistics and a brain-only normalisation: they compute the same
 function on a padded box, and a box normalised inside the brain can be normalised again after pooling.
@@ -21,7 +26,6 @@ import numpy as np
 from scipy import ndimage
 
 from latup_edge.data.preprocess import SIZE_MULTIPLE, normalize
-from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, postprocess
 from latup_edge.runtime.tiling import Forward
 
 COARSE_FACTOR = 2
@@ -45,16 +49,12 @@ def coarse_input(box: np.ndarray, normalization: str) -> np.ndarray:
     return out
 
 
-def coarse_tumour(
-    box: np.ndarray, forward: Forward, normalization: str, postprocessing: Postprocessing = DEFAULT_POSTPROCESSING
-) -> np.ndarray:
-    """The whole tumour (bool, D x H x W) that one half-resolution pass of ``forward`` finds in ``box``."""
+def coarse_tumour(box: np.ndarray, forward: Forward, normalization: str) -> np.ndarray:
+    """The whole tumour (bool, D x H x W) of the argmax of one half-resolution pass of ``forward`` over ``box``."""
     sides = box.shape[-3:]
     logits = forward(coarse_input(box, normalization))[0]
     small = tuple(side // COARSE_FACTOR for side in sides)
-    classes = postprocess(np.argmax(logits[(slice(None), *(slice(0, s) for s in small))], axis=0).astype(np.uint8),
-                          postprocessing)  # fmt: skip
-    tumour = classes > 0
+    tumour = np.argmax(logits[(slice(None), *(slice(0, s) for s in small))], axis=0) > 0
     for axis in range(3):
         tumour = tumour.repeat(COARSE_FACTOR, axis=axis)
     return tumour
@@ -62,12 +62,15 @@ def coarse_tumour(
 
 def outside(classes: np.ndarray, tumour: np.ndarray) -> np.ndarray:
     """The voxels (bool) of every tumour component of ``classes`` that touches no voxel of ``tumour`` grown
-    by ``GATE_DILATION``; none when ``tumour`` is empty. Components are 6-connected, as in post-processing."""
-    if not tumour.any():
-        return np.zeros(classes.shape, dtype=bool)
+    by ``GATE_DILATION``; none when no component touches it (or ``tumour`` is empty): the gate chooses
+    among the windows' components, it never removes them all. Components are 6-connected, as in
+    post-processing."""
     components, count = ndimage.label(classes > 0)
     touching = np.zeros(count + 1, dtype=bool)
-    touching[np.unique(components[ndimage.binary_dilation(tumour, iterations=GATE_DILATION)])] = True
+    if tumour.any():
+        touching[np.unique(components[ndimage.binary_dilation(tumour, iterations=GATE_DILATION)])] = True
+    if not touching[1:].any():
+        return np.zeros(classes.shape, dtype=bool)
     touching[0] = True
     return ~touching[components]
 
