@@ -122,7 +122,6 @@ def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_p
         "min_component_fraction": 0.0,
         "drop_coreless": False,
         "min_core_fraction": 0.0,
-        "coarse_gate": False,
     }
     assert log["backend"]["name"] == "openvino" and log["backend"]["precision"] == "fp32"
     assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()

@@ -35,13 +35,7 @@ from latup_edge.runtime.input_stats import case_statistics, reference_statistics
 from latup_edge.runtime.normalization import network_normalization
 from latup_edge.runtime.openvino_backend import OpenVINOModel, cpu_supports_bf16
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, delivered_labels
-from latup_edge.runtime.volume import (
-    DEFAULT_OVERLAP,
-    DEFAULT_TILING,
-    DEFAULT_WINDOW,
-    box_forward,
-    gate_normalization,
-)
+from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW, box_forward
 
 SENSITIVITY_CASES = 2
 # The search compiles and runs one model per quantized layer: on 128^3 crops it costs ~3x less
@@ -176,8 +170,7 @@ def build_bundle(
             models["bf16"] = OpenVINOModel(onnx_path, "bf16", threads=settings.threads)
         models["int8"] = OpenVINOModel(quantized.path, "int8", threads=settings.threads)
         # The gate runs boxes as segment does by default, so its verdict is about what users get.
-        coarse = gate_normalization(DEFAULT_POSTPROCESSING, normalization)
-        forwards = {name: box_forward(model, gate_normalization=coarse) for name, model in models.items()}
+        forwards = {name: box_forward(model) for name, model in models.items()}
         prepared = [prepare_case(cases[i], normalization=normalization) for i in held_out]
         # ... and scores the labels users get: the network's argmax after segment's post-processing.
         labels = delivered_labels(DEFAULT_POSTPROCESSING)

@@ -70,10 +70,8 @@ def drift_predictors(
     threads: int | None = None,
     opened: Mapping[str, Predictor] | None = None,
     tiling: Tiling = DEFAULT_TILING,
-    postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
 ) -> dict[str, Predictor]:
     """One Predictor per precision in ``names``, reusing those in ``opened``; the bundle is not re-read.
-    ``postprocessing`` decides whether windows are gated by a coarse pass (``latup_edge.runtime.coarse``).
 
     Precisions that failed the bundle's drift gate open too: measuring them is the point.
     """
@@ -84,7 +82,7 @@ def drift_predictors(
         return {
             name: opened[name]
             if name in opened
-            else Predictor.from_bundle(bundle, name, threads, tiling, allow_failed=True, postprocessing=postprocessing)
+            else Predictor.from_bundle(bundle, name, threads, tiling, allow_failed=True)
             for name in names
         }
 
@@ -117,7 +115,7 @@ def run_drift(
     """
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
     names = [REFERENCE, *reduced_precisions(loaded, precisions)]
-    predictors = drift_predictors(loaded, names, threads, opened, tiling, postprocessing)
+    predictors = drift_predictors(loaded, names, threads, opened, tiling)
     recorded = {name: _Recorded(predictor.forward) for name, predictor in predictors.items()}
     labels = delivered_labels(postprocessing)
     compared = OVERLAY_PRECISION if OVERLAY_PRECISION in names else names[1]

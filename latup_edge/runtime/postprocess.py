@@ -47,7 +47,6 @@ class Postprocessing:
     min_component_fraction: float = 0.1
     drop_coreless: bool = True
     min_core_fraction: float = 0.02
-    coarse_gate: bool = True  # windowed tiling only: latup_edge.runtime.coarse (before the rules here)
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_core_fraction <= 1:
@@ -56,9 +55,7 @@ class Postprocessing:
     @classmethod
     def none(cls) -> Postprocessing:
         """The network's argmax as it is."""
-        return cls(
-            min_et_voxels=0, min_component_fraction=0.0, drop_coreless=False, min_core_fraction=0.0, coarse_gate=False
-        )
+        return cls(min_et_voxels=0, min_component_fraction=0.0, drop_coreless=False, min_core_fraction=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -38,7 +38,6 @@ from latup_edge.runtime.volume import (
     Tiling,
     box_forward,
     bucket_shape,
-    gate_normalization,
     predict_volume,
 )
 
@@ -196,8 +195,7 @@ class Predictor:
     @property
     def forward(self) -> Forward:
         """The backend as the predictor feeds it a normalised brain box: its tiling, windows or bucket."""
-        gate = gate_normalization(self.postprocessing, self.normalization)
-        return box_forward(self.backend, self.tiling, self.window, self.overlap, self.bucket, gate)
+        return box_forward(self.backend, self.tiling, self.window, self.overlap, self.bucket)
 
     def input_shape(self, box_shape: Sequence[int]) -> tuple[int, ...]:
         """The network input's spatial shape for a brain box of ``box_shape`` (whole tiling)."""
