@@ -9,10 +9,10 @@ import typer
 TilingOption = Annotated[
     Literal["whole", "sliding"],
     typer.Option(
-        help="One pass over the brain box (the default, what the bundle's INT8 gate measured; 3.3-3.6 GB on a "
-        "240x240x155 case), or sliding windows shaped to the box (the lower-memory mode: under 1.5 GB, about "
-        "as fast, better on average but 2 of 80 independent test cases scored WT ~0.6 where the whole box "
-        "scored 0.71-0.92; docs/RUNTIME.md)."
+        help="Sliding windows shaped to the brain box (the default: under 1.5 GB on a 240x240x155 case, about as "
+        "fast, the better mean Dice on all six independent test sets, though 3 of their 120 cases scored WT under "
+        "0.7 against 1 on whole boxes), or one pass over the whole box (3.3-3.6 GB; what the shipped bundle's INT8 "
+        "gate measured). docs/RUNTIME.md."
     ),
 ]
 

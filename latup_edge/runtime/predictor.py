@@ -7,7 +7,7 @@ policy is resolved here, once, from the network config (see ``resolve_shape_poli
 
 >>> predictor = Predictor.from_bundle(Path("bundle"), threads=2)                  # doctest: +SKIP
 >>> predictor.describe()                                                          # doctest: +SKIP
-'openvino int8, 2 threads, whole box, shape policy bucket32, zscore-brain'
+'openvino int8, 2 threads, sliding windows of at most 96^3 voxels, shape policy bucket32, zscore-brain'
 >>> labels = predictor.predict(images).classes                                    # doctest: +SKIP
 >>> log = predictor.segment([Path("BraTS2021")], Path("out"))                     # doctest: +SKIP
 """
