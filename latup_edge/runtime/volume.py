@@ -10,7 +10,7 @@ Tiling over the brain box (padded to a multiple of 8), ``box_forward``:
   (``latup_edge.runtime.tiling.fitted_windows``), at most ``window``^3 voxels each (96: the process
   peaks under 1.5 GB), neighbours sharing at least ``overlap`` x ``window`` voxels, blended with
   Gaussian weights. Against the whole box (docs/RUNTIME.md, docs/GENERALISATION.md section 12): the
-  same time within 7 %, 2.4x less memory, a higher mean Dice on all six independent sets; chosen by
+  same time within about 10 %, 2.4x less memory, a higher mean Dice on all six independent sets; chosen by
   rules written down before the last two sets were made. Each window normalises over the brain inside
   it, so its labels are not the whole box's: 3 of 120 independent cases score WT under 0.7 in windows
   (a false tumour far from the real one, oedema grown around a small tumour), 1 on whole boxes.

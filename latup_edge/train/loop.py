@@ -150,10 +150,13 @@ def train(
     cases = discover_cases(data_dir)
     train_ids, val_ids = split_cases([c.case_id for c in cases], settings.val_cases, settings.seed)
     by_id = {c.case_id: c for c in cases}
+
     # Reading and normalising cases in threads (gzip and numpy release the GIL): a GPU run loads hundreds.
+    def load(case_id: str) -> TrainingCase:
+        return load_training_case(by_id[case_id], settings.normalization)
+
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        train_set = list(pool.map(lambda i: load_training_case(by_id[i], settings.normalization), train_ids))
-        val_set = list(pool.map(lambda i: load_training_case(by_id[i], settings.normalization), val_ids))
+        train_set, val_set = list(pool.map(load, train_ids)), list(pool.map(load, val_ids))
     report({"event": "loaded", "train": len(train_set), "val": len(val_set), "bf16": bf16, "device": str(device)})
 
     torch.manual_seed(settings.seed)
@@ -208,8 +211,7 @@ def train(
                         "train_seconds": round(state.seconds, 1),
                         "stopped": "time limit",
                     }
-                    save_checkpoint(model, out_dir / "last.safetensors", info)
-                    _save_optimizer(out_dir, optimizer, state)
+                    _save_last(out_dir, model, optimizer, state, info)
                     report({"event": "stopped", "step": state.step, "total": total_steps, "minutes": max_minutes})
                     return state
             metrics = validation_dice(model, val_set, bf16) if val_set else {}
@@ -236,10 +238,9 @@ def train(
                 "val_dice": metrics,
                 "history": state.history,
             }
-            save_checkpoint(model, out_dir / "last.safetensors", info)
+            _save_last(out_dir, model, optimizer, state, info)
             if improved:
                 save_checkpoint(model, out_dir / "best.safetensors", info)
-            _save_optimizer(out_dir, optimizer, state)
             report(
                 {
                     "event": "epoch",
@@ -267,6 +268,12 @@ def _step(model, optimizer, images: np.ndarray, classes: np.ndarray, settings, d
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
     optimizer.step()
     return float(loss.detach())
+
+
+def _save_last(out_dir: Path, model: LATUPNet, optimizer: torch.optim.Adam, state: TrainingState, info: dict) -> None:
+    """What ``resume`` reads: the weights, the optimizer and the state, where the run is now."""
+    save_checkpoint(model, out_dir / "last.safetensors", info)
+    _save_optimizer(out_dir, optimizer, state)
 
 
 def _save_optimizer(out_dir: Path, optimizer: torch.optim.Adam, state: TrainingState) -> None:
