@@ -8,12 +8,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage as ndi
 
 from latup_edge.data.labels import to_classes
 from latup_edge.data.naming import MODALITIES, Naming, case_filename, case_id_for
 from latup_edge.data.phantom import (
     BRATS_AFFINE,
     GRID_SHAPE,
+    BEFORE_CORE,
     NARROW,
     WIDE,
     PhantomCase,
@@ -161,7 +163,7 @@ def test_wide_randomisation_varies_what_the_narrow_one_holds_fixed() -> None:
 
 def test_randomisation_names_parse() -> None:
     assert Randomisation.parse("all") == WIDE and Randomisation.parse("none") == NARROW
-    assert Randomisation.parse("contrast,lesion") == Randomisation(True, False, False, True)
+    assert Randomisation.parse("contrast,lesion") == Randomisation(True, False, False, True, core=False)
     assert Randomisation.parse("contrast,lesion").describe() == "contrast,lesion"
     with pytest.raises(ValueError, match="unknown randomisation"):
         Randomisation.parse("colour")
@@ -197,3 +199,15 @@ def test_non_enhancing_share_makes_cases_without_et_and_leaves_the_stream_alone(
     never = make_phantom("w", seed=SEED, index=0, randomise=WIDE, non_enhancing=0.0)
     assert np.array_equal(never.classes, default.classes)
     assert all(np.array_equal(never.images[m], default.images[m]) for m in MODALITIES)
+
+
+def test_core_family_redraws_the_core_contrast_and_nothing_else_it_draws() -> None:
+    with_core = make_phantom("w", seed=SEED, index=0, randomise=WIDE)
+    before = make_phantom("w", seed=SEED, index=0, randomise=BEFORE_CORE)
+    assert np.array_equal(with_core.classes, before.classes)  # its own stream: the lesion is the same
+    core = ndi.binary_erosion(with_core.classes == 1, iterations=2)
+    oedema = ndi.binary_erosion(with_core.classes == 2, iterations=2)
+    ratios = {m: with_core.images[m][core].mean() / with_core.images[m][oedema].mean() for m in MODALITIES}
+    before_ratios = {m: before.images[m][core].mean() / before.images[m][oedema].mean() for m in MODALITIES}
+    assert ratios != before_ratios
+    assert ratios["t1"] < 1 and ratios["t1ce"] < 1  # the core never enhances

@@ -7,7 +7,7 @@ random scale, rotation and shift, grows a lesion in white matter (enhancing rim 
 core NCR, edema ED that spreads along white matter), synthesises T1, T1ce, T2 and FLAIR from the
 tissue and lesion fractions, and adds a smooth bias field and Rician noise.
 
-Domain randomisation (the default, in the spirit of SynthSeg/SynthStrip) widens four families of
+Domain randomisation (the default, in the spirit of SynthSeg/SynthStrip) widens five families of
 variation; each can be switched off, and all off gives the narrow generator of the first demo weights:
 
 - ``contrast``: every tissue's intensity drawn per case and modality over a wide range, keeping only
@@ -17,7 +17,12 @@ variation; each can be switched off, and all off gives the narrow generator of t
   (2-6 mm along one axis) resampled back to 1 mm;
 - ``anatomy``: smooth elastic deformation, scale +-10 %, enlarged ventricles;
 - ``lesion``: cortical, deep and infratentorial sites, small lesions, a second focus, cases without
-  ET (a non-enhancing core, about one in ten), and mass effect pushing the tissue aside.
+  ET (a non-enhancing core, about one in ten), and mass effect pushing the tissue aside;
+- ``core``: the tumour core's (NCR/NET) contrast against oedema, from stark necrosis to subtle
+  non-enhancing tumour: x0.35-1.15 of the oedema on FLAIR, x0.7-1.8 on T2, and always darker on T1
+  and T1ce (x0.3-0.95: it does not enhance). Drawn from its own stream, so switching it off
+  (``--randomise contrast,acquisition,anatomy,lesion``) gives, byte for byte, the phantoms made
+  before the family existed (stages 1-4 of the model card).
 
 >>> case = make_phantom("BraTS2021_00000", seed=0, index=0)
 >>> case.images["flair"].shape, case.images["flair"].dtype, sorted(set(case.classes.flat))
@@ -87,6 +92,7 @@ class Randomisation:
     acquisition: bool = True
     anatomy: bool = True
     lesion: bool = True
+    core: bool = True
 
     @classmethod
     def parse(cls, text: str) -> Randomisation:
@@ -108,7 +114,9 @@ class Randomisation:
 
 
 WIDE = Randomisation()
-NARROW = Randomisation(contrast=False, acquisition=False, anatomy=False, lesion=False)
+NARROW = Randomisation(contrast=False, acquisition=False, anatomy=False, lesion=False, core=False)
+# The default before the core family existed: what stages 1-4 of the shipped weights trained on.
+BEFORE_CORE = Randomisation(core=False)
 
 
 @dataclass
@@ -529,6 +537,30 @@ def _wide_contrasts(rng: np.random.Generator) -> dict[str, dict[str, float]]:
     return drawn
 
 
+# Core (NCR/NET) over the oedema's visible signal, per modality: from stark necrosis to subtle
+# non-enhancing tumour, which BraTS labels NCR/NET alike; never brighter on T1/T1ce (no enhancement).
+_CORE_OVER_OEDEMA: dict[str, tuple[float, float]] = {
+    "flair": (0.35, 1.15),
+    "t2": (0.7, 1.8),
+    "t1": (0.3, 0.95),
+    "t1ce": (0.3, 0.95),
+}
+
+
+def _core_contrasts(rng: np.random.Generator, gains: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The core's intensity redrawn against the oedema as _contrast renders it (75 % oedema over WM);
+    the enhancing rim stays above the core on T1ce."""
+    drawn = {m: dict(g) for m, g in gains.items()}
+    for modality in MODALITIES:
+        low, high = _CORE_OVER_OEDEMA[modality]
+        g = drawn[modality]
+        oedema = 0.75 * g["ed"] + 0.25 * g["wm"]
+        g["ncr"] = oedema * float(rng.uniform(low, high))
+    t1ce = drawn["t1ce"]
+    t1ce["et"] = max(t1ce["et"], 1.2 * t1ce["ncr"])
+    return drawn
+
+
 @dataclass(frozen=True)
 class _Acquisition:
     """One modality's acquisition: bias amplitude, noise, blur, slice thickness, gamma and scale."""
@@ -600,6 +632,8 @@ def make_phantom(
     anatomy = _place_anatomy(rng, wide=randomise.anatomy)
     anatomy, lesion = _grow_lesion(rng, anatomy, wide=randomise.lesion, non_enhancing=non_enhancing)
     gains = _wide_contrasts(rng) if randomise.contrast else _narrow_contrasts(rng)
+    if randomise.core:
+        gains = _core_contrasts(np.random.default_rng([seed, index, 1]), gains)
     acquisitions = _acquisitions(rng, wide=randomise.acquisition)
     modality_rngs = rng.spawn(len(MODALITIES))
 
