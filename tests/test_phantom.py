@@ -13,9 +13,9 @@ from scipy import ndimage as ndi
 from latup_edge.data.labels import to_classes
 from latup_edge.data.naming import MODALITIES, Naming, case_filename, case_id_for
 from latup_edge.data.phantom import (
+    BEFORE_CORE,
     BRATS_AFFINE,
     GRID_SHAPE,
-    BEFORE_CORE,
     NARROW,
     WIDE,
     PhantomCase,
