@@ -503,16 +503,19 @@ def _rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.nd
     return np.hypot(real, imaginary)
 
 
+# Edema is swollen tissue: it replaces this share of the signal, the underlying WM/GM shows through the rest.
+_OEDEMA_SHARE = 0.75
+
+
 def _contrast(anatomy: _Anatomy, lesion: _Lesion, intensity: dict[str, float]) -> np.ndarray:
     """Noise-free signal: tissue fractions weighted by intensity, the lesion replacing normal tissue."""
     signal = sum(np.float32(intensity[t]) * anatomy.fractions[t] for t in TISSUES)
     lesion_fractions = lesion.fractions
-    # Edema is swollen tissue: a share of the underlying WM/GM stays visible through it.
-    replaced = lesion_fractions["ncr"] + lesion_fractions["et"] + 0.75 * lesion_fractions["ed"]
+    replaced = lesion_fractions["ncr"] + lesion_fractions["et"] + _OEDEMA_SHARE * lesion_fractions["ed"]
     lesion_signal = lesion.texture * (
         np.float32(intensity["ncr"]) * lesion_fractions["ncr"]
         + np.float32(intensity["et"]) * lesion_fractions["et"]
-        + np.float32(0.75 * intensity["ed"]) * lesion_fractions["ed"]
+        + np.float32(_OEDEMA_SHARE * intensity["ed"]) * lesion_fractions["ed"]
     )
     signal[lesion.local] = signal[lesion.local] * np.clip(1 - replaced, 0, 1) + lesion_signal
     return signal
@@ -548,13 +551,13 @@ _CORE_OVER_OEDEMA: dict[str, tuple[float, float]] = {
 
 
 def _core_contrasts(rng: np.random.Generator, gains: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """The core's intensity redrawn against the oedema as _contrast renders it (75 % oedema over WM);
+    """The core's intensity redrawn against the oedema as _contrast renders it (over WM);
     the enhancing rim stays above the core on T1ce."""
     drawn = {m: dict(g) for m, g in gains.items()}
     for modality in MODALITIES:
         low, high = _CORE_OVER_OEDEMA[modality]
         g = drawn[modality]
-        oedema = 0.75 * g["ed"] + 0.25 * g["wm"]
+        oedema = _OEDEMA_SHARE * g["ed"] + (1 - _OEDEMA_SHARE) * g["wm"]
         g["ncr"] = oedema * float(rng.uniform(low, high))
     t1ce = drawn["t1ce"]
     t1ce["et"] = max(t1ce["et"], 1.2 * t1ce["ncr"])
