@@ -22,8 +22,9 @@ def phantom(
         str,
         typer.Option(
             help="Families drawn widely: all (default), none (the narrow generator), or a comma list of "
-            "contrast, acquisition, anatomy, lesion, core (contrast,acquisition,anatomy,lesion: the default "
-            "before the core family, what the shipped weights' stages 1-4 trained on)."
+            "contrast, acquisition, anatomy, lesion, core, enhancement (contrast,acquisition,anatomy,lesion: the "
+            "default before the core family, what the shipped weights' stages 1-4 trained on; all but enhancement: "
+            "stage 7's)."
         ),
     ] = "all",
     generator: Annotated[
