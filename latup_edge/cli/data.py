@@ -22,9 +22,8 @@ def phantom(
         str,
         typer.Option(
             help="Families drawn widely: all (default), none (the narrow generator), or a comma list of "
-            "contrast, acquisition, anatomy, lesion, core, enhancement (contrast,acquisition,anatomy,lesion: the "
-            "default before the core family, what the shipped weights' stages 1-4 trained on; all but enhancement: "
-            "stage 7's)."
+            "contrast, acquisition, anatomy, lesion, core (contrast,acquisition,anatomy,lesion: the default "
+            "before the core family, what the shipped weights' stages 1-4 trained on)."
         ),
     ] = "all",
     generator: Annotated[

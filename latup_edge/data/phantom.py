@@ -7,7 +7,7 @@ random scale, rotation and shift, grows a lesion in white matter (enhancing rim 
 core NCR, edema ED that spreads along white matter), synthesises T1, T1ce, T2 and FLAIR from the
 tissue and lesion fractions, and adds a smooth bias field and Rician noise.
 
-Domain randomisation (the default, in the spirit of SynthSeg/SynthStrip) widens six families of
+Domain randomisation (the default, in the spirit of SynthSeg/SynthStrip) widens five families of
 variation; each can be switched off, and all off gives the narrow generator of the first demo weights:
 
 - ``contrast``: every tissue's intensity drawn per case and modality over a wide range, keeping only
@@ -23,11 +23,6 @@ variation; each can be switched off, and all off gives the narrow generator of t
   and T1ce (x0.3-0.95: it does not enhance). Drawn from its own stream, so switching it off
   (``--randomise contrast,acquisition,anatomy,lesion``) gives, byte for byte, the phantoms made
   before the family existed (stages 1-4 of the model card).
-- ``enhancement``: in half of the cases T1ce is the T1 after contrast (the same tissue contrast, with
-  blood-pool uptake in GM and WM, a little in oedema, none in CSF and the core, x1.3-2.5 in ET), so
-  that enhancement is the T1ce signal over the T1 as radiologists read it, not brightness on T1ce
-  alone; the other half keep the two drawn apart (a T1 and a T1ce from different sequences). Its own
-  stream too: ``BEFORE_ENHANCEMENT`` makes the phantoms of stage 7 byte for byte.
 
 >>> case = make_phantom("BraTS2021_00000", seed=0, index=0)
 >>> case.images["flair"].shape, case.images["flair"].dtype, sorted(set(case.classes.flat))
@@ -98,7 +93,6 @@ class Randomisation:
     anatomy: bool = True
     lesion: bool = True
     core: bool = True
-    enhancement: bool = True
 
     @classmethod
     def parse(cls, text: str) -> Randomisation:
@@ -120,11 +114,9 @@ class Randomisation:
 
 
 WIDE = Randomisation()
-NARROW = Randomisation(contrast=False, acquisition=False, anatomy=False, lesion=False, core=False, enhancement=False)
+NARROW = Randomisation(contrast=False, acquisition=False, anatomy=False, lesion=False, core=False)
 # The default before the core family existed: what stages 1-4 of the shipped weights trained on.
-BEFORE_CORE = Randomisation(core=False, enhancement=False)
-# The default before the enhancement family: what stage 7 trained on.
-BEFORE_ENHANCEMENT = Randomisation(enhancement=False)
+BEFORE_CORE = Randomisation(core=False)
 
 
 @dataclass
@@ -572,32 +564,6 @@ def _core_contrasts(rng: np.random.Generator, gains: dict[str, dict[str, float]]
     return drawn
 
 
-# Share of cases whose T1ce is their T1 after contrast (the rest: T1 and T1ce from unrelated sequences).
-COUPLED_T1CE_SHARE = 0.5
-# Signal gain after contrast per compartment, (low, high): blood pool in GM/WM, leaky oedema, broken BBB in ET.
-_UPTAKE: dict[str, tuple[float, float]] = {
-    "csf": (1.0, 1.0),
-    "gm": (1.02, 1.08),
-    "wm": (1.01, 1.04),
-    "ncr": (1.0, 1.0),
-    "ed": (1.0, 1.1),
-    "et": (1.3, 2.5),
-}
-
-
-def _enhancement_contrasts(rng: np.random.Generator, gains: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """In COUPLED_T1CE_SHARE of the cases, T1ce redrawn as the case's T1 times each compartment's uptake;
-    the enhancing rim stays above the core and normal tissue, as _wide_contrasts orders it."""
-    coupled = rng.random() < COUPLED_T1CE_SHARE
-    uptake = {name: float(rng.uniform(low, high)) for name, (low, high) in _UPTAKE.items()}
-    if not coupled:
-        return gains
-    drawn = {m: dict(g) for m, g in gains.items()}
-    t1ce = drawn["t1ce"] = {name: value * uptake[name] for name, value in gains["t1"].items()}
-    t1ce["et"] = max(t1ce["et"], max(t1ce["ncr"], t1ce["wm"], t1ce["gm"]) * float(rng.uniform(1.2, 1.8)))
-    return drawn
-
-
 @dataclass(frozen=True)
 class _Acquisition:
     """One modality's acquisition: bias amplitude, noise, blur, slice thickness, gamma and scale."""
@@ -671,8 +637,6 @@ def make_phantom(
     gains = _wide_contrasts(rng) if randomise.contrast else _narrow_contrasts(rng)
     if randomise.core:
         gains = _core_contrasts(np.random.default_rng([seed, index, 1]), gains)
-    if randomise.enhancement:
-        gains = _enhancement_contrasts(np.random.default_rng([seed, index, 2]), gains)
     acquisitions = _acquisitions(rng, wide=randomise.acquisition)
     modality_rngs = rng.spawn(len(MODALITIES))
 
