@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from latup_edge.data.cases import BratsCase, load_case_labels
 from latup_edge.scans.dicom_write import StudyInfo, write_localizer, write_series
-from latup_edge.scans.geometry import nifti_to_sitk
+from latup_edge.scans.geometry import classes_to_native, nifti_to_sitk
 
 # (spacing mm, direction cosines as columns, slice order, slice thickness averaged) per modality.
 # Sagittal slices, right-handed: rows run to posterior, columns to inferior, slices to the right (LPS terms).
@@ -46,7 +46,7 @@ class ClinicTruth:
     """What the study was made from: each modality's head motion (fixed T1ce -> that series) and the labels."""
 
     motion: dict[str, sitk.Euler3DTransform]
-    labels_native: sitk.Image  # network classes on T1ce's own grid (nearest neighbour from 1 mm)
+    labels_native: sitk.Image  # network classes on T1ce's own grid (label-aware from 1 mm, as segment's own)
     folders: dict[str, Path] = field(default_factory=dict)
 
 
@@ -106,9 +106,18 @@ def _smooth_along(image: sitk.Image, normal: np.ndarray, thickness: float) -> si
 
 
 def clinic_series(
-    images: dict[str, sitk.Image], labels: sitk.Image, seed: int, mm: float = 4.0, degrees: float = 4.0
+    images: dict[str, sitk.Image],
+    labels: sitk.Image,
+    seed: int,
+    mm: float = 4.0,
+    degrees: float = 4.0,
+    acquisitions: dict[str, dict] | None = None,
 ) -> tuple[dict[str, sitk.Image], ClinicTruth]:
-    """The clinic series of a BraTS-ready case (see the module docstring) and their truth."""
+    """The clinic series of a BraTS-ready case (see the module docstring) and their truth.
+
+    ``acquisitions`` replaces some entries of ``ACQUISITIONS`` (e.g. a 1 mm FLAIR, to see what its
+    thick slices cost)."""
+    acquisitions = ACQUISITIONS | (acquisitions or {})
     rng = np.random.default_rng(seed)
     reference = images["t1ce"]
     center = reference.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in reference.GetSize()])
@@ -116,7 +125,7 @@ def clinic_series(
     series: dict[str, sitk.Image] = {}
     t1ce_grid = None
     for key, image in images.items():
-        acquisition = ACQUISITIONS[key]
+        acquisition = acquisitions[key]
         grid = acquisition_grid(reference, acquisition["spacing"], acquisition["direction"])
         moved = None if key == "t1ce" else random_motion(rng, center, mm, degrees)
         if moved is not None:
@@ -125,7 +134,11 @@ def clinic_series(
         if key == "t1ce":
             t1ce_grid = grid
     assert t1ce_grid is not None
-    labels_native = sitk.Resample(labels, t1ce_grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    # The truth takes the operator segment's labels take (one-hot, linear, argmax): with nearest
+    # neighbour here, a perfect prediction moved to this grid would lose 0.02 ET Dice to the scoring.
+    classes = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
+    labels_native = sitk.GetImageFromArray(classes_to_native(classes, labels, t1ce_grid))
+    labels_native.CopyInformation(t1ce_grid)
     return series, ClinicTruth(motion, labels_native)
 
 

@@ -1,0 +1,127 @@
+"""Where the clinic input's Dice gap comes from: the same cases through clinic-like studies that differ in one factor.
+
+``benchmarks/clinic_input.py`` measures the native-grid Dice of clinic-like studies (T1ce 0.9 x 0.9 x 1 mm,
+FLAIR 5 mm axial, T2 3 mm sagittal, head motion) against the same cases given BraTS-ready. This script
+takes that gap apart: it writes each case as NIfTI studies that change one factor at a time (no head
+motion; then a 1 mm FLAIR; then a 1 mm axial T2 too; then every series on the 1 mm BraTS grid) and
+segments each with the same bundle, scoring against the truth on T1ce's own grid. The last variant is
+a control: nothing to resample, so it must equal BraTS-ready.
+
+    latup-edge phantom runs/clinic-narrow --n 10 --seed 2500 --randomise none
+    python benchmarks/clinic_gap.py --cases runs/clinic-narrow --work runs/clinic-gap --out benchmarks/clinic_gap.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from latup_edge.data.cases import discover_cases
+from latup_edge.fileio import atomic_write
+from latup_edge.runtime.predictor import Predictor
+from latup_edge.runtime.segment import SegmentSettings, segment_cases
+from latup_edge.scans.clinic_like import case_volumes, clinic_series
+
+sys.path.insert(0, str(Path(__file__).parent))
+from clinic_input import _labels, _region_dice, _write_nifti_study  # noqa: E402
+
+FORMAT = "latup-edge-clinic-gap/1"
+AXIAL = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+ONE_MM = {"spacing": (1.0, 1.0, 1.0), "direction": AXIAL}
+# (name, head motion on, acquisitions replaced): each row changes one factor from the row above.
+VARIANTS: tuple[tuple[str, bool, dict[str, dict]], ...] = (
+    ("clinic (as clinic_input.py)", True, {}),
+    ("no head motion", False, {}),
+    ("no motion, FLAIR 0.9 x 0.9 x 1 mm", False, {"flair": {"spacing": (0.9, 0.9, 1.0), "direction": AXIAL}}),
+    (
+        "no motion, FLAIR 0.9 mm, T2 1 mm axial",
+        False,
+        {"flair": {"spacing": (0.9, 0.9, 1.0), "direction": AXIAL}, "t2": ONE_MM},
+    ),  # fmt: skip
+    ("control: every series on the 1 mm grid", False, {"flair": ONE_MM, "t2": ONE_MM, "t1ce": ONE_MM, "t1": ONE_MM}),
+)
+
+
+def _classes(labels: sitk.Image) -> np.ndarray:
+    """Network classes in NIfTI (x, y, z) order, as the written labels read back."""
+    return sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=Path, required=True, help="BraTS-ready cases with labels")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the studies and outputs (replaced)")
+    parser.add_argument("--bundle", type=Path, default=None, help="bundle (default: the shipped one)")
+    parser.add_argument("--precision", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+
+    cases = discover_cases(args.cases)[: args.n]
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    predictor = Predictor.open("openvino", args.precision, args.bundle, threads=args.threads)
+    settings = SegmentSettings()
+
+    ready_log = segment_cases([args.cases], args.work / "out-ready", settings, predictor=predictor)
+    ready = {e["case_id"]: e for e in ready_log["cases"] if e["status"] == "ok"}
+    rows: list[dict[str, Any]] = []
+    for name, moved, acquisitions in [("BraTS-ready", False, None), *VARIANTS]:
+        start = time.perf_counter()
+        if acquisitions is None:  # the cases as they are, already segmented above
+            truths = {case.case_id: _classes(case_volumes(case)[1]) for case in cases}
+            outputs = {case_id: entry["outputs"][0] for case_id, entry in ready.items()}
+            failures = {}
+        else:
+            study = args.work / f"study-{len(rows)}"
+            truths = {}
+            for index, case in enumerate(cases):
+                images, labels = case_volumes(case)
+                motion = 4.0 if moved else 0.0
+                series, truth = clinic_series(images, labels, seed=index, mm=motion, degrees=motion,
+                                              acquisitions=acquisitions)  # fmt: skip
+                _write_nifti_study(series, study / case.case_id, case.case_id)
+                truths[case.case_id] = _classes(truth.labels_native)
+            log = segment_cases([study], args.work / f"out-{len(rows)}", settings, predictor=predictor)
+            outputs = {e["case_id"]: e["outputs"][0] for e in log["cases"] if e["status"] == "ok"}
+            failures = {e["case_id"]: e["error"] for e in log["cases"] if e["status"] != "ok"}
+        dice = {case_id: _region_dice(_labels(Path(path)), truths[case_id]) for case_id, path in outputs.items()}
+        mean = {r: round(float(np.mean([d[r] for d in dice.values()])), 4) for r in ("WT", "TC", "ET")}
+        rows.append({"variant": name, "cases": len(dice), "dice": mean, "per_case": dice, "failures": failures,
+                     "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
+        print(f"{name}: {mean} ({len(dice)} cases, {len(failures)} failed)", file=sys.stderr)
+
+    base = rows[0]["dice"]
+    for row in rows:
+        row["change"] = {r: round(row["dice"][r] - base[r], 4) for r in ("WT", "TC", "ET")}
+    result = {
+        "format": FORMAT,
+        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
+        "bundle": str(predictor.bundle.path if predictor.bundle else None),
+        "precision": predictor.precision,
+        "variants": rows,
+    }
+    print("| study | Dice WT / TC / ET | change against BraTS-ready |")
+    print("|---|---|---|")
+    for row in rows:
+        d, c = row["dice"], row["change"]
+        print(f"| {row['variant']} | {d['WT']:.4f} / {d['TC']:.4f} / {d['ET']:.4f} | "
+              f"{c['WT']:+.4f} / {c['TC']:+.4f} / {c['ET']:+.4f} |")  # fmt: skip
+    if args.out:
+        text = json.dumps(result, indent=2) + "\n"
+        atomic_write(args.out, lambda temporary: temporary.write_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
