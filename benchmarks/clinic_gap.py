@@ -13,7 +13,6 @@ a control: nothing to resample, so it must equal BraTS-ready.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -32,7 +31,7 @@ from latup_edge.runtime.segment import SegmentSettings, segment_cases
 from latup_edge.scans.clinic_like import case_volumes, clinic_series
 
 sys.path.insert(0, str(Path(__file__).parent))
-from clinic_input import _labels, _region_dice, _write_nifti_study  # noqa: E402
+from clinic_input import _labels, _region_dice, _write_nifti_study, study_arguments  # noqa: E402
 
 FORMAT = "latup-edge-clinic-gap/1"
 AXIAL = (1, 0, 0, 0, 1, 0, 0, 0, 1)
@@ -57,15 +56,7 @@ def _classes(labels: sitk.Image) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=Path, required=True, help="BraTS-ready cases with labels")
-    parser.add_argument("--work", type=Path, required=True, help="folder for the studies and outputs (replaced)")
-    parser.add_argument("--bundle", type=Path, default=None, help="bundle (default: the shipped one)")
-    parser.add_argument("--precision", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--n", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args(argv)
+    args = study_arguments(__doc__).parse_args(argv)
 
     cases = discover_cases(args.cases)[: args.n]
     if args.work.exists():

@@ -78,8 +78,9 @@ def _overlay(t1ce: np.ndarray, classes: np.ndarray, path: Path) -> None:
     image.save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def study_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options of the clinic-study benchmarks: the cases, a work folder, the bundle, the output."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--cases", type=Path, required=True, help="BraTS-ready cases with labels")
     parser.add_argument("--work", type=Path, required=True, help="folder for the studies and outputs (replaced)")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle (default: the shipped one)")
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = study_arguments(__doc__).parse_args(argv)
 
     cases = discover_cases(args.cases)[: args.n]
     if args.work.exists():
