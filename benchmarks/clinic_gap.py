@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from latup_edge.data.cases import discover_cases
+from latup_edge.data.cases import discover_cases, load_case_labels
 from latup_edge.fileio import atomic_write
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.segment import SegmentSettings, segment_cases
@@ -50,9 +50,18 @@ VARIANTS: tuple[tuple[str, bool, dict[str, dict]], ...] = (
 )
 
 
-def _classes(labels: sitk.Image) -> np.ndarray:
-    """Network classes in NIfTI (x, y, z) order, as the written labels read back."""
-    return sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
+def _row(name: str, log: dict[str, Any], truths: dict[str, np.ndarray], started: float) -> dict[str, Any]:
+    """One study's scores: Dice per case against ``truths`` (the cases scored), their mean, and failures."""
+    entries = [entry for entry in log["cases"] if entry["case_id"] in truths]
+    dice = {
+        e["case_id"]: _region_dice(_labels(Path(e["outputs"][0])), truths[e["case_id"]])
+        for e in entries if e["status"] == "ok"
+    }  # fmt: skip
+    failures = {e["case_id"]: e["error"] for e in entries if e["status"] != "ok"}
+    mean = {r: round(float(np.mean([d[r] for d in dice.values()])), 4) for r in ("WT", "TC", "ET")}
+    print(f"{name}: {mean} ({len(dice)} cases, {len(failures)} failed)", file=sys.stderr)
+    return {"variant": name, "cases": len(dice), "dice": mean, "per_case": dice, "failures": failures,
+            "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,33 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.open("openvino", args.precision, args.bundle, threads=args.threads)
     settings = SegmentSettings()
 
-    ready_log = segment_cases([args.cases], args.work / "out-ready", settings, predictor=predictor)
-    ready = {e["case_id"]: e for e in ready_log["cases"] if e["status"] == "ok"}
-    rows: list[dict[str, Any]] = []
-    for name, moved, acquisitions in [("BraTS-ready", False, None), *VARIANTS]:
-        start = time.perf_counter()
-        if acquisitions is None:  # the cases as they are, already segmented above
-            truths = {case.case_id: _classes(case_volumes(case)[1]) for case in cases}
-            outputs = {case_id: entry["outputs"][0] for case_id, entry in ready.items()}
-            failures = {}
-        else:
-            study = args.work / f"study-{len(rows)}"
-            truths = {}
-            for index, case in enumerate(cases):
-                images, labels = case_volumes(case)
-                motion = 4.0 if moved else 0.0
-                series, truth = clinic_series(images, labels, seed=index, mm=motion, degrees=motion,
-                                              acquisitions=acquisitions)  # fmt: skip
-                _write_nifti_study(series, study / case.case_id, case.case_id)
-                truths[case.case_id] = _classes(truth.labels_native)
-            log = segment_cases([study], args.work / f"out-{len(rows)}", settings, predictor=predictor)
-            outputs = {e["case_id"]: e["outputs"][0] for e in log["cases"] if e["status"] == "ok"}
-            failures = {e["case_id"]: e["error"] for e in log["cases"] if e["status"] != "ok"}
-        dice = {case_id: _region_dice(_labels(Path(path)), truths[case_id]) for case_id, path in outputs.items()}
-        mean = {r: round(float(np.mean([d[r] for d in dice.values()])), 4) for r in ("WT", "TC", "ET")}
-        rows.append({"variant": name, "cases": len(dice), "dice": mean, "per_case": dice, "failures": failures,
-                     "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
-        print(f"{name}: {mean} ({len(dice)} cases, {len(failures)} failed)", file=sys.stderr)
+    started = time.perf_counter()
+    log = segment_cases([args.cases], args.work / "out-ready", settings, predictor=predictor)
+    rows = [_row("BraTS-ready", log, {case.case_id: load_case_labels(case)[0] for case in cases}, started)]
+    for name, moved, acquisitions in VARIANTS:
+        started = time.perf_counter()
+        study = args.work / f"study-{len(rows)}"
+        truths = {}
+        for index, case in enumerate(cases):
+            images, labels = case_volumes(case)
+            motion = 4.0 if moved else 0.0
+            series, truth = clinic_series(images, labels, seed=index, mm=motion, degrees=motion,
+                                          acquisitions=acquisitions)  # fmt: skip
+            _write_nifti_study(series, study / case.case_id, case.case_id)
+            # Network classes in NIfTI (x, y, z) order, as the written labels read back.
+            truths[case.case_id] = sitk.GetArrayFromImage(truth.labels_native).transpose(2, 1, 0)
+        log = segment_cases([study], args.work / f"out-{len(rows)}", settings, predictor=predictor)
+        rows.append(_row(name, log, truths, started))
 
     base = rows[0]["dice"]
     for row in rows:
