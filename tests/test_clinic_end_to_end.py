@@ -22,10 +22,10 @@ from latup_edge.scans.dicom import find_series
 from latup_edge.scans.dicom_seg import read_dicom_seg
 from latup_edge.scans.registration import logged_transform, registration_error_mm
 
-# Measured on 10 clinic-like phantoms (benchmarks/clinic_input_narrow.json): native Dice is lower by
-# 0.032 / 0.016 / 0.043 on the mean, 0.049 / 0.027 / 0.056 at worst (5 mm FLAIR, 0.9 mm T1ce made from
-# 1 mm data); a wrong orientation, flip or registration costs far more than this bound.
-MAX_DICE_CHANGE = 0.06
+# Measured on 10 clinic-like phantoms (benchmarks/clinic_input_narrow_windows.json, T1ce segmented on its
+# own 0.9 mm voxels): native Dice is lower by 0.026 / 0.010 / 0.026 on the mean, 0.045 / 0.018 / 0.038
+# at worst (5 mm FLAIR); a wrong orientation, flip or registration costs far more than this bound.
+MAX_DICE_CHANGE = 0.05
 
 
 def test_a_dicom_study_segments_on_its_t1ce_grid_as_well_as_brats_ready(two_phantoms, tmp_path):
@@ -47,7 +47,9 @@ def test_a_dicom_study_segments_on_its_t1ce_grid_as_well_as_brats_ready(two_phan
     entry = clinic["cases"][0]
     native = to_classes(np.asanyarray(nib.load(tmp_path / "out-dicom" / f"{entry['case_id']}.nii.gz").dataobj), "2021")
     native_truth = sitk.GetArrayFromImage(truth.labels_native).transpose(2, 1, 0)
-    assert native.shape == native_truth.shape  # T1ce's own grid, not the 1 mm model grid
+    assert native.shape == native_truth.shape  # T1ce's own grid
+    labels_step = next(step for step in entry["geometry"] if step["step"] == "labels to native grid")
+    assert labels_step["interpolation"].startswith("none")  # 0.9 mm: the network ran on T1ce's own voxels
     dice_ready, dice_native = agreement(ready_labels, classes), agreement(native, native_truth)
     assert all(dice_ready[region] > 0.7 for region in dice_ready), dice_ready
     for region in dice_ready:

@@ -18,6 +18,7 @@ from latup_edge.scans.geometry import (
     nifti_to_sitk,
     physical_extent_mm,
     resample_onto,
+    shares_lattice,
     sitk_to_nifti,
 )
 
@@ -118,6 +119,30 @@ def test_reorient_is_exact_and_reversible():
     back = sitk.DICOMOrient(reoriented, "RAS")
     assert sitk.GetArrayFromImage(back).tobytes() == sitk.GetArrayFromImage(ras).tobytes()
     np.testing.assert_allclose(back.GetOrigin(), ras.GetOrigin(), atol=1e-9)
+
+
+def test_a_near_1_mm_reference_is_segmented_on_its_own_voxels_and_its_labels_come_back_exactly():
+    rng = np.random.default_rng(2)
+    classes = rng.integers(0, 4, (20, 30, 24)).astype(np.uint8)
+    # A sagittal 0.9 mm series: its own voxels, reoriented to LPS, are the model grid.
+    sagittal = np.array([[0, 0, -0.9, 10.0], [0.9, 0, 0, -20.0], [0, -0.9, 0, 30.0], [0, 0, 0, 1]])
+    native = nifti_to_sitk(nib.Nifti1Image(np.zeros(classes.shape, np.float32), sagittal))
+    grid = model_grid_for(native)
+    assert grid.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1) and grid.GetSpacing() == pytest.approx((0.9,) * 3)
+    assert sorted(grid.GetSize()) == sorted(classes.shape) and shares_lattice(grid, native)
+    on_grid = classes_to_native(classes, native, grid)  # native -> grid: a reorientation
+    back = classes_to_native(on_grid.transpose(2, 1, 0), grid, native)
+    assert back.tobytes() == classes.transpose(2, 1, 0).tobytes()
+    # Probabilities are not interpolated: the final classes (override) come back as they are.
+    probabilities = rng.random((4, *on_grid.transpose(2, 1, 0).shape)).astype(np.float32)
+    assert (
+        labels_to_native(probabilities, grid, native, override=on_grid.transpose(2, 1, 0)).tobytes() == back.tobytes()
+    )
+    # 0.8 mm and 1.1 mm are outside OWN_VOXELS_MM: a 1 mm grid over the field of view, labels interpolated.
+    for step in (0.8, 1.1):
+        other = nifti_to_sitk(nib.Nifti1Image(np.zeros(classes.shape, np.float32), np.diag([-step, -step, step, 1.0])))
+        one_mm = model_grid_for(other)
+        assert one_mm.GetSpacing() == (1.0, 1.0, 1.0) and not shares_lattice(one_mm, other), step
 
 
 def test_anisotropic_resampling_is_closer_to_the_truth_than_linear_and_nearest(phantom):

@@ -4,8 +4,10 @@ A scan to segment is a BraTS case (NIfTI files named by a BraTS or nnU-Net conve
 orientation and spacing) or a DICOM study (series grouped by StudyInstanceUID, modalities assigned
 by the rules of ``latup_edge.scans.dicom``). ``load_scan`` gives the network its input on the model
 grid: 1 mm isotropic, BraTS's LPS voxel order, every modality on the reference's grid (T1ce, as
-BraTS registers to it). A BraTS-ready case (all modalities on one 1 mm LPS grid) takes exactly the
-path of ``load_case_images``: nothing is resampled, so its labels are byte-identical to it.
+BraTS registers to it); a reference already at 0.88-1 mm on an axis-aligned grid keeps its
+own voxels, only reoriented (``model_grid_for``), so its labels come back without resampling.
+A BraTS-ready case (all modalities on one 1 mm LPS grid) takes exactly the path of
+``load_case_images``: nothing is resampled, so its labels are byte-identical to it.
 Anything else is reoriented, resampled and, when its modalities do not share the reference's grid,
 rigidly registered to it, each step recorded with its parameters and quality figure; a brain that
 is not skull-stripped, a series too short to hold a brain or a registration that failed its own
@@ -55,11 +57,11 @@ from latup_edge.scans.dicom import (
     told_by_contrast_agent,
 )
 from latup_edge.scans.geometry import (
-    is_model_grid,
     labels_to_native,
     model_grid_for,
     nifti_to_sitk,
     resample_onto,
+    shares_lattice,
     sitk_to_nifti,
 )
 from latup_edge.scans.registration import check_registration, register_rigid
@@ -269,7 +271,7 @@ def _aligned(
         steps.append({"step": "register", "modality": key, "series": label, **registration.to_log()})
         check_registration(registration, key, label)
         transform = registration.transform
-    if is_model_grid(volume) and _same_grid(volume, grid) and transform is None:
+    if transform is None and _same_grid(volume, grid):
         resampled, record = volume, {"step": "resample", "modality": key, "interpolation": "none"}
     else:
         resampled, record = resample_onto(volume, grid, transform, label=label)
@@ -334,6 +336,11 @@ def labels_on_native_grid(
     if probabilities is None:
         probabilities = np.stack([classes == k for k in range(4)]).astype(np.float32)
     native_classes = labels_to_native(probabilities, native.grid, native.native, override=classes)
-    record = {"step": "labels to native grid", "interpolation": "linear per class probability, then argmax",
+    interpolation = (
+        "none: reoriented (the network ran on the reference's own voxels)"
+        if shares_lattice(native.grid, native.native)
+        else "linear per class probability, then argmax"
+    )
+    record = {"step": "labels to native grid", "interpolation": interpolation,
               "shape": list(native.native.GetSize()), "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
     return np.ascontiguousarray(native_classes.transpose(2, 1, 0)), record
