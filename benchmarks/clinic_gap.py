@@ -13,7 +13,6 @@ a control: nothing to resample, so it must equal BraTS-ready.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from latup_edge.data.cases import discover_cases, load_case_labels
-from latup_edge.fileio import atomic_write
+from latup_edge.fileio import atomic_write_json
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.segment import SegmentSettings, segment_cases
 from latup_edge.scans.clinic_like import case_volumes, clinic_series
@@ -108,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['variant']} | {d['WT']:.4f} / {d['TC']:.4f} / {d['ET']:.4f} | "
               f"{c['WT']:+.4f} / {c['TC']:+.4f} / {c['ET']:+.4f} |")  # fmt: skip
     if args.out:
-        text = json.dumps(result, indent=2) + "\n"
-        atomic_write(args.out, lambda temporary: temporary.write_text(text))
+        atomic_write_json(args.out, result)
     return 0
 
 

@@ -35,7 +35,7 @@ from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import to_classes
 from latup_edge.data.naming import case_filename
 from latup_edge.evaluate.metrics import agreement
-from latup_edge.fileio import atomic_write
+from latup_edge.fileio import atomic_write_json
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.segment import SegmentSettings, segment_cases
 from latup_edge.scans.clinic_like import case_volumes, clinic_series, write_clinic_study
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     _print(result)
     if args.out:
-        text = json.dumps(result, indent=2) + "\n"
-        atomic_write(args.out, lambda temporary: temporary.write_text(text))
+        atomic_write_json(args.out, result)
     return 0
 
 

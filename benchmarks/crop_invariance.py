@@ -13,7 +13,6 @@ agreement (Dice per region, both empty = 1) between the tight and the padded run
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from latup_edge.data.cases import discover_cases, load_case_images
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import apply_crop, brain_box, normalize
 from latup_edge.evaluate.metrics import agreement
-from latup_edge.fileio import atomic_write
+from latup_edge.fileio import atomic_write_json
 
 FORMAT = "latup-edge-crop-invariance/1"
 TARGET = 0.995
@@ -103,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
             "target_met": passed,
         }
-        text = json.dumps(result, indent=2) + "\n"
-        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+        atomic_write_json(args.out, result)
     return 0
 
 

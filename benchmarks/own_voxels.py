@@ -14,7 +14,6 @@ this script's table: kept voxels won at 0.88 mm and lost at 1.12 mm.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ import SimpleITK as sitk
 
 import latup_edge.scans.geometry as geometry
 from latup_edge.data.cases import discover_cases
-from latup_edge.fileio import atomic_write
+from latup_edge.fileio import atomic_write_json
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.segment import SegmentSettings, segment_cases
 from latup_edge.scans.clinic_like import case_volumes, clinic_series
@@ -78,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"format": FORMAT, "measured": datetime.now(UTC).isoformat(timespec="seconds"),
                   "bundle": str(predictor.bundle.path if predictor.bundle else None),
                   "precision": predictor.precision, "rows": rows}  # fmt: skip
-        text = json.dumps(result, indent=2) + "\n"
-        atomic_write(args.out, lambda temporary: temporary.write_text(text))
+        atomic_write_json(args.out, result)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import platform
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import numpy as np
 
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import agreement
-from latup_edge.fileio import atomic_write
+from latup_edge.fileio import atomic_write, atomic_write_json
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, ET, Postprocessing, postprocess
 from latup_edge.runtime.volume import predict_classes
 
@@ -159,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "sets": sets,
     }
     if args.out:
-        text = json.dumps(result, indent=2) + "\n"
-        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+        atomic_write_json(args.out, result)
     return 0
 
 

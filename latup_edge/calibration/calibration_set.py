@@ -32,7 +32,7 @@ from latup_edge.data.cases import BratsCase, discover_cases, load_case_images, l
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.data.preprocess import NORMALIZATIONS, SIZE_MULTIPLE, Crop, apply_crop, brain_box, normalize
 from latup_edge.errors import LatupError
-from latup_edge.fileio import atomic_write, sha256_file
+from latup_edge.fileio import atomic_write, atomic_write_json, sha256_file
 from latup_edge.runtime.normalization import LEGACY_NORMALIZATION, describe_normalization
 
 FORMAT = "latup-edge-calibration/1"
@@ -190,8 +190,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
 
 
 def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> CalibrationSet:
-    text = json.dumps(manifest, indent=2) + "\n"
-    atomic_write(out_dir / MANIFEST, lambda tmp: tmp.write_text(text))
+    atomic_write_json(out_dir / MANIFEST, manifest)
     return CalibrationSet(out_dir, manifest)
 
 

@@ -30,7 +30,7 @@ import openvino as ov
 from latup_edge import __version__
 from latup_edge.deploy.metadata import read_model_metadata
 from latup_edge.errors import LatupError, first_line
-from latup_edge.fileio import atomic_write, sha256_file
+from latup_edge.fileio import atomic_write_json, sha256_file
 from latup_edge.runtime.bundle import (
     FORMAT,
     MANIFEST,
@@ -169,8 +169,7 @@ def compile_bundle(
         }
         manifest = json.loads(json.dumps(manifest, default=str))
         manifest["checksum"] = manifest_checksum(manifest)
-        text = json.dumps(manifest, indent=2) + "\n"
-        atomic_write(work / MANIFEST, lambda tmp: tmp.write_text(text))
+        atomic_write_json(work / MANIFEST, manifest)
         _move_into_place(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -125,11 +125,10 @@ def model_grid_for(reference: sitk.Image) -> sitk.Image:
       rounded up, centred on it.
     """
     if on_own_lattice(reference):
-        shape = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
-        shape.CopyInformation(reference)
-        oriented = sitk.DICOMOrient(shape, "LPS")
-        grid = sitk.Image(oriented.GetSize(), sitk.sitkFloat32)
-        grid.CopyInformation(oriented)
+        size, spacing, origin = _lps_lattice(reference)
+        grid = sitk.Image(size, sitk.sitkFloat32)
+        grid.SetSpacing(spacing)
+        grid.SetOrigin(origin)
         return grid
     corners = _fov_corners(reference)
     low, high = corners.min(0), corners.max(0)
@@ -377,13 +376,29 @@ def classes_to_native(classes: np.ndarray, grid: sitk.Image, native: sitk.Image)
     return _channels_to_native(_one_hot(np.asarray(classes), count), grid, native)
 
 
+def _lps_lattice(image: sitk.Image) -> tuple[list[int], tuple[float, ...], tuple[float, ...]]:
+    """Size, spacing and origin of an axis-permutation ``image``'s voxels in LPS order (as ``DICOMOrient`` gives)."""
+    direction = _direction(image).round()
+    axis = np.argmax(np.abs(direction), axis=1)  # the image axis that runs along each physical axis
+    size, spacing = np.asarray(image.GetSize()), np.asarray(image.GetSpacing(), dtype=np.float64)
+    flipped = direction[np.arange(3), axis] < 0
+    corner = np.zeros(3)
+    corner[axis[flipped]] = size[axis[flipped]] - 1  # the new first voxel: the old last one along flipped axes
+    origin = image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+    return [int(n) for n in size[axis]], tuple(float(v) for v in spacing[axis]), tuple(float(v) for v in origin)
+
+
 def shares_lattice(grid: sitk.Image, native: sitk.Image) -> bool:
     """True when ``native``'s voxels, reoriented to LPS, are exactly ``grid``'s (``model_grid_for`` kept them)."""
     if not _is_axis_permutation(native):
         return False
-    shape = sitk.Image(native.GetSize(), sitk.sitkUInt8)
-    shape.CopyInformation(native)
-    return _same_geometry(sitk.DICOMOrient(shape, "LPS"), grid)
+    size, spacing, origin = _lps_lattice(native)
+    return (
+        list(grid.GetSize()) == size
+        and np.allclose(grid.GetSpacing(), spacing, atol=1e-3, rtol=0)
+        and np.allclose(grid.GetOrigin(), origin, atol=1e-3, rtol=0)
+        and np.allclose(_direction(grid), np.eye(3), atol=1e-3, rtol=0)
+    )
 
 
 def _reoriented_back(classes: np.ndarray, grid: sitk.Image, native: sitk.Image) -> np.ndarray:

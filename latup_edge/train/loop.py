@@ -26,7 +26,7 @@ from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import region_masks
 from latup_edge.errors import LatupError
 from latup_edge.evaluate.metrics import dice
-from latup_edge.fileio import atomic_write
+from latup_edge.fileio import atomic_write, atomic_write_json
 from latup_edge.models.checkpoint import load_model, save_checkpoint
 from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
 from latup_edge.train.augment import Augmentation
@@ -282,8 +282,7 @@ def _save_optimizer(out_dir: Path, optimizer: torch.optim.Adam, state: TrainingS
         for name, value in values.items():
             tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     atomic_write(out_dir / "optimizer.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    text = json.dumps(asdict(state), indent=2) + "\n"
-    atomic_write(out_dir / "state.json", lambda tmp: tmp.write_text(text))
+    atomic_write_json(out_dir / "state.json", asdict(state))
 
 
 def _restore(out_dir: Path, model: LATUPNet, optimizer: torch.optim.Adam, settings: TrainingSettings) -> TrainingState:
