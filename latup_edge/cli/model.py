@@ -18,7 +18,7 @@ from latup_edge.cli.app import (
     print_table,
     progress_bar,
 )
-from latup_edge.cli.options import ScoredLabelsOption, TilingOption
+from latup_edge.cli.options import MirrorOption, ScoredLabelsOption, TilingOption
 from latup_edge.errors import LatupError
 from latup_edge.runtime.volume import DEFAULT_TILING
 
@@ -232,6 +232,7 @@ def evaluate(
     ] = "torch",
     postprocess: ScoredLabelsOption = True,
     tiling: TilingOption = DEFAULT_TILING,
+    mirror: MirrorOption = "none",
     as_json: JsonOption = False,
 ) -> None:
     """Dice and HD95 per case and region (WT, TC, ET) over the full volume, with a summary per folder.
@@ -242,12 +243,13 @@ def evaluate(
     from latup_edge.data.cases import discover_cases
     from latup_edge.models.checkpoint import load_model
     from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
-    from latup_edge.runtime.volume import torch_forward
+    from latup_edge.runtime.volume import mirror_axes, mirrored, torch_forward
 
     if precision not in ("fp32", "bf16"):
         raise typer.BadParameter("must be fp32 or bf16", param_hint="--precision")
     if backend not in ("torch", "openvino"):
         raise typer.BadParameter("must be torch or openvino", param_hint="--backend")
+    axes = mirror_axes(mirror)  # an unknown mirroring is refused before any work
     folders = {str(folder): discover_cases(folder) for folder in data_dirs}
     model = load_model(weights)
     with tempfile.TemporaryDirectory(prefix="latup-evaluate-") as work:
@@ -259,13 +261,14 @@ def evaluate(
         else:
             forward = torch_forward(model, bf16=precision == "bf16")
         rules = DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none()
-        sets = _evaluate_sets(folders, forward, model.config.normalization, rules, tiling)
+        sets = _evaluate_sets(folders, mirrored(forward, axes), model.config.normalization, rules, tiling)
     result = {
         "weights": str(weights or "shipped demo weights"),
         "backend": backend,
         "precision": precision,
         "postprocessing": rules.to_dict(),
         "tiling": tiling,
+        "mirror": "".join("xyz"[axis] for axis in axes) or None,
         "statistics": model.config.statistics,
         "normalization": model.config.normalization,
         "sets": sets,

@@ -15,6 +15,14 @@ TilingOption = Annotated[
         "gate measured). docs/RUNTIME.md."
     ),
 ]
+MirrorOption = Annotated[
+    str,
+    typer.Option(
+        help="Test-time mirroring: also run each box mirrored along these axes and average the logits (x: "
+        "left-right, 2 passes; xyz: 8 passes; none). Each pass costs a network run; benchmarks/mirroring.py "
+        "measures what it buys (docs/RUNTIME.md).",
+    ),
+]
 
 ScoredLabelsOption = Annotated[
     bool,

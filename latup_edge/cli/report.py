@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
-from latup_edge.cli.options import ScoredLabelsOption, TilingOption
+from latup_edge.cli.options import MirrorOption, ScoredLabelsOption, TilingOption
 from latup_edge.runtime.volume import DEFAULT_TILING
 
 BundleOption = Annotated[
@@ -34,6 +34,7 @@ def drift(
     ] = None,
     threads: ThreadsOption = 0,
     tiling: TilingOption = DEFAULT_TILING,
+    mirror: MirrorOption = "none",
     postprocess: ScoredLabelsOption = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -56,6 +57,7 @@ def drift(
             progress=lambda case: bar.advance(task),
             tiling=tiling,
             postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(),
+            mirror="" if mirror == "none" else mirror,
         )
     if as_json:
         print_json(result)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import TextColumn
 
 from latup_edge.cli.app import JsonOption, command, console, err_console, print_json, print_table, progress_bar
-from latup_edge.cli.options import TilingOption
+from latup_edge.cli.options import MirrorOption, TilingOption
 from latup_edge.runtime.volume import DEFAULT_OVERLAP, DEFAULT_TILING, DEFAULT_WINDOW
 
 
@@ -44,6 +44,7 @@ def segment(
         bool, typer.Option("--skip-existing", help="Skip cases whose outputs exist (resume a run).")
     ] = False,
     tiling: TilingOption = DEFAULT_TILING,
+    mirror: MirrorOption = "none",
     window: Annotated[
         int,
         typer.Option(help="--tiling sliding: windows hold at most WINDOW^3 voxels (a positive multiple of 8)."),
@@ -124,6 +125,7 @@ def segment(
         threads=threads, allow_failed_precision=allow_failed_precision, log=log, shape_policy=shape_policy,
         postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(), modality_rules=rules,
         dicom_seg=dicom_seg, audit_every=audit, audit_fraction=audit_fraction, audit_seed=audit_seed,
+        mirror="" if mirror == "none" else mirror,
     )  # fmt: skip
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("segmenting", total=None, status="loading the model")

@@ -70,8 +70,10 @@ def drift_predictors(
     threads: int | None = None,
     opened: Mapping[str, Predictor] | None = None,
     tiling: Tiling = DEFAULT_TILING,
+    mirror: str = "",
 ) -> dict[str, Predictor]:
     """One Predictor per precision in ``names``, reusing those in ``opened``; the bundle is not re-read.
+    ``mirror``: test-time mirroring for each (``Predictor``'s).
 
     Precisions that failed the bundle's drift gate open too: measuring them is the point.
     """
@@ -82,7 +84,7 @@ def drift_predictors(
         return {
             name: opened[name]
             if name in opened
-            else Predictor.from_bundle(bundle, name, threads, tiling, allow_failed=True)
+            else Predictor.from_bundle(bundle, name, threads, tiling, allow_failed=True, mirror=mirror)
             for name in names
         }
 
@@ -97,6 +99,7 @@ def run_drift(
     opened: Mapping[str, Predictor] | None = None,
     tiling: Tiling = DEFAULT_TILING,
     postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
+    mirror: str = "",
 ) -> dict[str, Any]:
     """Score fp32 and each reduced precision of ``bundle`` on every case under ``data_dir``.
 
@@ -109,13 +112,14 @@ def run_drift(
     Each precision runs every brain box as its predictor runs it (``Predictor.forward``): in ``tiling``,
     or in the tiling of the predictor given in ``opened``. The labels scored are the network's argmax
     after ``postprocessing`` (what ``segment`` writes; ``Postprocessing.none()`` scores the argmax).
+    ``mirror`` runs every precision with that test-time mirroring (``latup_edge.runtime.volume.mirrored``).
 
     Returns ``{"bundle", "data_dir", "cpu", "threads", "precisions", "cases", "summary", "report"}``;
     ``precisions`` holds what each model resolved, its build verdict and whether the bundle approves it.
     """
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
     names = [REFERENCE, *reduced_precisions(loaded, precisions)]
-    predictors = drift_predictors(loaded, names, threads, opened, tiling)
+    predictors = drift_predictors(loaded, names, threads, opened, tiling, mirror)
     recorded = {name: _Recorded(predictor.forward) for name, predictor in predictors.items()}
     labels = delivered_labels(postprocessing)
     compared = OVERLAY_PRECISION if OVERLAY_PRECISION in names else names[1]
@@ -139,6 +143,7 @@ def run_drift(
                 "resolved": predictor.backend.model.resolved(),
                 "shape_policy": predictor.shape_policy,
                 "tiling": predictor.tiling,
+                "mirror": predictor.mirror or None,
                 "build_verdict": loaded.precisions[name].get("verdict"),
                 "approved": name == REFERENCE or bool(loaded.precisions[name].get("eligible")),
             }

@@ -38,6 +38,7 @@ from latup_edge.runtime.volume import (
     Tiling,
     box_forward,
     bucket_shape,
+    mirror_axes,
     predict_volume,
 )
 
@@ -84,6 +85,7 @@ class Predictor:
         shape_policy: ``exact`` or ``bucket32``; None picks the network's default (``resolve_shape_policy``).
         bundle: the bundle the backend runs, if any (its manifest names the modalities).
         postprocessing: the label rules after the network (``latup_edge.runtime.postprocess``).
+        mirror: test-time mirroring, axis letters (``""``: none; ``"x"``: left-right, 2 passes; ``"xyz"``: 8).
     """
 
     def __init__(
@@ -97,9 +99,12 @@ class Predictor:
         shape_policy: ShapePolicy | None = None,
         bundle: Bundle | None = None,
         postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
+        mirror: str = "",
     ) -> None:
         self.backend = backend
         self.postprocessing = postprocessing
+        self.mirror_axes = mirror_axes(mirror)
+        self.mirror = "".join("xyz"[axis] for axis in self.mirror_axes)
         self.normalization = normalization or backend.normalization
         self.network = dict(network if network is not None else getattr(backend, "network", None) or {})
         self.tiling = tiling
@@ -126,6 +131,7 @@ class Predictor:
         hint: PerformanceHint = "LATENCY",
         allow_failed: bool = False,
         postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
+        mirror: str = "",
     ) -> Predictor:
         """Open a bundle (a path: read and verified here; a ``Bundle``: as loaded) and compile ``precision``.
 
@@ -133,7 +139,7 @@ class Predictor:
         """
         return cls.open(
             backend, precision, bundle, None, threads, tiling, window, overlap, shape_policy=shape_policy,
-            hint=hint, cache_dir=cache_dir, allow_failed=allow_failed, postprocessing=postprocessing,
+            hint=hint, cache_dir=cache_dir, allow_failed=allow_failed, postprocessing=postprocessing, mirror=mirror,
         )  # fmt: skip
 
     @classmethod
@@ -153,6 +159,7 @@ class Predictor:
         cache_dir: Path | None = None,
         allow_failed: bool = False,
         postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
+        mirror: str = "",
     ) -> Predictor:
         """Any backend, as ``open_backend`` opens it: openvino and onnxruntime run ``bundle`` (None: the bundle
         shipped in the package, built from the shipped weights), torch runs
@@ -165,16 +172,18 @@ class Predictor:
         network = loaded.manifest.get("network") if runs_bundle else None
         if runs_bundle:  # refuse a shape policy before compiling anything
             resolve_shape_policy(shape_policy, network, f"bundle {loaded.path}")
+        mirror_axes(mirror)  # ... and an unknown mirroring
         opened = open_backend(
             backend, precision, loaded if runs_bundle else None, weights, threads, hint, cache_dir, allow_failed
         )
-        return cls(opened, None, network, tiling, window, overlap, shape_policy, loaded, postprocessing)
+        return cls(opened, None, network, tiling, window, overlap, shape_policy, loaded, postprocessing, mirror)
 
     def with_precision(self, precision: Precision, threads: int | None = None) -> Predictor:
         """The same bundle, tiling, shape policy and post-processing at another precision (the audit's fp32)."""
         return Predictor.open(
             self.backend.name, precision, self.bundle, None, threads, self.tiling, self.window, self.overlap,
             shape_policy=self.requested_shape_policy, allow_failed=True, postprocessing=self.postprocessing,
+            mirror=self.mirror,
         )  # fmt: skip
 
     @property
@@ -195,7 +204,7 @@ class Predictor:
     @property
     def forward(self) -> Forward:
         """The backend as the predictor feeds it a normalised brain box: its tiling, windows or bucket."""
-        return box_forward(self.backend, self.tiling, self.window, self.overlap, self.bucket)
+        return box_forward(self.backend, self.tiling, self.window, self.overlap, self.bucket, self.mirror_axes)
 
     def input_shape(self, box_shape: Sequence[int]) -> tuple[int, ...]:
         """The network input's spatial shape for a brain box of ``box_shape`` (whole tiling)."""
@@ -206,6 +215,7 @@ class Predictor:
         return predict_volume(
             images, self.backend, self.tiling, self.window, self.overlap, probabilities,
             normalization=self.normalization, bucket=self.bucket, postprocessing=self.postprocessing,
+            mirror=self.mirror_axes,
         )  # fmt: skip
 
     def segment(
@@ -243,13 +253,15 @@ class Predictor:
             "overlap": self.overlap if self.tiling == "sliding" else None,
             "shape_policy": self.shape_policy,
             "shape_policy_requested": self.requested_shape_policy,
+            "mirror": self.mirror or None,
         }
 
     def describe(self) -> str:
         """One line for logs: backend, precision, threads, tiling, shape policy, normalisation."""
         threads = self.backend.resolved().get("threads")
         tiling = "whole box" if self.tiling == "whole" else f"sliding windows of at most {self.window}^3 voxels"
+        mirror = f", mirrored along {self.mirror} ({2 ** len(self.mirror)} passes)" if self.mirror else ""
         return (
             f"{self.backend.name} {self.precision}, {threads or 'default'} threads, {tiling}, "
-            f"shape policy {self.shape_policy}, {self.normalization}"
+            f"shape policy {self.shape_policy}, {self.normalization}{mirror}"
         )

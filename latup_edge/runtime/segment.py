@@ -73,6 +73,7 @@ from latup_edge.runtime.volume import (
     Prediction,
     ShapePolicy,
     Tiling,
+    mirror_axes,
 )
 from latup_edge.scans.dicom import ModalityRules, load_rules
 from latup_edge.scans.dicom_seg import write_dicom_seg
@@ -125,6 +126,7 @@ class SegmentSettings:
     audit_every: int = 0  # also run the fp32 reference on every K-th case (0: never)
     audit_fraction: float = 0.0  # ... and on a seeded random fraction of the cases
     audit_seed: int = 0
+    mirror: str = ""  # test-time mirroring: axis letters ("x": left-right, 2 passes; "xyz": 8)
 
     @property
     def audit(self) -> AuditPlan:
@@ -143,6 +145,7 @@ class SegmentSettings:
             raise SegmentError(f"the overlap must be at least 0 and below 1, got {self.overlap}: 0.5 is usual")
         if self.tiling not in TILINGS:
             raise SegmentError(f"unknown tiling {self.tiling!r}: choose {' or '.join(TILINGS)}")
+        mirror_axes(self.mirror)  # an unknown mirroring: one sentence, before any work
         if self.threads is not None and self.threads < 1:
             raise SegmentError(f"threads must be at least 1, got {self.threads}")
         if self.shape_policy not in (None, *SHAPE_POLICIES):
@@ -239,6 +242,7 @@ def segment_cases(
                 settings.backend, settings.precision, settings.bundle, settings.weights, settings.threads,
                 settings.tiling, settings.window, settings.overlap, shape_policy=settings.shape_policy,
                 allow_failed=settings.allow_failed_precision, postprocessing=settings.postprocessing,
+                mirror=settings.mirror,
             )  # fmt: skip
     modalities = predictor.modalities or MODEL_MODALITIES
     trust = RunTrust.open(predictor, settings)
@@ -378,6 +382,7 @@ def model_summary(predictor: Predictor, warnings_seen: list[str]) -> dict[str, A
         },
         "modalities": list(predictor.modalities or MODEL_MODALITIES),
         "postprocessing": predictor.postprocessing.to_dict(),
+        "mirror": predictor.mirror or None,
         "warnings": warnings_seen,
     }
 

@@ -26,6 +26,11 @@ Tiling over the brain box (padded to a multiple of 8), ``box_forward``:
 The normalisation is always the one the model was trained with, so it has no default: a model's
 config names it (``model.config.normalization``; ``Bundle.normalization`` for a bundle).
 
+Test-time mirroring (``mirror``, after nnU-Net's): the network also runs on the box mirrored along
+some spatial axes (``"x"``: left-right, 2 passes; ``"xyz"``: all 8 mirror images), each output is
+mirrored back, and the logits are averaged (``mirrored``). Training flipped every axis, so each
+mirror image is a case the network knows; the cost is one pass per image.
+
 Shape buckets (``bucket``, whole tiling): OpenVINO sets up kernels (~1.8 s) the first time it sees an
 input shape, and every brain box has its own. ``bucket=32`` zero-pads the box at the end of each axis
 to the next multiple of 32 (``bucket_shape``) and crops the logits back (``bucketed``), so boxes
@@ -70,8 +75,13 @@ ShapePolicy = Literal["exact", "bucket32"]
 SHAPE_POLICIES: tuple[str, ...] = get_args(ShapePolicy)
 BUCKETS: dict[str, int | None] = {"exact": None, "bucket32": 32}
 
+# Test-time mirroring: axis letters of the (X, Y, Z) box; "" runs the network once.
+MIRROR_AXES: dict[str, int] = {"x": 0, "y": 1, "z": 2}
+
 __all__ = [
     "Forward",
+    "mirror_axes",
+    "mirrored",
     "Prediction",
     "ShapePolicy",
     "bucket_shape",
@@ -124,16 +134,47 @@ def bucketed(forward: Forward, multiple: int) -> Forward:
     return forward_in_bucket
 
 
+def mirror_axes(mirror: str) -> tuple[int, ...]:
+    """The spatial axes of a mirror spec: ``""`` or ``"none"`` -> (), ``"x"`` -> (0,), ``"xyz"`` -> (0, 1, 2)."""
+    spec = "" if mirror == "none" else mirror
+    if any(letter not in MIRROR_AXES for letter in spec) or len(set(spec)) != len(spec):
+        raise LatupError(f"unknown mirroring {mirror!r}: give none, or axis letters from xyz (x: left-right, xyz: all)")
+    return tuple(sorted(MIRROR_AXES[letter] for letter in spec))
+
+
+def mirrored(forward: Forward, axes: Sequence[int]) -> Forward:
+    """``forward`` averaged over the 2^len(``axes``) mirror images of its (1, C, D, H, W) input along the
+    spatial ``axes`` (0-2): each image's logits are mirrored back, then all are averaged (as nnU-Net does)."""
+    if not axes:
+        return forward
+    images = [
+        tuple(axis + 2 for axis, on in zip(axes, flags, strict=True) if on) for flags in np.ndindex(*(2,) * len(axes))
+    ]
+
+    def forward_mirrored(x: np.ndarray) -> np.ndarray:
+        total = None
+        for flip in images:
+            scores = forward(np.ascontiguousarray(np.flip(x, flip)) if flip else x)
+            scores = np.flip(scores, flip) if flip else scores
+            total = scores.astype(np.float32) if total is None else total + scores
+        return total / np.float32(len(images))
+
+    return forward_mirrored
+
+
 def box_forward(
     forward: Forward,
     tiling: Tiling = DEFAULT_TILING,
     window: int = DEFAULT_WINDOW,
     overlap: float = DEFAULT_OVERLAP,
     bucket: int | None = None,
+    mirror: Sequence[int] = (),
 ) -> Forward:
     """How a normalised brain box (1, C, D, H, W) goes through ``forward``: one pass (padded to ``bucket``,
     logits back) or fitted sliding windows (blended probabilities back). Either way argmax gives the classes.
+    ``mirror`` (spatial axes, ``mirror_axes``) averages each pass over its mirror images (``mirrored``).
     """
+    forward = mirrored(forward, mirror)
     if tiling not in TILINGS:
         raise LatupError(f"unknown tiling {tiling!r}: choose {' or '.join(TILINGS)}")
     if window < SIZE_MULTIPLE or window % SIZE_MULTIPLE:
@@ -158,6 +199,7 @@ def predict_volume(
     normalization: str,
     bucket: int | None = None,
     postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
+    mirror: Sequence[int] = (),
 ) -> Prediction:
     """Predict raw (C, X, Y, Z) modality images: classes and, with ``probabilities``, the softmax.
 
@@ -168,8 +210,9 @@ def predict_volume(
     ``bucket`` (whole only; a multiple of 8) runs the box zero-padded at its ends to a multiple of
     ``bucket`` (see the module docstring: only for brain-statistics networks). The classes then
     go through ``postprocessing`` (``latup_edge.runtime.postprocess``); probabilities do not.
+    ``mirror`` (spatial axes) averages the network over mirror images of the box (module docstring).
     """
-    run_box = box_forward(forward, tiling, window, overlap, bucket)
+    run_box = box_forward(forward, tiling, window, overlap, bucket, mirror)
     clock = _Clock()
     if normalization in BRAIN_ONLY_NORMALIZATIONS:  # the box holds the whole brain: normalise the box only
         crop = brain_box(images, multiple=SIZE_MULTIPLE)

@@ -46,7 +46,7 @@ def open_predictor(settings: SegmentSettings, predictor_class: type[Predictor] =
     return predictor_class.from_bundle(
         require_bundle(settings), settings.precision, settings.threads, settings.tiling, settings.window,
         settings.overlap, backend=settings.backend, shape_policy=settings.shape_policy,
-        allow_failed=settings.allow_failed_precision, postprocessing=settings.postprocessing,
+        allow_failed=settings.allow_failed_precision, postprocessing=settings.postprocessing, mirror=settings.mirror,
     )  # fmt: skip
 
 
