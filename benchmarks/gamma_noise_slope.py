@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,9 @@ from scipy import ndimage
 
 from latup_edge.data.cases import discover_cases, load_case_images
 from latup_edge.data.naming import MODEL_MODALITIES
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ood_check import gamma  # noqa: E402 (the shift as ood_check.py applies it)
 
 HERE = Path(__file__).resolve().parent
 BINS = 8
@@ -57,18 +61,13 @@ def noise_slope(volume: np.ndarray) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def gamma(images: np.ndarray, value: float) -> np.ndarray:
-    top = images.reshape(len(images), -1).max(axis=1)[:, None, None, None]
-    return top * (images / top) ** np.float32(value)
-
-
 def slopes(folder: Path, gammas: tuple[float, ...]) -> dict[str, list[float]]:
     """Per gamma (1.0: as stored) the median slope over the modalities of every case in ``folder``."""
     result: dict[str, list[float]] = {str(g): [] for g in gammas}
     for case in discover_cases(folder):
         images = load_case_images(case, MODEL_MODALITIES)[0].astype(np.float32)
         for g in gammas:
-            shifted = images if g == 1.0 else gamma(images, g)
+            shifted = images if g == 1.0 else gamma(g)(images, (1.0, 1.0, 1.0))[0]
             result[str(g)].append(round(float(np.median([noise_slope(v) for v in shifted])), 3))
     return result
 

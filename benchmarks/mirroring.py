@@ -76,7 +76,7 @@ def main() -> None:
 
 def dice_only(folder: Path, bundle, precision: str, mirror: str, threads: int, n: int | None) -> dict:
     """One precision, mirrored as asked: mean Dice against the labels over the first ``n`` cases."""
-    predictor = Predictor.from_bundle(bundle, precision, threads, mirror="" if mirror == "none" else mirror)
+    predictor = Predictor.from_bundle(bundle, precision, threads, mirror=mirror)
     cases = discover_cases(folder)[:n]
     start = time.perf_counter()
     per_case = {}

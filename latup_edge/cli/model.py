@@ -243,7 +243,7 @@ def evaluate(
     from latup_edge.data.cases import discover_cases
     from latup_edge.models.checkpoint import load_model
     from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
-    from latup_edge.runtime.volume import mirror_axes, mirrored, torch_forward
+    from latup_edge.runtime.volume import mirror_axes, mirror_name, mirrored, torch_forward
 
     if precision not in ("fp32", "bf16"):
         raise typer.BadParameter("must be fp32 or bf16", param_hint="--precision")
@@ -268,7 +268,7 @@ def evaluate(
         "precision": precision,
         "postprocessing": rules.to_dict(),
         "tiling": tiling,
-        "mirror": "".join("xyz"[axis] for axis in axes) or None,
+        "mirror": mirror_name(axes) or None,
         "statistics": model.config.statistics,
         "normalization": model.config.normalization,
         "sets": sets,

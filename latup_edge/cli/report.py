@@ -57,7 +57,7 @@ def drift(
             progress=lambda case: bar.advance(task),
             tiling=tiling,
             postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(),
-            mirror="" if mirror == "none" else mirror,
+            mirror=mirror,
         )
     if as_json:
         print_json(result)

@@ -125,7 +125,7 @@ def segment(
         threads=threads, allow_failed_precision=allow_failed_precision, log=log, shape_policy=shape_policy,
         postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(), modality_rules=rules,
         dicom_seg=dicom_seg, audit_every=audit, audit_fraction=audit_fraction, audit_seed=audit_seed,
-        mirror="" if mirror == "none" else mirror,
+        mirror=mirror,
     )  # fmt: skip
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("segmenting", total=None, status="loading the model")

@@ -39,6 +39,7 @@ from latup_edge.runtime.volume import (
     box_forward,
     bucket_shape,
     mirror_axes,
+    mirror_name,
     predict_volume,
 )
 
@@ -104,7 +105,6 @@ class Predictor:
         self.backend = backend
         self.postprocessing = postprocessing
         self.mirror_axes = mirror_axes(mirror)
-        self.mirror = "".join("xyz"[axis] for axis in self.mirror_axes)
         self.normalization = normalization or backend.normalization
         self.network = dict(network if network is not None else getattr(backend, "network", None) or {})
         self.tiling = tiling
@@ -185,6 +185,11 @@ class Predictor:
             shape_policy=self.requested_shape_policy, allow_failed=True, postprocessing=self.postprocessing,
             mirror=self.mirror,
         )  # fmt: skip
+
+    @property
+    def mirror(self) -> str:
+        """The test-time mirroring as canonical axis letters (``""``: none)."""
+        return mirror_name(self.mirror_axes)
 
     @property
     def precision(self) -> str:

@@ -126,7 +126,7 @@ class SegmentSettings:
     audit_every: int = 0  # also run the fp32 reference on every K-th case (0: never)
     audit_fraction: float = 0.0  # ... and on a seeded random fraction of the cases
     audit_seed: int = 0
-    mirror: str = ""  # test-time mirroring: axis letters ("x": left-right, 2 passes; "xyz": 8)
+    mirror: str = ""  # test-time mirroring: axis letters ("" or "none": off; "x": left-right, 2 passes; "xyz": 8)
 
     @property
     def audit(self) -> AuditPlan:

@@ -81,6 +81,7 @@ MIRROR_AXES: dict[str, int] = {"x": 0, "y": 1, "z": 2}
 __all__ = [
     "Forward",
     "mirror_axes",
+    "mirror_name",
     "mirrored",
     "Prediction",
     "ShapePolicy",
@@ -140,6 +141,11 @@ def mirror_axes(mirror: str) -> tuple[int, ...]:
     if any(letter not in MIRROR_AXES for letter in spec) or len(set(spec)) != len(spec):
         raise LatupError(f"unknown mirroring {mirror!r}: give none, or axis letters from xyz (x: left-right, xyz: all)")
     return tuple(sorted(MIRROR_AXES[letter] for letter in spec))
+
+
+def mirror_name(axes: Sequence[int]) -> str:
+    """The canonical spec of mirror ``axes``: (0, 2) -> ``"xz"``; () -> ``""``."""
+    return "".join("xyz"[axis] for axis in sorted(axes))
 
 
 def mirrored(forward: Forward, axes: Sequence[int]) -> Forward:
