@@ -398,3 +398,21 @@ def test_quantize_passes_the_range_rule_to_the_engine_and_records_it(float_onnx,
     np.testing.assert_allclose(flat[0], flat[1])
     assert not np.allclose(flat[0], flat[2])
     assert result.to_dict()["activation_ranges"] == "extreme"
+
+
+def test_the_ratio_comes_with_a_bootstrap_interval_that_repeats_and_the_verdict_shows_it():
+    agree = {"WT": 1.0, "TC": 1.0, "ET": 1.0}
+    cases = {}
+    for i in range(20):
+        fp32 = labelled_scores({"WT": 0.9, "TC": 0.8, "ET": 0.85}, agree)
+        int8 = labelled_scores({"WT": 0.9, "TC": 0.8 - 0.05 * (i == 3), "ET": 0.85}, agree)  # one case flips
+        cases[f"c{i}"] = {"precisions": {"fp32": fp32, "int8": int8}}
+    summary = summarise_drift(cases, ["fp32", "int8"])["int8"]
+    tc = summary["regions"]["TC"]
+    low, high = tc["ratio_ci95"]
+    assert low < tc["ratio"] < 1.0 and high == 1.0  # resamples without the flipped case have ratio 1
+    assert summary["regions"]["WT"]["ratio_ci95"] == [1.0, 1.0]
+    assert summarise_drift(cases, ["fp32", "int8"])["int8"]["regions"]["TC"]["ratio_ci95"] == [low, high]
+    text = verdict(summary, 0.001, min_agreement=0.5)
+    assert text.startswith("fail: worst region Dice ratio to fp32 (95 % interval over the cases")
+    assert f"{low:.4f}-1.0000" in text and f"{tc['ratio']:.4f} < 0.9990" in text

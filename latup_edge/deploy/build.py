@@ -89,13 +89,22 @@ def verdict(summary: dict[str, Any], max_dice_drop: float, min_agreement: float 
         return "fail: the drift summary has no regions, so nothing was compared with fp32"
     bound = 1 - max_dice_drop
     worst = summary["worst_ratio"]
-    basis = describe_basis(summary)
+    basis = describe_basis(summary) + _interval(summary, worst)
     if worst < bound:
         return f"fail: worst region {basis} {worst:.4f} < {bound:.4f}"
     region, lowest = min(agreements.items(), key=lambda item: item[1])
     if lowest < min_agreement:
         return f"fail: {region} agreement with fp32 {lowest:.4f} < {min_agreement:.4f} (Dice ratio {worst:.4f} passed)"
     return f"pass: worst region {basis} {worst:.4f} >= {bound:.4f}, agreement with fp32 >= {lowest:.4f}"
+
+
+def _interval(summary: dict[str, Any], worst: float) -> str:
+    """The worst ratio's 95 % interval over the cases, where the summary has one: how firm the verdict is."""
+    rows = [row for row in summary["regions"].values() if row.get("ratio") == worst and "ratio_ci95" in row]
+    if not rows:
+        return ""
+    low, high = rows[0]["ratio_ci95"]
+    return f" (95 % interval over the cases {low:.4f}-{high:.4f})"
 
 
 def combined_verdict(per_data: dict[str, str]) -> str:

@@ -175,7 +175,8 @@ def drift_tables(result: Mapping[str, Any]) -> list[Table]:
         ),
         Table(
             "Summary per region",
-            ("precision", "region", "Dice", "Dice fp32", "ratio", "HD95 mm", "agreement mean", "agreement min")
+            ("precision", "region", "Dice", "Dice fp32", "ratio [95 % interval]", "HD95 mm")
+            + ("agreement mean", "agreement min")
             + (("argmax agreement mean / min",) if raw_shown else ()),
             regions,
             f"labels scored: {basis}; means over {labelled} labelled of {len(result['cases'])} cases (Dice, HD95) "
