@@ -17,7 +17,7 @@ from latup_edge.deploy.quantize import QuantizationResult, quantize, run_engine
 from latup_edge.deploy.quantize.graph import brain_statistics_ops, bypass, quantized_layers
 from latup_edge.deploy.quantize.sensitivity import MIN_GAIN, AgreementJudge, block_of, rank_blocks, rank_layers
 from latup_edge.errors import LatupError
-from latup_edge.evaluate.drift import PreparedCase, measure_drift, summarise_drift
+from latup_edge.evaluate.drift import PreparedCase, format_ratio, measure_drift, summarise_drift
 from latup_edge.models.checkpoint import save_checkpoint
 from latup_edge.runtime.bundle import load_bundle
 from latup_edge.runtime.openvino_backend import OpenVINOModel, int8_kernel_report
@@ -416,3 +416,6 @@ def test_the_ratio_comes_with_a_bootstrap_interval_that_repeats_and_the_verdict_
     text = verdict(summary, 0.001, min_agreement=0.5)
     assert text.startswith("fail: worst region Dice ratio to fp32 (95 % interval over the cases")
     assert f"{low:.4f}-1.0000" in text and f"{tc['ratio']:.4f} < 0.9990" in text
+    # Tables: the interval where asked (the drift summary), the bare ratio elsewhere (the build's narrow table).
+    assert format_ratio(tc) == f"{tc['ratio']:.4f}"
+    assert format_ratio(tc, interval=True) == f"{tc['ratio']:.4f} [{low:.4f}, 1.0000]"

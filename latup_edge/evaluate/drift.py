@@ -185,9 +185,9 @@ def describe_basis(summary: Mapping[str, Any]) -> str:
     return f"Dice ratio to fp32 ({', '.join(undefined)}: fp32 Dice 0, no ratio; agreement with fp32 stands in)"
 
 
-def format_ratio(row: Mapping[str, Any]) -> str:
-    """A region's Dice ratio to fp32 for a table: four decimals (with its 95 % interval), or why there is none."""
+def format_ratio(row: Mapping[str, Any], interval: bool = False) -> str:
+    """A region's Dice ratio to fp32 for a table: four decimals (and its 95 % interval), or why there is none."""
     if "ratio" in row:
-        low_high = row.get("ratio_ci95")
+        low_high = row.get("ratio_ci95") if interval else None
         return f"{row['ratio']:.4f}" + (f" [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else "")
     return "- (fp32 Dice 0)" if "dice" in row else "-"

@@ -147,9 +147,10 @@ def drift_tables(result: Mapping[str, Any]) -> list[Table]:
         for region, row in result["summary"][name]["regions"].items():
             labelled = "dice" in row
             raw = (f"{row['raw_agreement_mean']:.4f} / {row['raw_agreement_min']:.4f}",) if raw_shown else ()
+            ratio = format_ratio(row, interval=True)
             regions.append((
                 name, region,
-                *((f"{row['dice']:.4f}", f"{row['dice_fp32']:.4f}", format_ratio(row), f"{row['hd95']:.2f}")
+                *((f"{row['dice']:.4f}", f"{row['dice_fp32']:.4f}", ratio, f"{row['hd95']:.2f}")
                   if labelled else ("-",) * 4),
                 f"{row['agreement_mean']:.4f}", f"{row['agreement_min']:.4f}", *raw,
             ))  # fmt: skip
