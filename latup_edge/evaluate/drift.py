@@ -129,16 +129,13 @@ def summarise_drift(per_case: Mapping[str, Any], precisions: list[str]) -> dict[
             if raw and None not in raw:  # the network's argmax before post-processing, for the record
                 row |= {"raw_agreement_mean": float(np.mean(raw)), "raw_agreement_min": float(np.min(raw))}
             if labelled:
-                dice = float(np.mean([c["precisions"][precision]["metrics"][region]["dice"] for c in labelled]))
-                ref = float(np.mean([c["precisions"][REFERENCE]["metrics"][region]["dice"] for c in labelled]))
+                dices = [c["precisions"][precision]["metrics"][region]["dice"] for c in labelled]
+                references = [c["precisions"][REFERENCE]["metrics"][region]["dice"] for c in labelled]
+                dice, ref = float(np.mean(dices)), float(np.mean(references))
                 hd95 = float(np.mean([c["precisions"][precision]["metrics"][region]["hd95"] for c in labelled]))
                 row |= {"dice": dice, "dice_fp32": ref, "hd95": hd95}
                 if ref > 0:
-                    row["ratio"] = dice / ref
-                    row["ratio_ci95"] = ratio_interval(
-                        [c["precisions"][precision]["metrics"][region]["dice"] for c in labelled],
-                        [c["precisions"][REFERENCE]["metrics"][region]["dice"] for c in labelled],
-                    )
+                    row |= {"ratio": dice / ref, "ratio_ci95": ratio_interval(dices, references)}
             regions[region] = row
         # Without a ratio (no labels, or fp32 Dice 0) the agreement with fp32 stands in for it.
         worst = min(r.get("ratio", r["agreement_mean"]) for r in regions.values())
