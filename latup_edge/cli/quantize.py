@@ -23,6 +23,13 @@ RangesOption = Annotated[
         "min and max, NNCF's default) or extreme (over all samples). neural-compressor always takes the extremes."
     ),
 ]
+OutputBiasOption = Annotated[
+    bool,
+    typer.Option(
+        help="Fit per-class offsets on the INT8 head's bias so its labels agree with fp32's on the calibration "
+        "samples (INT8 painted less oedema at uncertain borders; docs/INT8.md). NNCF only."
+    ),
+]
 # The library's default (nncf_engine.DEFAULT_ACTIVATION_RANGES), not imported: it would load OpenVINO.
 DEFAULT_ACTIVATION_RANGES = "mean"
 REGIONS = ("WT", "TC", "ET")
@@ -65,6 +72,7 @@ def quantize_command(
         Path | None, typer.Option(help="Held-out cases (not in the calibration set) for the drift summary.")
     ] = None,
     activation_ranges: RangesOption = DEFAULT_ACTIVATION_RANGES,
+    output_bias: OutputBiasOption = False,
     max_dice_drop: MaxDropOption = DEFAULT_MAX_DICE_DROP,
     as_json: JsonOption = False,
 ) -> None:
@@ -94,7 +102,7 @@ def quantize_command(
     result = quantize(
         engine, model, list(calibration), output, keep_float=keep_float or (), judge=judge,
         mixed=mixed and sensitivity, progress=lambda message: err_console.print(message), screen=not full_ranking,
-        accuracy_control=accuracy_control, activation_ranges=activation_ranges,
+        accuracy_control=accuracy_control, activation_ranges=activation_ranges, output_bias=output_bias,
     )  # fmt: skip
     report: dict[str, Any] = {"quantization": result.to_dict()}
     if eval_data is not None:
@@ -192,6 +200,7 @@ def build(
         bool, typer.Option(help="Also keep fp32.onnx in the bundle (the onnxruntime backend needs it).")
     ] = True,
     activation_ranges: RangesOption = DEFAULT_ACTIVATION_RANGES,
+    output_bias: OutputBiasOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Export, calibrate, quantize, gate on Dice drift and compile a bundle, in one command."""
@@ -205,7 +214,7 @@ def build(
         engine=engine, weights=weights, max_dice_drop=max_dice_drop, min_agreement=min_agreement, held_out=held_out,
         calibration_cases=calibration_cases, calibration_kind=calibration_kind, threads=threads or None,
         accuracy_control=accuracy_control, gate_data=tuple(gate_data or ()), include_onnx=include_onnx,
-        activation_ranges=activation_ranges,
+        activation_ranges=activation_ranges, output_bias=output_bias,
     )  # fmt: skip
     with Status("building", console=err_console) as status:
         report = build_bundle(calib_data, output, settings, progress=lambda stage: status.update(stage))

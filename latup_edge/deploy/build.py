@@ -61,6 +61,7 @@ class BuildSettings:
     accuracy_control: bool = False  # let the engine's own accuracy-aware loop choose the float layers
     agreement_target: float = DEFAULT_AGREEMENT_TARGET
     activation_ranges: ActivationRanges = DEFAULT_ACTIVATION_RANGES  # NNCF's range rule (docs/INT8.md)
+    output_bias: bool = False  # fit per-class offsets on the INT8 head's bias (deploy/quantize/output_bias.py)
     threads: int | None = None
     latency_repeats: int = 3  # timed passes per precision for the manifest's latency
     # More labelled folders the gate must pass on too (e.g. the independent generator's cases); never calibrated on.
@@ -171,6 +172,7 @@ def build_bundle(
             settings.engine, onnx_path, list(calibration), work / "int8", judge=judge,
             mixed=settings.mixed, target=settings.agreement_target, progress=progress, screen=settings.screen,
             accuracy_control=settings.accuracy_control, activation_ranges=settings.activation_ranges,
+            output_bias=settings.output_bias,
         )  # fmt: skip
 
         progress("drift")

@@ -52,6 +52,7 @@ class QuantizationResult:
     agreement: float | None = None
     ranking: list[LayerSensitivity] = field(default_factory=list)
     blocks: list[LayerSensitivity] = field(default_factory=list)  # the screening step, when it ran
+    output_bias: dict[str, Any] | None = None  # the head's per-class offsets, when corrected (output_bias.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +65,7 @@ class QuantizationResult:
             "agreement": self.agreement,
             "sensitivity": [entry.to_dict() for entry in self.ranking],
             "sensitivity_blocks": [entry.to_dict() for entry in self.blocks],
+            "output_bias": self.output_bias,
         }
 
 
@@ -136,6 +138,7 @@ def quantize(
     screen: bool = True,
     accuracy_control: bool = False,
     activation_ranges: ActivationRanges = DEFAULT_ACTIVATION_RANGES,
+    output_bias: bool = False,
 ) -> QuantizationResult:
     """Quantize; with a ``judge``, rank the layers and (``mixed``) keep the harmful ones in float.
 
@@ -143,7 +146,10 @@ def quantize(
     blocks, then the layers of the blocks that matter; else every layer), then quantizes again with
     those layers excluded, so the final model is what the engine itself makes of that choice.
     ``accuracy_control`` hands that search to the engine's own loop instead, scored by the same judge.
+    ``output_bias`` then fits per-class offsets on the head's bias to the samples (``output_bias.py``).
     """
+    if output_bias and engine != "nncf":
+        raise LatupError("the output bias correction edits an OpenVINO model: use --engine nncf, or --no-output-bias")
     started = time.perf_counter()
     progress(f"{engine}: quantizing")
     path = run_engine(engine, onnx_path, samples, out_dir, keep_float, activation_ranges=activation_ranges)
@@ -179,5 +185,22 @@ def quantize(
                     engine, onnx_path, samples, out_dir, result.keep_float, activation_ranges=activation_ranges
                 )
                 result.agreement = judge(result.path)
+    if output_bias:
+        progress(f"{engine}: output bias correction")
+        result.path, result.output_bias = _correct_output_bias(onnx_path, result.path, samples, out_dir)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _correct_output_bias(
+    onnx_path: Path, path: Path, samples: Sequence[np.ndarray], out_dir: Path
+) -> tuple[Path, dict[str, Any]]:
+    """The INT8 model with its head's bias corrected (a new file), and the correction's record."""
+    from latup_edge.deploy.quantize.output_bias import correct_output_bias, with_output_offsets
+    from latup_edge.runtime.openvino_backend import OpenVINOModel
+
+    correction = correct_output_bias(OpenVINOModel(onnx_path, "fp32"), OpenVINOModel(path, "int8"), samples)
+    corrected = out_dir / "int8_nncf_output_bias.xml"
+    model = with_output_offsets(ov.Core().read_model(str(path)), correction.offsets)
+    ov.save_model(model, str(corrected), compress_to_fp16=False)
+    return corrected, correction.to_dict()
