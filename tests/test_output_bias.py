@@ -123,3 +123,15 @@ def test_the_correction_is_refused_for_the_onnx_engine(float_onnx, tmp_path):
     samples = [tiny_case("s0", 0).inputs]
     with pytest.raises(LatupError, match="use --engine nncf"):
         quantize("inc", float_onnx, samples, tmp_path / "q", output_bias=True)
+
+
+def test_build_and_the_cli_leave_the_correction_off_by_default():
+    # Judged on two fresh sets and not adopted (docs/PREREGISTERED.md, 2026-12-05d).
+    import inspect
+
+    from latup_edge.cli.quantize import build, quantize_command
+    from latup_edge.deploy.build import BuildSettings
+
+    assert BuildSettings().output_bias is False
+    for command in (build, quantize_command):
+        assert inspect.signature(command).parameters["output_bias"].default is False
