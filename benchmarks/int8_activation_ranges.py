@@ -20,6 +20,7 @@ from pathlib import Path
 
 from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import REGIONS
+from latup_edge.deploy.build import built_from
 from latup_edge.deploy.quantize.nncf_engine import ACTIVATION_RANGES, quantize_nncf
 from latup_edge.evaluate.drift import measure_drift, prepare_case
 from latup_edge.runtime.bundle import load_bundle
@@ -36,10 +37,8 @@ def main() -> int:
 
     bundle = load_bundle(args.bundle)
     build = bundle.manifest["build"]
-    calib_root = Path(build["calibration"]["data_root"])
-    by_id = {case.case_id: case for case in discover_cases(calib_root)}
+    by_id, samples = built_from(bundle)
     normalization = bundle.normalization
-    samples = [prepare_case(by_id[i], normalization=normalization).inputs for i in build["calibration"]["cases"]]
     float_model = args.bundle / "fp32.xml"
 
     forwards = {"fp32": OpenVINOModel(float_model, "fp32")}
@@ -56,7 +55,8 @@ def main() -> int:
         forwards[f"int8 {ranges}"] = OpenVINOModel(model, "int8")
         print(f"quantized with {ranges} ranges in {timings[ranges]:.0f} s", file=sys.stderr)
 
-    folders = {f"held-out split of {calib_root.name}": [by_id[i] for i in build["held_out"]]}
+    data_root = Path(build["calibration"]["data_root"])
+    folders = {f"held-out split of {data_root.name}": [by_id[i] for i in build["held_out"]]}
     folders |= {str(folder): discover_cases(folder) for folder in args.eval}
     results = {}
     for name, cases in folders.items():

@@ -22,6 +22,7 @@ import openvino as ov
 
 from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import REGIONS
+from latup_edge.deploy.build import built_from
 from latup_edge.deploy.quantize.nncf_engine import quantize_nncf
 from latup_edge.deploy.quantize.output_bias import correct_output_bias, with_output_offsets
 from latup_edge.evaluate.drift import measure_drift, prepare_case
@@ -45,10 +46,8 @@ def main() -> int:
 
     bundle = load_bundle(args.bundle)
     build = bundle.manifest["build"]
-    calib_root = Path(build["calibration"]["data_root"])
-    by_id = {case.case_id: case for case in discover_cases(calib_root)}
+    by_id, samples = built_from(bundle)
     normalization = bundle.normalization
-    samples = [prepare_case(by_id[i], normalization=normalization).inputs for i in build["calibration"]["cases"]]
     float_model = args.bundle / "fp32.xml"
 
     shipped_int8 = bundle.manifest["precisions"]["int8"]["file"]

@@ -31,6 +31,7 @@ from latup_edge.evaluate.drift import (
     measure_drift,
     prepare_case,
 )
+from latup_edge.runtime.bundle import Bundle
 from latup_edge.runtime.input_stats import case_statistics, reference_statistics
 from latup_edge.runtime.normalization import network_normalization
 from latup_edge.runtime.openvino_backend import OpenVINOModel, cpu_supports_bf16
@@ -135,6 +136,20 @@ def input_reference(cases: list[BratsCase]) -> dict[str, Any]:
         images, reference = load_case_images(case, MODEL_MODALITIES)
         per_case.append(case_statistics(images, MODEL_MODALITIES, reference.header.get_zooms()[:3]))
     return reference_statistics(per_case) | {"cases": [case.case_id for case in cases]}
+
+
+def built_from(bundle: Bundle) -> tuple[dict[str, BratsCase], list[np.ndarray]]:
+    """The cases a bundle was built from, by id (from the data folder its manifest records), and the
+    normalised brain boxes of its calibration cases, in the manifest's order."""
+    recorded = bundle.manifest["build"]
+    folder = Path(recorded["calibration"]["data_root"])
+    if not folder.is_dir():
+        raise LatupError(f"bundle {bundle.path} was built from {folder}, which is not here: make or copy that folder")
+    by_id = {case.case_id: case for case in discover_cases(folder)}
+    samples = [
+        prepare_case(by_id[i], normalization=bundle.normalization).inputs for i in recorded["calibration"]["cases"]
+    ]
+    return by_id, samples
 
 
 def build_bundle(
