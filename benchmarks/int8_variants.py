@@ -46,7 +46,7 @@ def main() -> int:
 
     bundle = load_bundle(args.bundle)
     build = bundle.manifest["build"]
-    by_id, samples = built_from(bundle)
+    _, samples = built_from(bundle)
     normalization = bundle.normalization
     float_model = args.bundle / "fp32.xml"
 
