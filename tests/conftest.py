@@ -1,4 +1,5 @@
-"""Shared by the test files: a narrow LATUP-Net, and a few phantom cases generated once per session."""
+"""Shared by the test files: a narrow LATUP-Net (and its float ONNX), and a few phantom cases generated once
+per session."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -35,3 +36,12 @@ def two_phantoms(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantoms")
     write_phantoms(root, n=2, seed=11, naming="2021", randomise=NARROW_RANDOMISATION)
     return root
+
+
+@pytest.fixture(scope="session")
+def float_onnx(tmp_path_factory) -> Path:
+    """The narrow network in deploy form, exported to ONNX: what the INT8 engines quantize."""
+    from latup_edge.deploy.deploy_form import to_deploy_form
+    from latup_edge.deploy.export import export_onnx
+
+    return export_onnx(to_deploy_form(narrow_network()), tmp_path_factory.mktemp("q") / "narrow.onnx")

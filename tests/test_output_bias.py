@@ -3,11 +3,8 @@
 import numpy as np
 import openvino as ov
 import pytest
-from conftest import narrow_network
 from test_quantize import tiny_case
 
-from latup_edge.deploy.deploy_form import to_deploy_form
-from latup_edge.deploy.export import export_onnx
 from latup_edge.deploy.quantize import quantize
 from latup_edge.deploy.quantize.output_bias import (
     MAX_OFFSET,
@@ -99,11 +96,6 @@ def test_the_fit_never_flips_a_crowd_of_identical_voxels_for_a_few_borders():
     )
     assert np.argmax(outside[0] + offsets) == 0
     assert 0.0 < offsets[1] < 0.14
-
-
-@pytest.fixture(scope="module")
-def float_onnx(tmp_path_factory):
-    return export_onnx(to_deploy_form(narrow_network()), tmp_path_factory.mktemp("ob") / "narrow.onnx")
 
 
 def test_quantize_corrects_the_output_bias_and_records_it(float_onnx, tmp_path):

@@ -46,11 +46,6 @@ def skull_stripped_case(case_id: str, seed: int) -> PreparedCase:
 
 
 @pytest.fixture(scope="module")
-def float_onnx(tmp_path_factory):
-    return export_onnx(to_deploy_form(narrow_network()), tmp_path_factory.mktemp("q") / "narrow.onnx")
-
-
-@pytest.fixture(scope="module")
 def brain_onnx(tmp_path_factory):
     """The narrow network with brain statistics, deploy form."""
     return export_onnx(to_deploy_form(narrow_network(config=BRAIN)), tmp_path_factory.mktemp("q") / "brain.onnx")

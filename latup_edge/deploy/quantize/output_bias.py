@@ -19,7 +19,7 @@ import openvino as ov
 
 from latup_edge.errors import LatupError
 
-# Logits: a brain voxel that fp32 decides by more than this cannot flip under an offset of MAX_OFFSET.
+# Logits: a voxel that fp32 decides by more than this cannot flip under an offset of MAX_OFFSET.
 BORDER_MARGIN = 4.0
 MAX_OFFSET = 2.0
 # Coordinate sweeps over the classes: each one is exact for its class given the others.
@@ -128,7 +128,7 @@ def with_output_offsets(model: ov.Model, offsets: Sequence[float]) -> ov.Model:
 
 
 def correct_output_bias(reference: Forward, quantized: Forward, samples: Iterable[np.ndarray]) -> OutputCorrection:
-    """Fit the offsets on ``samples`` (normalised brain boxes) from fp32's and INT8's logits."""
+    """Fit the offsets on ``samples`` (normalised calibration inputs) from fp32's and INT8's logits."""
     fp32, int8, count = border_logits(reference, quantized, samples)
     if not len(fp32):
         raise LatupError("no calibration voxel lies near a class border: cannot fit the output bias correction")
