@@ -83,3 +83,69 @@ def test_a_component_with_a_speck_of_core_counts_as_coreless_under_min_core_frac
     assert (postprocess(satellite, relative) == satellite).all()
     with pytest.raises(ValueError, match="min_core_fraction"):
         Postprocessing(min_core_fraction=1.5)
+
+
+def _brain_box() -> np.ndarray:
+    """Inputs of a 40^3 box: a brain (nonzero in some channel) in [3:37]^3 with a zero cavity inside."""
+    inputs = np.zeros((3, 40, 40, 40), np.float32)
+    inputs[0, 3:37, 3:37, 3:37] = 1.0
+    inputs[0, 18:22, 18:22, 18:22] = 0.0  # a cavity zero in every channel, enclosed by the brain
+    inputs[2, 10:12, 10:12, 10:12] = -0.5  # another channel alone counts as brain too
+    return inputs
+
+
+def test_labels_outside_the_brain_become_background_and_enclosed_cavities_stay():
+    classes = _case()
+    classes[0:3, :, :] = 2  # painted on the zero background beside the brain
+    classes[18:22, 18:22, 18:22] = 3  # the cavity inside the brain keeps its label
+    out = postprocess(classes, Postprocessing(min_component_fraction=0, drop_coreless=False), _brain_box())
+    assert not out[0:3].any()
+    assert (out[18:22, 18:22, 18:22] == 3).all()
+    assert (out[3:37, 3:37, 3:37] == classes[3:37, 3:37, 3:37]).all()  # inside the brain: untouched
+    assert out[0:3].sum() == 0 and classes[0:3].any()  # the input is not modified
+    # Without the box, or with the rule off, the background keeps its labels.
+    assert (postprocess(classes, Postprocessing(min_component_fraction=0, drop_coreless=False))[0:3] == 2).all()
+    off = Postprocessing(min_component_fraction=0, drop_coreless=False, clear_outside_brain=False)
+    assert (postprocess(classes, off, _brain_box())[0:3] == 2).all()
+    assert (postprocess(classes, Postprocessing.none(), _brain_box()) == classes).all()
+
+
+def test_the_outside_is_cleared_before_the_component_rules():
+    # A blob of oedema wholly outside the brain is larger than the tumour: cleared first, it cannot make
+    # the true lesion "small" and remove it.
+    classes = np.zeros((40, 40, 40), np.uint8)
+    classes[10:16, 10:16, 10:16] = 2
+    classes[12:14, 12:14, 12:14] = 1
+    classes[:, :, 37:40] = 2  # 4800 voxels outside the brain, touching no lesion
+    inputs = np.zeros((3, 40, 40, 40), np.float32)
+    inputs[1, 2:36, 2:36, 2:36] = 3.0
+    assert not postprocess(classes, Postprocessing(drop_coreless=False))[10:16, 10:16, 10:16].any()  # the trap
+    out = postprocess(classes, Postprocessing(drop_coreless=False), inputs)
+    assert not out[:, :, 37:].any()
+    assert (out[10:16, 10:16, 10:16] > 0).all()
+
+
+def test_inputs_of_another_shape_are_refused():
+    with pytest.raises(ValueError, match="do not match"):
+        postprocess(_case(), Postprocessing(), np.ones((3, 20, 20, 20), np.float32))
+
+
+def test_a_box_without_zeros_leaves_the_labels_alone():
+    classes = _case()
+    inputs = np.ones((3, 40, 40, 40), np.float32)  # not skull-stripped, or normalised without zeros
+    assert (postprocess(classes, Postprocessing.none(), inputs) == classes).all()
+    assert (postprocess(classes, Postprocessing(), inputs) == postprocess(classes, Postprocessing())).all()
+
+
+def test_drift_scores_the_labels_with_the_outside_cleared():
+    from latup_edge.data.preprocess import Crop
+    from latup_edge.evaluate.drift import PreparedCase
+    from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, delivered_labels
+
+    inputs = _brain_box()[None]
+    case = PreparedCase("a", inputs, Crop((40, 40, 40), (0, 0, 0), (40, 40, 40)), None, (1.0, 1.0, 1.0))
+    classes = _case()
+    classes[0:3] = 2
+    placed = case.placed(classes, delivered_labels(DEFAULT_POSTPROCESSING))
+    assert not placed[0:3].any() and (placed[12:18, 12:18, 12:18] == 3).all()
+    assert (case.placed(classes)[0:3] == 2).all()  # the argmax as it is

@@ -253,7 +253,7 @@ def test_drift_scores_the_labels_after_the_rule_and_keeps_the_argmax_agreement()
 
     forwards = {"fp32": logits(False), "int8": logits(True)}
     rules = Postprocessing()
-    delivered = measure_drift([case], forwards, labels=lambda classes: postprocess(classes, rules))
+    delivered = measure_drift([case], forwards, labels=lambda classes, inputs: postprocess(classes, rules, inputs))
     scores = delivered["cases"]["a"]["precisions"]["int8"]
     assert scores["agreement"]["WT"] == 1.0 and scores["raw_agreement"]["WT"] < 0.9
     assert delivered["summary"]["int8"]["labels"] == "post-processed"

@@ -122,6 +122,7 @@ def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_p
         "min_component_fraction": 0.0,
         "drop_coreless": False,
         "min_core_fraction": 0.0,
+        "clear_outside_brain": False,
     }
     assert log["backend"]["name"] == "openvino" and log["backend"]["precision"] == "fp32"
     assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()
@@ -473,7 +474,9 @@ def test_segment_post_processes_its_labels_by_default(bundle, tmp_path, monkeypa
     write_case(tmp_path / "data", "BraTS2021_00001", seed=1)
     seen = []
     original = volume.postprocess
-    monkeypatch.setattr(volume, "postprocess", lambda classes, rules: seen.append(rules) or original(classes, rules))
+    monkeypatch.setattr(
+        volume, "postprocess", lambda classes, rules, inputs: seen.append(rules) or original(classes, rules, inputs)
+    )
     monkeypatch.setattr(segment_module, "exchange_check", lambda *args: None)  # its second passes post-process too
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
     assert log["postprocessing"] == DEFAULT_POSTPROCESSING.to_dict()

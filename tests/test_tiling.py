@@ -255,3 +255,22 @@ def test_a_zscore_model_is_fed_its_own_normalisation():
     assert len(np.unique(expected)) > 1 and (classes == expected).mean() > 0.999
     predict_classes(images, forward, normalization="minmax")
     assert not np.allclose(seen[1], by_hand, atol=1e-2)  # min-max would have fed another input
+
+
+@pytest.mark.parametrize("tiling", ["whole", "sliding"])
+def test_labels_the_network_paints_outside_the_brain_are_cleared(tiling):
+    images = brain((60, 52, 44))
+
+    def oedema_everywhere(x: np.ndarray) -> np.ndarray:
+        logits = np.zeros((x.shape[0], 4, *x.shape[2:]), np.float32)
+        logits[:, 2] = 1.0  # a network whose background margin flipped: oedema in the whole box
+        logits[:, 1, 20:30, 20:30, 20:30] = 2.0  # around a necrotic core
+        return logits
+
+    kwargs = {"normalization": "zscore-brain", "window": 32}
+    classes = predict_classes(images, oedema_everywhere, tiling, **kwargs)
+    inside = (images != 0).any(axis=0)
+    assert (classes[~inside] == 0).all() and (classes[inside] > 0).all()
+    off = Postprocessing(clear_outside_brain=False)
+    painted = predict_classes(images, oedema_everywhere, tiling, postprocessing=off, **kwargs)
+    assert (painted[~inside] > 0).any()  # the box around the brain, left painted without the rule

@@ -74,8 +74,8 @@ def segment(
     postprocess: Annotated[
         bool,
         typer.Option(
-            help="Remove tumour components without a core (or with under 2 % of the largest one), then those "
-            "under 0.1 of the largest, and relabel "
+            help="Clear labels outside the skull-stripped brain, remove tumour components without a core (or "
+            "with under 2 % of the largest one), then those under 0.1 of the largest, and relabel "
             "under 200 ET voxels as necrosis (latup_edge/runtime/postprocess.py); --no-postprocess writes the "
             "network's argmax as it is."
         ),

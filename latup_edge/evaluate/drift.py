@@ -28,8 +28,9 @@ from latup_edge.data.preprocess import Crop, apply_crop, brain_box, normalize, p
 from latup_edge.evaluate.metrics import agreement, region_metrics
 
 REFERENCE = "fp32"
-# From the network's class map of the brain box to the labels scored (post-processing); None: as they are.
-LabelRule = Callable[[np.ndarray], np.ndarray]
+# From the network's class map of the brain box and the box's (C, X, Y, Z) inputs to the labels scored
+# (post-processing); None: as they are.
+LabelRule = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # The drift gate's default: MLPerf's high-accuracy tier, >= 99.9 % of the fp32 Dice per region.
 DEFAULT_MAX_DICE_DROP = 0.001
 # The gate also wants the labels themselves close to fp32's: measured, an INT8 model scored a WT Dice
@@ -57,7 +58,7 @@ class PreparedCase:
 
     def placed(self, box_classes: np.ndarray, labels: LabelRule | None = None) -> np.ndarray:
         """The brain box's class map (after ``labels``, if given) in the original geometry."""
-        return undo_crop(labels(box_classes) if labels is not None else box_classes, self.crop)
+        return undo_crop(labels(box_classes, self.inputs[0]) if labels is not None else box_classes, self.crop)
 
 
 def prepare_case(case: BratsCase, size: int | None = None, *, normalization: str) -> PreparedCase:

@@ -1,7 +1,13 @@
 """Label post-processing after the network: what BraTS methods do, chosen on held-out phantoms.
 
-Three rules, applied to the class map of the brain box (``predict_volume``), in this order:
+Four rules, applied to the class map of the brain box (``predict_volume``), in this order:
 
+- **Nothing outside the brain** (``clear_outside_brain``, default on): voxels zero in every channel of
+  the box the network saw (skull-stripped background; cavities enclosed by the brain count as
+  brain) are set to background. A BraTS label never lies there, and the network's own margin there
+  is thin: it gives every such voxel far from the brain the same logits, where background wins by
+  only 0.11 (docs/INT8.md), so a shifted head bias (an int8 model, a correction of it) paints the
+  whole outside of the brain. The rule needs the box (``inputs``); without it, it is skipped.
 - **Coreless components go** (``drop_coreless``, default on): a whole-tumour component (6-connected)
   with no tumour core is set to background, when some other component has one. A component's core is
   its NCR and ET voxels; it counts when it reaches ``min_core_fraction`` (default 0.02) of the largest
@@ -47,6 +53,7 @@ class Postprocessing:
     min_component_fraction: float = 0.1
     drop_coreless: bool = True
     min_core_fraction: float = 0.02
+    clear_outside_brain: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_core_fraction <= 1:
@@ -55,7 +62,13 @@ class Postprocessing:
     @classmethod
     def none(cls) -> Postprocessing:
         """The network's argmax as it is."""
-        return cls(min_et_voxels=0, min_component_fraction=0.0, drop_coreless=False, min_core_fraction=0.0)
+        return cls(
+            min_et_voxels=0,
+            min_component_fraction=0.0,
+            drop_coreless=False,
+            min_core_fraction=0.0,
+            clear_outside_brain=False,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,8 +77,24 @@ class Postprocessing:
 DEFAULT_POSTPROCESSING = Postprocessing()
 
 
-def postprocess(classes: np.ndarray, rules: Postprocessing = DEFAULT_POSTPROCESSING) -> np.ndarray:
-    """``classes`` (uint8, 0 bg, 1 NCR, 2 ED, 3 ET) with ``rules`` applied; a new array when anything changes."""
+def brain_of(inputs: np.ndarray) -> np.ndarray:
+    """The brain of a ``(C, X, Y, Z)`` box: voxels nonzero in any channel, enclosed cavities filled."""
+    return ndimage.binary_fill_holes(np.any(inputs != 0, axis=0))
+
+
+def postprocess(
+    classes: np.ndarray, rules: Postprocessing = DEFAULT_POSTPROCESSING, inputs: np.ndarray | None = None
+) -> np.ndarray:
+    """``classes`` (uint8, 0 bg, 1 NCR, 2 ED, 3 ET) with ``rules`` applied; a new array when anything changes.
+
+    ``inputs``: the ``(C, X, Y, Z)`` box the network saw, for ``clear_outside_brain`` (skipped without it).
+    """
+    if rules.clear_outside_brain and inputs is not None:
+        if inputs.shape[1:] != classes.shape:
+            raise ValueError(f"inputs of shape {inputs.shape} do not match classes of shape {classes.shape}")
+        outside = ~brain_of(inputs)
+        if (classes[outside] != 0).any():
+            classes = np.where(outside, np.uint8(0), classes)
     if rules.drop_coreless or rules.min_component_fraction > 0:
         components, count = ndimage.label(classes > 0)  # one labelling serves both component rules
         if count > 1:
@@ -91,8 +120,9 @@ def postprocess(classes: np.ndarray, rules: Postprocessing = DEFAULT_POSTPROCESS
     return classes
 
 
-def delivered_labels(rules: Postprocessing) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The labels ``segment`` writes from a class map, for drift to score: None when ``rules`` change nothing."""
+def delivered_labels(rules: Postprocessing) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """The labels ``segment`` writes from a box's class map and its ``(C, X, Y, Z)`` inputs, for drift to
+    score: None when ``rules`` change nothing."""
     if rules == Postprocessing.none():
         return None
-    return lambda classes: postprocess(classes, rules)
+    return lambda classes, inputs: postprocess(classes, rules, inputs)

@@ -230,10 +230,10 @@ def predict_volume(
         del normalized  # a full-size copy of the images: drop it before the network's activations
     clock.lap("pre")
     scores = run_box(box)[0]
-    del box
     clock.lap("network")
     # Softmax is monotone: the argmax of logits (whole) and of probabilities (sliding) agree.
-    box_classes = postprocess(np.argmax(scores, axis=0).astype(np.uint8), postprocessing)
+    box_classes = postprocess(np.argmax(scores, axis=0).astype(np.uint8), postprocessing, box[0])
+    del box
     # QA: the share of the tumour whose top class is under 0.5, from the box's scores (no full-size copy).
     confidence = round(low_confidence_fraction(scores, box_classes, logits=tiling == "whole"), 4)
     classes = undo_crop(box_classes, crop)
