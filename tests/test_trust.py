@@ -233,40 +233,8 @@ def test_swapped_flair_and_t1ce_are_found_by_a_second_pass_that_is_surer_with_th
     (warning,) = swap_warnings([{"case_id": "c1", "exchange_checks": {"flair_t1ce": check}}, {"case_id": "c2"}])
     assert warning.startswith("case c1: its FLAIR and T1ce files look swapped (1.20% of its tumour is uncertain")
     # As sure either way, or too sure as given to judge: no flag.
-    assert not exchange_check("flair_t1ce", swapped, MODALITIES, classes, 0.012, Exchanged(0.011))["swapped"]
+    assert not exchange_check("flair_t1ce", swapped, MODALITIES, classes, 0.012, Exchanged(0.008))["swapped"]
     assert not exchange_check("flair_t1ce", swapped, MODALITIES, classes, 0.0015, Exchanged(0.0))["swapped"]
-
-
-@pytest.mark.parametrize(
-    ("gap", "exchanged", "swapped"),
-    [
-        (0.72, 0.0018, True),  # the awkward-files probe's FLAIR/T1ce swap: 1.7x surer exchanged, gap +0.72
-        (0.50, 0.00239, True),  # 1.25x at the supporting gap: flagged
-        (0.49, 0.0024, False),  # the same second pass under it: the 2x rule
-        (0.13, 0.0024, False),  # a correctly named phantom 1.27x surer exchanged had this gap
-        (0.49, 0.0014, True),  # 2x needs no support
-        (0.90, 0.0026, False),  # under 1.25x: as sure either way
-    ],
-)
-def test_a_gap_that_leans_to_a_swap_lets_a_smaller_second_pass_gain_flag_it(monkeypatch, gap, exchanged, swapped):
-    from latup_edge.runtime import trust
-
-    monkeypatch.setattr(trust, "correlation_gap", lambda *args: gap)
-    images, classes = tissue_images(), classes_with_tumour()
-    check = exchange_check("flair_t1ce", volumes_of(images), MODALITIES, classes, 0.003, Exchanged(exchanged))
-    assert check["swapped"] is swapped and check["correlation_gap"] == gap
-    if swapped:
-        assert check["by"] == "uncertainty"
-
-
-def test_the_supporting_gap_is_for_flair_and_t1ce_only(monkeypatch):
-    from latup_edge.runtime import trust
-
-    monkeypatch.setattr(trust, "correlation_gap", lambda *args: 0.8)
-    images, classes = tissue_images(), classes_with_tumour()
-    volumes = volumes_of(images, t1_like(images))
-    for name in ("t1_t2", "flair_t1"):  # 1.5x surer exchanged, gap under their GAP_FLAG: the 2x rule
-        assert not exchange_check(name, volumes, MODALITIES, classes, 0.003, Exchanged(0.002))["swapped"]
 
 
 def test_a_t1_given_as_t2_is_found_with_the_t1_file_put_in_t2s_channel(monkeypatch):

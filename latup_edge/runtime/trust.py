@@ -53,13 +53,6 @@ MIN_LOW_CONFIDENCE = 0.002
 # correctly named training-generator phantoms (seed 8100; their random tissue gains break orderings
 # real MRI keeps) plus 0.3, rounded up to a tenth. Correct independent phantoms stay below -0.1.
 GAP_FLAG = {"flair_t1ce": 1.4, "t1_t2": 0.9, "flair_t1": 1.3}
-# Where the gap already leans towards a swap (at least GAP_SUPPORT), a second pass that is SUPPORTED_RATIO
-# times surer with the files exchanged is enough. Set on 68 correctly named training-generator phantoms
-# (seeds 8000, 8100): those at least 1.25x surer exchanged had gaps <= 0.13; those with gaps >= 0.5 were
-# at most 0.7x (docs/CLINIC_INPUT.md, docs/PREREGISTERED.md 2026-12-05e). FLAIR/T1ce only: the others'
-# second passes were not measured for it.
-GAP_SUPPORT = {"flair_t1ce": 0.5}
-SUPPORTED_RATIO = 1.25
 
 
 @dataclass(frozen=True)
@@ -244,9 +237,8 @@ def exchange_check(
     read, T1). ``correlation_gap`` costs rank correlations; where it reaches ``GAP_TRIGGER`` the network
     runs again (``predict``: images -> a Prediction) with the two exchanged, and ``swapped`` is true when
     the case as given (``low_confidence``: its fraction of tumour with top softmax under 0.5) is at least
-    ``LOW_CONFIDENCE_RATIO`` times as uncertain as the exchanged one (``SUPPORTED_RATIO`` times where the
-    gap reaches ``GAP_SUPPORT``), and at least ``MIN_LOW_CONFIDENCE``, or when the gap reaches ``GAP_FLAG``
-    whatever the second pass found.
+    ``LOW_CONFIDENCE_RATIO`` times as uncertain as the exchanged one, and at least ``MIN_LOW_CONFIDENCE``,
+    or when the gap reaches ``GAP_FLAG`` whatever the second pass found.
     """
     first, second, reference = EXCHANGES[name]
     if not all(key in volumes for key in EXCHANGES[name]) or not {first, second} & set(modalities):
@@ -260,8 +252,7 @@ def exchange_check(
     exchanged_key = {first: second, second: first}
     exchanged_images = np.stack([volumes[exchanged_key.get(key, key)] for key in modalities])
     exchanged = predict(exchanged_images).low_confidence_fraction or 0.0
-    ratio = LOW_CONFIDENCE_RATIO if gap < GAP_SUPPORT.get(name, np.inf) else SUPPORTED_RATIO
-    surer = low_confidence >= max(ratio * exchanged, MIN_LOW_CONFIDENCE)
+    surer = low_confidence >= max(LOW_CONFIDENCE_RATIO * exchanged, MIN_LOW_CONFIDENCE)
     by = "uncertainty" if surer else "correlation gap" if gap >= GAP_FLAG[name] else None
     return check | {"low_confidence": round(low_confidence, 5), "low_confidence_exchanged": round(exchanged, 5),
                     "swapped": by is not None, "by": by}  # fmt: skip
