@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from latup_edge.runtime.input_stats import brain_mask
+
 NCR, ET = 1, 3
 
 
@@ -79,7 +81,7 @@ DEFAULT_POSTPROCESSING = Postprocessing()
 
 def brain_of(inputs: np.ndarray) -> np.ndarray:
     """The brain of a ``(C, X, Y, Z)`` box: voxels nonzero in any channel, enclosed cavities filled."""
-    return ndimage.binary_fill_holes(np.any(inputs != 0, axis=0))
+    return ndimage.binary_fill_holes(brain_mask(inputs))
 
 
 def postprocess(
