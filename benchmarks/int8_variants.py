@@ -2,7 +2,9 @@
 
 Each variant changes one step, from the bundle's own calibration cases and float layers: NNCF's
 activation range rule (re-quantizing the float model), or the output bias correction applied to the
-bundle's own int8 model. Every variant and the bundle's own int8 are scored by `drift`'s measure in
+bundle's own int8 model. A candidate is an INT8 IR made elsewhere (``--candidate NAME=PATH``, e.g. by
+``int8_distil.py``); its INT8 kernels are checked against the bundle's int8 on one small input.
+Every variant and the bundle's own int8 are scored by `drift`'s measure in
 segment's default tiling, on the labels segment writes (Dice ratio to fp32 with its 95 % interval,
 agreement with fp32), on every folder given.
 
@@ -26,8 +28,8 @@ from latup_edge.deploy.build import built_from
 from latup_edge.deploy.quantize.nncf_engine import quantize_nncf
 from latup_edge.deploy.quantize.output_bias import correct_output_bias, with_output_offsets
 from latup_edge.evaluate.drift import measure_drift, prepare_case
-from latup_edge.runtime.bundle import load_bundle
-from latup_edge.runtime.openvino_backend import OpenVINOModel
+from latup_edge.runtime.bundle import INT8_PROBE, load_bundle
+from latup_edge.runtime.openvino_backend import OpenVINOModel, int8_kernel_report
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, delivered_labels
 from latup_edge.runtime.volume import box_forward
 
@@ -39,6 +41,7 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, default=Path("models/bundle"))
     parser.add_argument("--eval", type=Path, action="append", default=[], help="a labelled folder to score on")
     parser.add_argument("--variant", action="append", choices=VARIANTS, default=[])
+    parser.add_argument("--candidate", action="append", default=[], help="NAME=PATH of an INT8 IR to score too")
     parser.add_argument("--save", type=Path, help="folder to keep each variant's INT8 IR in")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
@@ -72,6 +75,16 @@ def main() -> int:
         models[f"int8 {name}"] = OpenVINOModel(model, "int8", threads=args.threads)
         print(f"quantized {name} in {timings[name]:.0f} s", file=sys.stderr)
 
+    kernels = {}
+    for spec in args.candidate:
+        name, _, path = spec.partition("=")
+        models[f"int8 {name}"] = OpenVINOModel(Path(path), "int8", threads=args.threads)
+    for name, model in models.items():
+        if name != "fp32":
+            kernels[name] = int8_kernel_report(model.compiled, (1, 3, *INT8_PROBE))
+            report = kernels[name]
+            print(f"{name}: {report['int8_convolutions']} of {report['convolutions']} convs INT8", file=sys.stderr)
+
     forwards = {name: box_forward(model) for name, model in models.items()}
     labels = delivered_labels(DEFAULT_POSTPROCESSING)
     results = {}
@@ -83,7 +96,7 @@ def main() -> int:
         # Written after each folder, so a long run keeps what it measured.
         report = {
             "bundle": str(args.bundle), "variants": args.variant, "seconds": timings,
-            "output_bias": corrections, "data": results,
+            "output_bias": corrections, "candidates": args.candidate, "int8_kernels": kernels, "data": results,
         }  # fmt: skip
         args.out.write_text(json.dumps(report, indent=1))
     header = " ".join(f"{r + ' ratio [95 %]':>26s} {r + ' agr (min)':>16s}" for r in REGIONS)

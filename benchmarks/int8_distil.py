@@ -1,0 +1,122 @@
+"""INT8 by quantization-aware distillation from a bundle's own float network, resumable.
+
+Places NNCF's PyTorch quantizers as the bundle's build placed its OpenVINO ones (its float layers,
+ranges from its calibration cases), then fine-tunes the quantized network to give the float
+network's probabilities on windows of a labelled or unlabelled phantom folder
+(``latup_edge/deploy/quantize/distil.py``). A checkpoint is written every ``--every`` steps into
+``--work``; run the same command again to go on. When every step is done it writes the INT8
+OpenVINO IR, which ``int8_variants.py --candidate`` scores against the bundle's own int8.
+
+    latup-edge phantom runs/distil3700 --n 24 --seed 3700
+    python benchmarks/int8_distil.py --data runs/distil3700 --work runs/qat/distil --steps 300 \
+        --max-minutes 45 --out runs/qat/int8_distilled.xml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import openvino as ov
+import torch
+
+from latup_edge.data.cases import discover_cases
+from latup_edge.data.preprocess import apply_crop
+from latup_edge.deploy.build import built_from
+from latup_edge.deploy.deploy_form import to_deploy_form
+from latup_edge.deploy.quantize.distil import DistilBox, DistilSettings, distil, quantize_torch, to_openvino
+from latup_edge.evaluate.drift import prepare_case
+from latup_edge.models.checkpoint import load_model
+from latup_edge.runtime.bundle import load_bundle
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=Path("models/bundle"))
+    parser.add_argument("--weights", type=Path, help="the bundle's float weights (default: the shipped ones)")
+    parser.add_argument("--data", type=Path, required=True, help="phantom folder to draw windows from")
+    parser.add_argument("--work", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--steps", type=int, default=DistilSettings.steps)
+    parser.add_argument("--window", type=int, default=DistilSettings.window)
+    parser.add_argument("--lr", type=float, default=DistilSettings.lr)
+    parser.add_argument("--seed", type=int, default=DistilSettings.seed)
+    parser.add_argument("--every", type=int, default=20, help="steps between checkpoints")
+    parser.add_argument("--max-minutes", type=float, default=float("inf"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True, help="the INT8 IR (.xml) to write when done")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = DistilSettings(args.steps, args.window, args.lr, seed=args.seed)
+
+    bundle = load_bundle(args.bundle)
+    build = bundle.manifest["build"]
+    teacher = to_deploy_form(load_model(args.weights)).eval()
+    checkpoint = args.work / "checkpoint.pt"
+    started = time.perf_counter()
+    if checkpoint.exists():
+        import nncf.torch
+
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["settings"] != settings.to_dict():
+            sys.exit(f"{checkpoint} was made with {saved['settings']}, not {settings.to_dict()}: use another --work")
+        student = nncf.torch.load_from_config(to_deploy_form(load_model(args.weights)), saved["config"])
+        student.load_state_dict(saved["student"])
+        start = saved["step"]
+        print(f"resuming at step {start}", file=sys.stderr)
+    else:
+        _, samples = built_from(bundle)
+        student = quantize_torch(to_deploy_form(load_model(args.weights)), samples, build["quantization"]["keep_float"])
+        start, saved = 0, None
+        print(f"quantized in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+
+    boxes = []
+    for case in discover_cases(args.data):
+        prepared = prepare_case(case, normalization=bundle.normalization)
+        tumour = apply_crop(prepared.truth > 0, prepared.crop) if prepared.truth is not None else None
+        boxes.append(DistilBox(prepared.inputs, tumour))
+    log = args.work / "log.jsonl"
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    def save(step: int) -> None:
+        import nncf.torch
+
+        state = {
+            "step": step, "settings": settings.to_dict(), "config": nncf.torch.get_config(student),
+            "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+        }  # fmt: skip
+        torch.save(state, checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)
+
+    class OutOfTime(Exception):
+        pass
+
+    def on_step(step: int, loss: float, _) -> None:
+        with log.open("a") as f:
+            f.write(json.dumps({"step": step, "loss": loss, "seconds": round(time.perf_counter() - started, 1)}) + "\n")
+        done = step + 1
+        if done % args.every == 0 or done == settings.steps:
+            save(done)
+        if done % args.every == 0 and (time.perf_counter() - started) / 60 > args.max_minutes and done < settings.steps:
+            raise OutOfTime(done)
+
+    try:
+        distil(student, teacher, boxes, settings, optimizer, start, on_step)
+    except OutOfTime as stop:
+        print(f"stopped after step {stop.args[0]} of {settings.steps}: run again to go on", file=sys.stderr)
+        return 0
+    model = to_openvino(student, boxes[0].inputs[:, :, :64, :64, :64])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(args.out), compress_to_fp16=False)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
