@@ -130,7 +130,7 @@ def distil(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        on_step(step, float(loss), optimizer)
+        on_step(step, float(loss.detach()), optimizer)
     return optimizer
 
 
