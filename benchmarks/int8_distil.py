@@ -27,7 +27,16 @@ from latup_edge.data.cases import discover_cases
 from latup_edge.data.preprocess import apply_crop
 from latup_edge.deploy.build import built_from
 from latup_edge.deploy.deploy_form import to_deploy_form
-from latup_edge.deploy.quantize.distil import DistilBox, DistilSettings, distil, quantize_torch, to_openvino
+from latup_edge.deploy.quantize.distil import (
+    DistilBox,
+    DistilSettings,
+    distil,
+    load_checkpoint,
+    quantize_torch,
+    save_checkpoint,
+    to_openvino,
+)
+from latup_edge.errors import LatupError
 from latup_edge.evaluate.drift import prepare_case
 from latup_edge.models.checkpoint import load_model
 from latup_edge.runtime.bundle import load_bundle
@@ -57,24 +66,16 @@ def main() -> int:
     checkpoint = args.work / "checkpoint.pt"
     started = time.perf_counter()
     if checkpoint.exists():
-        import nncf.torch
-
-        saved = torch.load(checkpoint, weights_only=False)
-        if saved["settings"] != settings.to_dict():
-            sys.exit(f"{checkpoint} was made with {saved['settings']}, not {settings.to_dict()}: use another --work")
-        student = nncf.torch.load_from_config(to_deploy_form(load_model(args.weights)), saved["config"])
-        student.load_state_dict(saved["student"])
-        start = saved["step"]
+        try:
+            student, optimizer, start = load_checkpoint(checkpoint, to_deploy_form(load_model(args.weights)), settings)
+        except LatupError as error:
+            sys.exit(str(error))
         print(f"resuming at step {start}", file=sys.stderr)
     else:
         _, samples = built_from(bundle)
         student = quantize_torch(to_deploy_form(load_model(args.weights)), samples, build["quantization"]["keep_float"])
-        start, saved = 0, None
+        optimizer, start = None, 0
         print(f"quantized in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
-    if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
 
     boxes = []
     for case in discover_cases(args.data):
@@ -84,25 +85,15 @@ def main() -> int:
     log = args.work / "log.jsonl"
     args.work.mkdir(parents=True, exist_ok=True)
 
-    def save(step: int) -> None:
-        import nncf.torch
-
-        state = {
-            "step": step, "settings": settings.to_dict(), "config": nncf.torch.get_config(student),
-            "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-        }  # fmt: skip
-        torch.save(state, checkpoint.with_suffix(".tmp"))
-        checkpoint.with_suffix(".tmp").replace(checkpoint)
-
     class OutOfTime(Exception):
         pass
 
-    def on_step(step: int, loss: float, _) -> None:
+    def on_step(step: int, loss: float, optimizer: torch.optim.Optimizer) -> None:
         with log.open("a") as f:
             f.write(json.dumps({"step": step, "loss": loss, "seconds": round(time.perf_counter() - started, 1)}) + "\n")
         done = step + 1
         if done % args.every == 0 or done == settings.steps:
-            save(done)
+            save_checkpoint(checkpoint, student, optimizer, done, settings)
         if done % args.every == 0 and (time.perf_counter() - started) / 60 > args.max_minutes and done < settings.steps:
             raise OutOfTime(done)
 

@@ -16,7 +16,9 @@ from latup_edge.deploy.quantize.distil import (
     distil,
     distillation_loss,
     draw_window,
+    load_checkpoint,
     quantize_torch,
+    save_checkpoint,
     to_openvino,
     torch_layer_name,
 )
@@ -107,7 +109,7 @@ def test_the_loss_is_zero_for_the_teachers_own_logits_and_ignores_voxels_outside
     assert float(distillation_loss(inside, teacher, brain)) > 0.01
 
 
-def test_distillation_brings_the_student_towards_the_teacher_and_resumes_exactly():
+def test_distillation_brings_the_student_towards_the_teacher_and_resumes_exactly(tmp_path):
     teacher = to_deploy_form(narrow_network(BRAIN))
     boxes = [DistilBox(brain_box(3), None), DistilBox(brain_box(4), None)]
     settings = DistilSettings(steps=6, window=24, lr=3e-3, seed=5)
@@ -125,11 +127,21 @@ def test_distillation_brings_the_student_towards_the_teacher_and_resumes_exactly
     distil(unbroken, teacher, boxes, settings)
     assert loss(unbroken) < 0.8 * before
 
-    resumed = fresh_student()
-    optimizer = distil(resumed, teacher, boxes, DistilSettings(steps=3, window=24, lr=3e-3, seed=5))
-    distil(resumed, teacher, boxes, settings, optimizer, start=3)
+    # Stopped after 3 steps, saved, and taken up again from the file alone.
+    stopped = fresh_student()
+    checkpoint = tmp_path / "checkpoint.pt"
+    distil(
+        stopped, teacher, boxes, settings,
+        on_step=lambda step, _, optimizer: save_checkpoint(checkpoint, stopped, optimizer, step + 1, settings),
+        stop=3,
+    )  # fmt: skip
+    resumed, optimizer, start = load_checkpoint(checkpoint, to_deploy_form(narrow_network(BRAIN, seed=2)), settings)
+    assert start == 3
+    distil(resumed, teacher, boxes, settings, optimizer, start)
     for (name, a), b in zip(unbroken.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    with pytest.raises(LatupError, match="start another one"):
+        load_checkpoint(checkpoint, to_deploy_form(narrow_network(BRAIN, seed=2)), DistilSettings(steps=7))
 
 
 def test_no_boxes_is_a_clear_error(quantized):

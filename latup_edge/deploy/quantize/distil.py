@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,17 +113,19 @@ def distil(
     optimizer: torch.optim.Optimizer | None = None,
     start: int = 0,
     on_step: Callable[[int, float, torch.optim.Optimizer], None] = lambda step, loss, optimizer: None,
+    stop: int | None = None,
 ) -> torch.optim.Optimizer:
     """Fine-tune ``student`` (a quantized network) towards ``teacher``'s probabilities, steps ``start``
-    to ``settings.steps - 1``. Step i draws its window from its own seed, so a resumed run draws what
-    an unbroken one would. Dropout stays off: the student must learn the network users run."""
+    to ``stop - 1`` (``settings.steps - 1`` by default). Step i draws its window from its own seed, so a
+    resumed run draws what an unbroken one would. Dropout stays off: the student must learn the network
+    users run."""
     if not boxes:
         raise LatupError("distillation needs at least one brain box")
     student.eval()
     teacher.eval()
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = optimizer or torch.optim.Adam(params, lr=settings.lr)
-    for step in range(start, settings.steps):
+    for step in range(start, settings.steps if stop is None else stop):
         rng = np.random.default_rng([settings.seed, step])
         box = boxes[int(rng.integers(len(boxes)))]
         x = torch.from_numpy(draw_window(box, settings.window, rng, settings.tumour_share))
@@ -135,6 +138,38 @@ def distil(
         optimizer.step()
         on_step(step, float(loss.detach()), optimizer)
     return optimizer
+
+
+def save_checkpoint(
+    path: Path, student: nn.Module, optimizer: torch.optim.Optimizer, step: int, settings: DistilSettings
+) -> None:
+    """The quantized student (its NNCF quantizer layout too), its optimizer and the next step, atomically."""
+    import nncf.torch
+
+    state = {
+        "step": step, "settings": settings.to_dict(), "config": nncf.torch.get_config(student),
+        "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+    }  # fmt: skip
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, settings: DistilSettings
+) -> tuple[nn.Module, torch.optim.Optimizer, int]:
+    """(student, optimizer, next step) from ``save_checkpoint``; ``model`` is the float deploy-form network
+    the student was quantized from. A checkpoint of other settings is refused: its steps drew other windows."""
+    import nncf.torch
+
+    saved = torch.load(path, weights_only=False)
+    if saved["settings"] != settings.to_dict():
+        raise LatupError(f"{path} was made with {saved['settings']}, not {settings.to_dict()}: start another one")
+    student = nncf.torch.load_from_config(model, saved["config"])
+    student.load_state_dict(saved["student"])
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=settings.lr)
+    optimizer.load_state_dict(saved["optimizer"])
+    return student, optimizer, saved["step"]
 
 
 def to_openvino(student: nn.Module, example: np.ndarray):
