@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import openvino as ov
 import torch
 
@@ -31,6 +32,8 @@ from latup_edge.deploy.quantize.distil import (
     DistilBox,
     DistilSettings,
     distil,
+    distillation_loss,
+    draw_window,
     load_checkpoint,
     quantize_torch,
     save_checkpoint,
@@ -40,6 +43,28 @@ from latup_edge.errors import LatupError
 from latup_edge.evaluate.drift import prepare_case
 from latup_edge.models.checkpoint import load_model
 from latup_edge.runtime.bundle import load_bundle
+
+
+def held_out_windows(folder: Path, normalization: str, teacher: torch.nn.Module, cases: int = 8) -> list:
+    """One fixed 64^3 tumour-centred window per case of ``folder`` (the first ``cases``), with fp32's logits."""
+    windows = []
+    for i, case in enumerate(discover_cases(folder)[:cases]):
+        prepared = prepare_case(case, normalization=normalization)
+        box = DistilBox(prepared.inputs, apply_crop(prepared.truth > 0, prepared.crop))
+        x = torch.from_numpy(draw_window(box, 64, np.random.default_rng([99, i]), 1.0))
+        with torch.no_grad():
+            windows.append((x, teacher(x)))
+    return windows
+
+
+def monitor_kl(student: torch.nn.Module, windows: list) -> float:
+    """Mean over the windows of the distillation loss (KL to fp32 over the brain)."""
+    with torch.no_grad():
+        losses = [
+            float(distillation_loss(student(x), target, (x.abs().amax(1, keepdim=True) > 0).to(x.dtype)))
+            for x, target in windows
+        ]
+    return float(np.mean(losses))
 
 
 def main() -> int:
@@ -53,6 +78,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=DistilSettings.lr)
     parser.add_argument("--seed", type=int, default=DistilSettings.seed)
     parser.add_argument("--every", type=int, default=20, help="steps between checkpoints")
+    parser.add_argument("--monitor", type=Path, help="a folder of other cases: KL on 8 fixed windows is logged")
+    parser.add_argument("--monitor-every", type=int, default=25, help="steps between monitor scores")
     parser.add_argument("--max-minutes", type=float, default=float("inf"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True, help="the INT8 IR (.xml) to write when done")
@@ -84,14 +111,23 @@ def main() -> int:
         boxes.append(DistilBox(prepared.inputs, tumour))
     log = args.work / "log.jsonl"
     args.work.mkdir(parents=True, exist_ok=True)
+    monitor = held_out_windows(args.monitor, bundle.normalization, teacher) if args.monitor else None
+
+    def write(entry: dict) -> None:
+        with log.open("a") as f:
+            f.write(json.dumps(entry | {"seconds": round(time.perf_counter() - started, 1)}) + "\n")
+
+    if monitor is not None and start == 0:
+        write({"step": 0, "monitor_kl": monitor_kl(student, monitor)})
 
     class OutOfTime(Exception):
         pass
 
     def on_step(step: int, loss: float, optimizer: torch.optim.Optimizer) -> None:
-        with log.open("a") as f:
-            f.write(json.dumps({"step": step, "loss": loss, "seconds": round(time.perf_counter() - started, 1)}) + "\n")
+        write({"step": step, "loss": loss})
         done = step + 1
+        if monitor is not None and done % args.monitor_every == 0:
+            write({"step": done, "monitor_kl": monitor_kl(student, monitor)})
         if done % args.every == 0 or done == settings.steps:
             save_checkpoint(checkpoint, student, optimizer, done, settings)
         if done % args.every == 0 and (time.perf_counter() - started) / 60 > args.max_minutes and done < settings.steps:
