@@ -37,7 +37,8 @@ _ONNX_CONV = re.compile(r"^/(?P<scope>.+)/(?P<module>[^/]+)/Conv$")
 
 def torch_layer_name(onnx_label: str) -> str:
     """The NNCF PyTorch node of a convolution labelled by its ONNX name (``/parallel/embed/embed.0/Conv``
-    -> ``parallel/embed/0/conv3d/0``)."""
+    -> ``parallel/embed/0/conv3d/0``). The level-1 branches (a ModuleList of Sequentials) are named
+    otherwise by NNCF (``parallel/0/conv3d/1``): there the name matches nothing and NNCF refuses it."""
     match = _ONNX_CONV.match(onnx_label)
     if match is None:
         raise LatupError(f"cannot keep {onnx_label!r} in float for distillation: only convolutions (.../Conv) can be")
