@@ -24,46 +24,36 @@ import numpy as np
 import openvino as ov
 import torch
 
-from latup_edge.data.cases import discover_cases
-from latup_edge.data.preprocess import apply_crop
 from latup_edge.deploy.build import built_from
 from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.quantize.distil import (
-    DistilBox,
     DistilSettings,
     distil,
+    distil_boxes,
     distillation_loss,
-    draw_window,
     load_checkpoint,
     quantize_torch,
     save_checkpoint,
     to_openvino,
+    tumour_windows,
 )
 from latup_edge.errors import LatupError
-from latup_edge.evaluate.drift import prepare_case
 from latup_edge.models.checkpoint import load_model
+from latup_edge.models.latup_net import brain_masks
 from latup_edge.runtime.bundle import load_bundle
 
 
 def held_out_windows(folder: Path, normalization: str, teacher: torch.nn.Module, cases: int = 8) -> list:
     """One fixed 64^3 tumour-centred window per case of ``folder`` (the first ``cases``), with fp32's logits."""
-    windows = []
-    for i, case in enumerate(discover_cases(folder)[:cases]):
-        prepared = prepare_case(case, normalization=normalization)
-        box = DistilBox(prepared.inputs, apply_crop(prepared.truth > 0, prepared.crop))
-        x = torch.from_numpy(draw_window(box, 64, np.random.default_rng([99, i]), 1.0))
-        with torch.no_grad():
-            windows.append((x, teacher(x)))
-    return windows
+    windows = [torch.from_numpy(x) for x in tumour_windows(distil_boxes(folder, normalization, cases), 64)]
+    with torch.no_grad():
+        return [(x, teacher(x)) for x in windows]
 
 
 def monitor_kl(student: torch.nn.Module, windows: list) -> float:
     """Mean over the windows of the distillation loss (KL to fp32 over the brain)."""
     with torch.no_grad():
-        losses = [
-            float(distillation_loss(student(x), target, (x.abs().amax(1, keepdim=True) > 0).to(x.dtype)))
-            for x, target in windows
-        ]
+        losses = [float(distillation_loss(student(x), target, brain_masks(x, 0)[0])) for x, target in windows]
     return float(np.mean(losses))
 
 
@@ -104,11 +94,7 @@ def main() -> int:
         optimizer, start = None, 0
         print(f"quantized in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
-    boxes = []
-    for case in discover_cases(args.data):
-        prepared = prepare_case(case, normalization=bundle.normalization)
-        tumour = apply_crop(prepared.truth > 0, prepared.crop) if prepared.truth is not None else None
-        boxes.append(DistilBox(prepared.inputs, tumour))
+    boxes = distil_boxes(args.data, bundle.normalization)
     log = args.work / "log.jsonl"
     args.work.mkdir(parents=True, exist_ok=True)
     monitor = held_out_windows(args.monitor, bundle.normalization, teacher) if args.monitor else None

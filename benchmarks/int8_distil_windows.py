@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from latup_edge.data.cases import discover_cases
-from latup_edge.data.preprocess import apply_crop
-from latup_edge.deploy.quantize.distil import DistilBox, draw_window
-from latup_edge.evaluate.drift import prepare_case
+from latup_edge.deploy.quantize.distil import distil_boxes, tumour_windows
 from latup_edge.runtime.bundle import load_bundle
+from latup_edge.runtime.input_stats import brain_mask
 from latup_edge.runtime.openvino_backend import OpenVINOModel
 
 
@@ -50,17 +48,14 @@ def main() -> int:
     results = []
     print(f"{'data':16s} {'window':>6s} {'int8':12s} {'KL to fp32':>11s} {'agreement':>10s}")
     for folder in args.data:
-        boxes = []
-        for case in discover_cases(folder)[: args.cases]:
-            prepared = prepare_case(case, normalization=bundle.normalization)
-            boxes.append(DistilBox(prepared.inputs, apply_crop(prepared.truth > 0, prepared.crop)))
+        boxes = distil_boxes(folder, bundle.normalization, args.cases)
         for size in args.sizes:
-            windows = [draw_window(box, size, np.random.default_rng([99, i]), 1.0) for i, box in enumerate(boxes)]
+            windows = tumour_windows(boxes, size)
             references = [log_softmax(reference(x)) for x in windows]
             for name, model in models.items():
                 kl, agreement = [], []
                 for x, ref in zip(windows, references, strict=True):
-                    brain = np.abs(x).max(1) > 0
+                    brain = brain_mask(x[0])[None]
                     q = log_softmax(model(x))
                     kl.append(float((np.exp(ref) * (ref - q)).sum(1)[brain].mean()))
                     agreement.append(float((ref.argmax(1) == q.argmax(1))[brain].mean()))

@@ -81,9 +81,8 @@ def main() -> int:
         models[f"int8 {name}"] = OpenVINOModel(Path(path), "int8", threads=args.threads)
     for name, model in models.items():
         if name != "fp32":
-            kernels[name] = int8_kernel_report(model.compiled, (1, 3, *INT8_PROBE))
-            report = kernels[name]
-            print(f"{name}: {report['int8_convolutions']} of {report['convolutions']} convs INT8", file=sys.stderr)
+            counted = kernels[name] = int8_kernel_report(model.compiled, (1, 3, *INT8_PROBE))
+            print(f"{name}: {counted['int8_convolutions']} of {counted['convolutions']} convs INT8", file=sys.stderr)
 
     forwards = {name: box_forward(model) for name, model in models.items()}
     labels = delivered_labels(DEFAULT_POSTPROCESSING)

@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latup_edge.data.cases import discover_cases
+from latup_edge.data.preprocess import apply_crop
 from latup_edge.errors import LatupError
+from latup_edge.evaluate.drift import prepare_case
+from latup_edge.models.latup_net import brain_masks
+from latup_edge.runtime.input_stats import brain_mask
 
 # The PyTorch counterparts of ``graph.brain_statistics_ops``: the brain mask at the root scope (/abs,
 # /amax, /gt, /max_pool3d), and every masked InstanceNorm and SE statistic (their linear layers stay
@@ -90,12 +95,28 @@ def draw_window(box: DistilBox, size: int, rng: np.random.Generator, tumour_shar
     shape = box.inputs.shape[2:]
     region = box.tumour if box.tumour is not None and box.tumour.any() and rng.random() < tumour_share else None
     if region is None:
-        region = np.abs(box.inputs[0]).max(axis=0) > 0
+        region = brain_mask(box.inputs[0])
     voxels = np.argwhere(region)
     centre = voxels[rng.integers(len(voxels))] if len(voxels) else np.array(shape) // 2
     starts = [int(np.clip(c - size // 2, 0, max(0, n - size))) for c, n in zip(centre, shape, strict=True)]
     window = tuple(slice(s, s + min(size, n)) for s, n in zip(starts, shape, strict=True))
     return np.ascontiguousarray(box.inputs[(slice(None), slice(None), *window)])
+
+
+def distil_boxes(folder: Path, normalization: str, limit: int | None = None) -> list[DistilBox]:
+    """The brain boxes of a folder's cases (the first ``limit``), as the bundle's network sees them, with
+    their tumour where the case is labelled."""
+    boxes = []
+    for case in discover_cases(folder)[:limit]:
+        prepared = prepare_case(case, normalization=normalization)
+        tumour = apply_crop(prepared.truth > 0, prepared.crop) if prepared.truth is not None else None
+        boxes.append(DistilBox(prepared.inputs, tumour))
+    return boxes
+
+
+def tumour_windows(boxes: Sequence[DistilBox], size: int, seed: int = 99) -> list[np.ndarray]:
+    """One fixed ``size``^3 window per box, centred on a tumour voxel drawn with the box's own seed."""
+    return [draw_window(box, size, np.random.default_rng([seed, i]), 1.0) for i, box in enumerate(boxes)]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -124,21 +145,23 @@ def distil(
         raise LatupError("distillation needs at least one brain box")
     student.eval()
     teacher.eval()
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = optimizer or torch.optim.Adam(params, lr=settings.lr)
+    optimizer = optimizer or _optimizer(student, settings)
     for step in range(start, settings.steps if stop is None else stop):
         rng = np.random.default_rng([settings.seed, step])
         box = boxes[int(rng.integers(len(boxes)))]
         x = torch.from_numpy(draw_window(box, settings.window, rng, settings.tumour_share))
         with torch.no_grad():
             target = teacher(x)
-        brain = (x.abs().amax(dim=1, keepdim=True) > 0).to(x.dtype)
-        loss = distillation_loss(student(x), target, brain)
+        loss = distillation_loss(student(x), target, brain_masks(x, 0)[0])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         on_step(step, float(loss.detach()), optimizer)
     return optimizer
+
+
+def _optimizer(student: nn.Module, settings: DistilSettings) -> torch.optim.Optimizer:
+    return torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=settings.lr)
 
 
 def save_checkpoint(
@@ -168,7 +191,7 @@ def load_checkpoint(
         raise LatupError(f"{path} was made with {saved['settings']}, not {settings.to_dict()}: start another one")
     student = nncf.torch.load_from_config(model, saved["config"])
     student.load_state_dict(saved["student"])
-    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=settings.lr)
+    optimizer = _optimizer(student, settings)
     optimizer.load_state_dict(saved["optimizer"])
     return student, optimizer, saved["step"]
 
