@@ -27,6 +27,7 @@ import torch
 from latup_edge.deploy.build import built_from
 from latup_edge.deploy.deploy_form import to_deploy_form
 from latup_edge.deploy.quantize.distil import (
+    PARAMETER_SETS,
     DistilSettings,
     distil,
     distil_boxes,
@@ -67,6 +68,7 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=DistilSettings.window)
     parser.add_argument("--lr", type=float, default=DistilSettings.lr)
     parser.add_argument("--seed", type=int, default=DistilSettings.seed)
+    parser.add_argument("--parameters", choices=PARAMETER_SETS, default=DistilSettings.parameters)
     parser.add_argument("--every", type=int, default=20, help="steps between checkpoints")
     parser.add_argument("--monitor", type=Path, help="a folder of other cases: KL on 8 fixed windows is logged")
     parser.add_argument("--monitor-every", type=int, default=25, help="steps between monitor scores")
@@ -75,7 +77,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="the INT8 IR (.xml) to write when done")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = DistilSettings(args.steps, args.window, args.lr, seed=args.seed)
+    settings = DistilSettings(args.steps, args.window, args.lr, seed=args.seed, parameters=args.parameters)
 
     bundle = load_bundle(args.bundle)
     build = bundle.manifest["build"]

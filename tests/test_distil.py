@@ -21,6 +21,7 @@ from latup_edge.deploy.quantize.distil import (
     save_checkpoint,
     to_openvino,
     torch_layer_name,
+    trained_parameters,
 )
 from latup_edge.errors import LatupError
 
@@ -142,6 +143,24 @@ def test_distillation_brings_the_student_towards_the_teacher_and_resumes_exactly
         assert torch.equal(a, b), name
     with pytest.raises(LatupError, match="start another one"):
         load_checkpoint(checkpoint, to_deploy_form(narrow_network(BRAIN, seed=2)), DistilSettings(steps=7))
+
+
+def test_biases_only_leaves_every_weight_and_quantizer_range_as_post_training_set_them():
+    teacher = to_deploy_form(narrow_network(BRAIN))
+    student = quantize_torch(to_deploy_form(narrow_network(BRAIN, seed=2)), [brain_box(1)])
+    before = {name: p.detach().clone() for name, p in student.named_parameters()}
+    trained = {id(p) for p in trained_parameters(student, "biases")}
+    assert trained and all(name.endswith(".bias") for name, p in student.named_parameters() if id(p) in trained)
+    distil(
+        student,
+        teacher,
+        [DistilBox(brain_box(3), None)],
+        DistilSettings(steps=2, window=24, lr=3e-3, parameters="biases"),
+    )
+    moved = {name for name, p in student.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and all(name.endswith(".bias") for name in moved)
+    with pytest.raises(LatupError, match="parameters must be one of"):
+        DistilSettings(parameters="weights")
 
 
 def test_no_boxes_is_a_clear_error(quantized):

@@ -69,6 +69,9 @@ def quantize_torch(model: nn.Module, samples: Sequence[np.ndarray], keep_float: 
         )
 
 
+PARAMETER_SETS = ("all", "biases")
+
+
 @dataclass(frozen=True)
 class DistilSettings:
     steps: int = 300
@@ -76,6 +79,11 @@ class DistilSettings:
     lr: float = 1e-5
     tumour_share: float = 0.7  # windows centred on tumour, where the labels are uncertain
     seed: int = 0
+    parameters: str = "all"  # or "biases": weights and quantizer ranges stay as post-training INT8 set them
+
+    def __post_init__(self) -> None:
+        if self.parameters not in PARAMETER_SETS:
+            raise LatupError(f"parameters must be one of {', '.join(PARAMETER_SETS)}, got {self.parameters!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,8 +168,16 @@ def distil(
     return optimizer
 
 
+def trained_parameters(student: nn.Module, parameters: str) -> list[nn.Parameter]:
+    """What distillation may change: everything trainable, or (``"biases"``) only the biases, which are
+    not quantized, so a step moves the output smoothly instead of flipping weights across rounding steps."""
+    if parameters == "biases":
+        return [p for name, p in student.named_parameters() if name.endswith(".bias") and p.requires_grad]
+    return [p for p in student.parameters() if p.requires_grad]
+
+
 def _optimizer(student: nn.Module, settings: DistilSettings) -> torch.optim.Optimizer:
-    return torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=settings.lr)
+    return torch.optim.Adam(trained_parameters(student, settings.parameters), lr=settings.lr)
 
 
 def save_checkpoint(
