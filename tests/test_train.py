@@ -206,3 +206,32 @@ def test_poly_schedule_decays_to_near_zero_on_the_runs_own_steps_and_constant_st
     assert rates[15] == pytest.approx(1e-3 * 0.5**0.9)
     settings.lr_schedule = "constant"
     assert {learning_rate(settings, step) for step in range(30)} == {1e-3}
+
+
+def test_activation_noise_perturbs_training_only_and_repeats_with_the_seed(two_phantoms, tmp_path):
+    from latup_edge.train.noise import activation_noise
+
+    model = LATUPNet(LATUPNetConfig(base_filters=4)).eval()
+    x = torch.randn(1, 3, 32, 32, 32)
+    with torch.no_grad():
+        clean = model(x)
+        torch.manual_seed(3)
+        with activation_noise(model, 0.05):
+            noisy = model(x)
+        torch.manual_seed(3)
+        with activation_noise(model, 0.05):
+            again = model(x)
+        after = model(x)
+    assert not torch.allclose(noisy, clean) and torch.equal(noisy, again)
+    assert torch.equal(after, clean)  # the hooks are gone after the block
+
+    settings = TrainingSettings(patch=32, epochs=1, steps_per_epoch=2, l2=0.0, val_cases=1, seed=5, base_filters=4)
+    quiet, loud, loud_again = tmp_path / "quiet", tmp_path / "loud", tmp_path / "loud2"
+    train(two_phantoms, quiet, settings)
+    noisy_settings = TrainingSettings(**{**settings.__dict__, "activation_noise": 0.05})
+    train(two_phantoms, loud, noisy_settings)
+    train(two_phantoms, loud_again, noisy_settings)
+    weights = [load_model(run / "last.safetensors").state_dict() for run in (quiet, loud, loud_again)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
+    assert json.loads((loud / "last.json").read_text())["settings"]["activation_noise"] == 0.05

@@ -84,6 +84,14 @@ def train(
     ce_weight: Annotated[
         float, typer.Option(min=0.0, help="Cross-entropy added to the paper's Dice loss (0: the paper's loss).")
     ] = 0.0,
+    activation_noise: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Rounding noise on each convolution's input while training, in 8-bit steps of its range "
+            "(1: about INT8's own; 0: off).",
+        ),
+    ] = 0.0,
     val_cases: Annotated[int, typer.Option(help="Cases held out for per-epoch validation.")] = 4,
     seed: Annotated[int, typer.Option()] = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA and AMX CPUs), bf16 or fp32.")] = "auto",
@@ -172,6 +180,7 @@ def train(
         tumour_fraction=tumour_fraction,
         no_et_fraction=no_et_fraction,
         ce_weight=ce_weight,
+        activation_noise=activation_noise,
         val_cases=val_cases,
         seed=seed,
         precision=precision,

@@ -32,6 +32,7 @@ from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
 from latup_edge.train.augment import Augmentation
 from latup_edge.train.batches import BatchStream
 from latup_edge.train.loss import cross_entropy, l2_penalty, weighted_dice_loss
+from latup_edge.train.noise import activation_noise
 from latup_edge.train.sampling import TrainingCase, load_training_case
 
 Precision = Literal["auto", "bf16", "fp32"]
@@ -54,6 +55,9 @@ class TrainingSettings:
     tumour_fraction: float = 0.7
     no_et_fraction: float = 0.0  # share of samples drawn from cases without ET (0: uniform over cases)
     ce_weight: float = 0.0  # cross-entropy added to the paper's weighted Dice loss (0: the paper's loss)
+    activation_noise: float = (
+        0.0  # rounding noise on each conv input, in 8-bit steps of its range (``noise.py``; 0: off)
+    )
     val_cases: int = 4
     seed: int = 0
     precision: Precision = "auto"
@@ -258,7 +262,10 @@ def _step(model, optimizer, images: np.ndarray, classes: np.ndarray, settings, d
     x = torch.from_numpy(images).to(device)
     y = torch.from_numpy(classes).to(device)
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with (
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+        activation_noise(model, settings.activation_noise),
+    ):
         logits = model(x)
     loss = weighted_dice_loss(logits, y) + l2_penalty(model.penalised_weights(), settings.l2)
     if settings.ce_weight:
