@@ -32,12 +32,12 @@ from latup_edge.runtime.volume import box_forward
 
 
 def smoothed(probabilities: np.ndarray, sigma: float) -> np.ndarray:
-    """``(1, K, X, Y, Z)`` probabilities with each class map smoothed by a Gaussian of ``sigma`` voxels."""
+    """``(1, K, X, Y, Z)`` float32 probabilities with each class map smoothed by a Gaussian of ``sigma`` voxels."""
     if sigma <= 0:
         return probabilities
-    out = np.empty(probabilities.shape, dtype=np.float32)
+    out = np.empty_like(probabilities)
     for k in range(probabilities.shape[1]):
-        ndimage.gaussian_filter(probabilities[0, k].astype(np.float32), sigma, output=out[0, k], truncate=2.0)
+        ndimage.gaussian_filter(probabilities[0, k], sigma, output=out[0, k], truncate=2.0)
     return out
 
 
@@ -63,7 +63,7 @@ def cached_probabilities(bundle_dir: Path, folder: Path, work: Path, precisions:
             stored.with_suffix(".tmp.npz").rename(stored)
             print(f"{bundle_dir.name} {case.case_id}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
         with np.load(stored) as arrays:
-            yield prepared, {p: arrays[p] for p in precisions}
+            yield prepared, {p: arrays[p].astype(np.float32) for p in precisions}
 
 
 def main() -> int:
@@ -86,7 +86,7 @@ def main() -> int:
                 bundle_dir, folder, args.work, args.precisions, args.threads
             ):
                 for sigma in args.sigma:
-                    smooth = {p: smoothed(probabilities[p].astype(np.float32), sigma) for p in args.precisions}
+                    smooth = {p: smoothed(probabilities[p], sigma) for p in args.precisions}
                     forwards = {p: (lambda box, out=smooth[p]: out) for p in args.precisions}
                     per_sigma[sigma] |= measure_drift([prepared], forwards, labels=labels)["cases"]
             for sigma, per_case in per_sigma.items():

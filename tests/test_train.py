@@ -209,6 +209,8 @@ def test_poly_schedule_decays_to_near_zero_on_the_runs_own_steps_and_constant_st
 
 
 def test_activation_noise_perturbs_training_only_and_repeats_with_the_seed(two_phantoms, tmp_path):
+    import dataclasses
+
     from latup_edge.train.noise import activation_noise
 
     model = LATUPNet(LATUPNetConfig(base_filters=4)).eval()
@@ -228,7 +230,7 @@ def test_activation_noise_perturbs_training_only_and_repeats_with_the_seed(two_p
     settings = TrainingSettings(patch=32, epochs=1, steps_per_epoch=2, l2=0.0, val_cases=1, seed=5, base_filters=4)
     quiet, loud, loud_again = tmp_path / "quiet", tmp_path / "loud", tmp_path / "loud2"
     train(two_phantoms, quiet, settings)
-    noisy_settings = TrainingSettings(**{**settings.__dict__, "activation_noise": 0.05})
+    noisy_settings = dataclasses.replace(settings, activation_noise=0.05)
     train(two_phantoms, loud, noisy_settings)
     train(two_phantoms, loud_again, noisy_settings)
     weights = [load_model(run / "last.safetensors").state_dict() for run in (quiet, loud, loud_again)]

@@ -55,9 +55,7 @@ class TrainingSettings:
     tumour_fraction: float = 0.7
     no_et_fraction: float = 0.0  # share of samples drawn from cases without ET (0: uniform over cases)
     ce_weight: float = 0.0  # cross-entropy added to the paper's weighted Dice loss (0: the paper's loss)
-    activation_noise: float = (
-        0.0  # rounding noise on each conv input, in 8-bit steps of its range (``noise.py``; 0: off)
-    )
+    activation_noise: float = 0.0  # noise on each conv input, in 8-bit steps of its range (noise.py)
     val_cases: int = 4
     seed: int = 0
     precision: Precision = "auto"

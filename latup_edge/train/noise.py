@@ -27,7 +27,8 @@ def activation_noise(model: nn.Module, steps: float) -> Iterator[None]:
 
     def add_noise(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         x = inputs[0]
-        step = (x.detach().amax() - x.detach().amin()) / 255
+        low, high = torch.aminmax(x.detach())
+        step = (high - low) / 255
         return (x + steps * step * (torch.rand_like(x) - 0.5), *inputs[1:])
 
     handles = [m.register_forward_pre_hook(add_noise) for m in model.modules() if isinstance(m, nn.Conv3d)]
