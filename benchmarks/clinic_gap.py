@@ -53,7 +53,7 @@ def _row(name: str, log: dict[str, Any], truths: dict[str, np.ndarray], started:
     """One study's scores: Dice per case against ``truths`` (the cases scored), their mean, and failures."""
     entries = [entry for entry in log["cases"] if entry["case_id"] in truths]
     dice = {
-        e["case_id"]: _region_dice(_labels(Path(e["outputs"][0])), truths[e["case_id"]])
+        e["case_id"]: _region_dice(_labels(Path(e["outputs"][0]), e["labels"]), truths[e["case_id"]])
         for e in entries if e["status"] == "ok"
     }  # fmt: skip
     failures = {e["case_id"]: e["error"] for e in entries if e["status"] != "ok"}

@@ -57,9 +57,9 @@ def _region_dice(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {name: round(value, 4) for name, value in agreement(predicted, truth).items()}
 
 
-def _labels(path: Path) -> np.ndarray:
-    data = np.asanyarray(nib.load(path).dataobj)
-    return to_classes(data, "2021")
+def _labels(path: Path, convention: str) -> np.ndarray:
+    """A label file segment wrote, in the convention its run log names (the input's own: 2023 keeps ET as 3)."""
+    return to_classes(np.asanyarray(nib.load(path).dataobj), convention)
 
 
 def _overlay(t1ce: np.ndarray, classes: np.ndarray, path: Path) -> None:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             if entry is None or entry["status"] != "ok":
                 row[form] = {"status": entry["status"] if entry else "missing", "error": entry and entry["error"]}
                 continue
-            predicted = _labels(Path(entry["outputs"][0]))
+            predicted = _labels(Path(entry["outputs"][0]), entry["labels"])
             row[form] = {
                 "dice": _region_dice(predicted, ready_truth if form == "ready" else native_truth),
                 "seconds": entry["seconds"],
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     for form in FORMS:
         entry = by_case[first].get(form)
         if entry and entry["status"] == "ok":
-            predicted = _labels(Path(entry["outputs"][0]))
+            predicted = _labels(Path(entry["outputs"][0]), entry["labels"])
             t1ce = _t1ce_native(form, cases[0], args.work)
             _overlay(t1ce, predicted, overlays / f"{form}.png")
 
