@@ -17,7 +17,7 @@ from latup_edge.scans import study
 from latup_edge.scans.checks import ScanError
 from latup_edge.scans.geometry import nifti_to_sitk
 from latup_edge.scans.registration import RegistrationError, registration_error_mm
-from latup_edge.scans.study import NativeGrid, discover_scans, labels_on_native_grid, load_scan
+from latup_edge.scans.study import NativeGrid, discover_scans, labels_on_native_grid, load_scan, share_brain_mask
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,25 @@ def test_another_geometry_is_checked_registered_and_resampled_onto_the_1mm_lps_g
     for channel in (0, 2):
         overlap = (lesions[channel] & lesions[1]).sum() / ((lesions[channel].sum() + lesions[1].sum()) / 2)
         assert overlap > 0.9, (channel, overlap)
+
+
+def test_every_channel_takes_t1ce_brain_once_resampled(loaded):
+    support = loaded.images != 0
+    assert (support == support[1]).all()  # MODALITIES: FLAIR, T1ce, T2
+    (step,) = [s for s in loaded.steps if s["step"] == "brain mask"]
+    assert step["from"] == "t1ce" and step["voxels"] == int(support[1].sum())
+
+
+def test_the_shared_brain_mask_clears_outside_and_fills_inside_with_the_nearest_value():
+    images = np.zeros((2, 8, 8, 8), np.float32)
+    images[0, 2:6, 2:6, 2:6] = 5.0  # the reference's brain
+    images[1, 1:7, 2:6, 2:6] = 3.0  # a series whose brain ends a slab further along x
+    images[1, 2:6, 2:6, 5] = 0.0  # ... and a slab short along z
+    images[1, 3, 3, 4] = 7.0
+    step = share_brain_mask(images, 0, ["t1ce", "t2"])
+    assert ((images[1] != 0) == (images[0] != 0)).all()
+    assert step["cleared"] == {"t1ce": 0, "t2": 2 * 16} and step["filled"] == {"t1ce": 0, "t2": 16}
+    assert images[1, 3, 3, 5] == 7.0 and images[1, 2, 2, 5] == 3.0  # each hole takes its nearest value
 
 
 def test_registration_recovers_the_known_head_motion_within_1mm(clinic_case):
