@@ -14,6 +14,7 @@ INT8 on fresh data (docs/INT8.md, last section). The tooling is here for a bette
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +32,9 @@ from latup_edge.errors import LatupError
 from latup_edge.evaluate.drift import prepare_case
 from latup_edge.models.latup_net import brain_masks
 from latup_edge.runtime.input_stats import brain_mask
+
+# NNCF compiles its PyTorch quantizer kernels on first use and gives up after 60 s; 2 busy cores need longer.
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
 
 # The PyTorch counterparts of ``graph.brain_statistics_ops``: the brain mask at the root scope (/abs,
 # /amax, /gt, /max_pool3d), and every masked InstanceNorm and SE statistic (their linear layers stay
