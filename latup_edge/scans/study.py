@@ -279,7 +279,7 @@ def share_brain_mask(images: np.ndarray, reference: int, keys: Sequence[str]) ->
         outside = ~brain & (channel != 0)
         cleared[key], filled[key] = int(outside.sum()), 0
         channel[outside] = 0
-        if not box or not (channel != 0).any():
+        if not box:  # no reference brain: nothing to fill
             continue
         inner, within = channel[box[0]], brain[box[0]]
         holes = within & (inner == 0)
