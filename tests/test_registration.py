@@ -14,9 +14,12 @@ from scipy import ndimage as ndi
 
 from latup_edge.scans.geometry import nifti_to_sitk
 from latup_edge.scans.registration import (
+    FIXED_MARGIN_MM,
     Registration,
     RegistrationError,
+    _brain_box,
     check_registration,
+    foreground_mask,
     register_rigid,
     registration_error_mm,
 )
@@ -81,11 +84,37 @@ def test_known_motion_is_recovered_within_1_mm(images, modality, shift, angles, 
     assert registration_error_mm(registration.transform, logged, brain) < 1e-9
 
 
+def _physical_box(image: sitk.Image, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The LPS corners (low, high) of ``mask``'s (z, y, x) voxels on ``image``, axis-aligned images only."""
+    ends = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[[0, -1]] for axis in range(3)]
+    low, high = ([int(ends[2 - axis][k]) for axis in range(3)] for k in (0, 1))
+    return np.array(image.TransformIndexToPhysicalPoint(low)), np.array(image.TransformIndexToPhysicalPoint(high))
+
+
+def test_the_metric_samples_the_reference_brain_box_not_its_zero_field_of_view(images):
+    """A T1ce whose field of view is mostly zeros: the metric's copy is its brain plus the margin, and the motion
+    is still recovered within 1 mm."""
+    padded = {key: sitk.ConstantPad(image, (40, 40, 10), (40, 40, 10), 0.0) for key, image in images.items()}
+    fixed, mask = padded["t1ce"], foreground_mask(padded["t1ce"])
+    box = _brain_box(fixed, mask, FIXED_MARGIN_MM)
+    assert all(b < f for b, f in zip(box.GetSize(), fixed.GetSize(), strict=True))
+    low, high = _physical_box(fixed, mask)
+    box_low = np.array(box.GetOrigin())
+    box_high = np.array(box.TransformIndexToPhysicalPoint([s - 1 for s in box.GetSize()]))
+    assert np.all(box_low <= low - FIXED_MARGIN_MM + 1) and np.all(box_high >= high + FIXED_MARGIN_MM - 1)
+    assert _brain_box(fixed, np.zeros_like(mask), FIXED_MARGIN_MM) is fixed  # no brain: the whole image
+
+    moving, truth = _moved(padded, *CASES[0])
+    registration = register_rigid(fixed, moving, seed=0)
+    assert registration_error_mm(truth, registration.transform, fixed > 0) <= 1.0
+
+
 def test_registration_is_deterministic(images):
     moving, _ = _moved(images, *CASES[2])
     first, second = (register_rigid(images["t1ce"], moving, seed=0) for _ in range(2))
-    # Seeded sampling: the same samples each run; ITK's threaded sums leave differences of ~1e-16.
-    np.testing.assert_allclose(first.transform.GetParameters(), second.transform.GetParameters(), rtol=0, atol=1e-9)
+    # Seeded sampling: the same samples each run. ITK's threaded sums differ in their last bits, which the
+    # optimiser's iterations carry up to ~1e-8 (measured); another seed moves them by 1e-4 to 1e-2.
+    np.testing.assert_allclose(first.transform.GetParameters(), second.transform.GetParameters(), rtol=0, atol=1e-6)
 
 
 def test_implausible_motion_is_refused(images):
