@@ -37,13 +37,14 @@ WORKING_SPACING_MM = 2.0
 SHRINK_FACTORS = (2, 1)
 SMOOTHING_MM = (2.0, 1.0)
 HISTOGRAM_BINS = 32
-# Measured on the 30 moved series of 10 clinic-like studies (benchmarks/clinic_input.py): at 0.1 two T1
-# registrations landed 1.4-1.5 mm off (a noisy metric estimate; 300 iterations changed nothing); 0.3
-# keeps every one under 0.86 mm for 0.9 s more a pair. A 1 mm pyramid level reached 0.45 mm at 10 s a pair.
-SAMPLING_FRACTION = 0.3
 # The metric samples the reference's brain box plus this margin, not its whole field of view: a
-# skull-stripped T1ce is mostly zeros, and sampling them cost 38 % of the registration's time.
+# skull-stripped T1ce is mostly zeros, and sampling them cost a third of the registration's time.
 FIXED_MARGIN_MM = 10.0
+# The share of the box's voxels the metric samples. On the whole field of view 0.1 left two T1
+# registrations 1.4-1.5 mm off (a noisy metric estimate; 300 iterations changed nothing) and 0.3 kept
+# every one under 0.86 mm. On the box, 0.3 left one FLAIR of 60 at 1.37 mm; 0.5 keeps the sample count
+# (benchmarks/registration_box.py). A 1 mm pyramid level reached 0.45 mm at 10 s a pair.
+SAMPLING_FRACTION = 0.5
 
 
 class RegistrationError(LatupError):
@@ -128,12 +129,12 @@ def _brain_box(image: sitk.Image, mask: np.ndarray, margin_mm: float) -> sitk.Im
     return sitk.RegionOfInterest(image, size[::-1], start[::-1])
 
 
-def _method(seed: int) -> sitk.ImageRegistrationMethod:
+def _method(seed: int, sampling: float) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.RANDOM)
     # SimpleITK reads a seed of 0 as "the wall clock": shift by one so that seed=0 is deterministic too.
-    method.SetMetricSamplingPercentage(SAMPLING_FRACTION, seed + 1)
+    method.SetMetricSamplingPercentage(sampling, seed + 1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=0.01, numberOfIterations=100, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6
@@ -151,9 +152,9 @@ def _fov_centre(image: sitk.Image) -> tuple[float, float, float]:
     return image.TransformContinuousIndexToPhysicalPoint(centre_index)
 
 
-def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, seed: int) -> float:
+def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, seed: int, sampling: float) -> float:
     """Mattes MI of the working copies under ``transform``, at their own resolution."""
-    method = _method(seed)
+    method = _method(seed, sampling)
     method.SetShrinkFactorsPerLevel([1])
     method.SetSmoothingSigmasPerLevel([0.0])
     method.SetInitialTransform(transform, inPlace=False)
@@ -161,7 +162,12 @@ def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, se
 
 
 def register_rigid(
-    fixed: sitk.Image, moving: sitk.Image, *, seed: int = 0, margin_mm: float | None = FIXED_MARGIN_MM
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    *,
+    seed: int = 0,
+    margin_mm: float | None = FIXED_MARGIN_MM,
+    sampling: float = SAMPLING_FRACTION,
 ) -> Registration:
     """Rigidly register ``moving`` onto ``fixed`` (the reference): Mattes MI on a 4 mm / 2 mm pyramid.
 
@@ -172,10 +178,11 @@ def register_rigid(
     figures (0.4 s of it the registration itself); 2.4-2.6 s for a 267 x 267 x 155 T1ce against a
     5 mm FLAIR or a 3 mm sagittal T2 (the quality figures on the 2 mm working copies), and 0.1-0.3 mm
     error on shifts of 4-7 mm with rotations of 3-5 degrees, across contrasts and from 5 mm slices.
-    Today's sampling of 0.3 (SAMPLING_FRACTION) costs about 0.9 s more a pair. The metric samples the
-    reference's brain box plus ``margin_mm`` (None: its whole field of view): on the 30 moved series
-    of 10 independent-generator clinic studies, 38 % less time a pair, error mean 0.25 mm against
-    0.30, max 0.69 against 0.67 (``benchmarks/registration_box.py``).
+    The metric samples the reference's brain box plus ``margin_mm`` (None: its whole field of view) at
+    ``sampling`` of its voxels. On the 60 moved series of 20 independent-generator clinic studies,
+    against the whole field of view at 0.3 (before): 10-17 % less time a pair, error mean 0.21-0.23 mm
+    against 0.28-0.30, max 0.45 against 0.81; the box at 0.3 saved 33-38 % but left one FLAIR at
+    1.37 mm (``benchmarks/registration_box.py``, docs/CLINIC_INPUT.md).
     """
     start = time.perf_counter()
     initial = sitk.Euler3DTransform()
@@ -184,7 +191,7 @@ def register_rigid(
     fixed_mask = foreground_mask(fixed_small)
     fixed_box = fixed_small if margin_mm is None else _brain_box(fixed_small, fixed_mask, margin_mm)
 
-    method = _method(seed)
+    method = _method(seed, sampling)
     method.SetInitialTransform(initial, inPlace=False)
     found = sitk.Euler3DTransform(method.Execute(fixed_box, moving_small).GetNthTransform(0))
 
@@ -195,8 +202,8 @@ def register_rigid(
         transform=found,
         translation_mm=tuple(float(v) for v in parameters[3:]),
         rotation_deg=tuple(math.degrees(v) for v in parameters[:3]),
-        metric_before=round(_metric(fixed_box, moving_small, initial, seed), 4),
-        metric_after=round(_metric(fixed_box, moving_small, found, seed), 4),
+        metric_before=round(_metric(fixed_box, moving_small, initial, seed, sampling), 4),
+        metric_after=round(_metric(fixed_box, moving_small, found, seed, sampling), 4),
         mask_dice_before=round(_mask_dice(fixed_mask, fixed_small, moving_small, initial), 4),
         mask_dice_after=round(_mask_dice(fixed_mask, fixed_small, moving_small, found), 4),
         iterations=int(method.GetOptimizerIteration()),
