@@ -2,10 +2,10 @@
 
 ``register_rigid`` samples its metric on the T1ce working copy cropped to the brain plus
 ``FIXED_MARGIN_MM`` (``margin_mm=None``: the whole field of view, as before), at ``SAMPLING_FRACTION``
-of its voxels (0.3 before; the box at 0.3 is the third way). This script rebuilds
+of its voxels (0.3 before; the box at 0.3 is the way between). This script rebuilds
 the clinic-like studies of ``benchmarks/clinic_input.py`` (same seeds: T1ce 0.9 x 0.9 x 1 mm, FLAIR
 5 mm, T2 3 mm sagittal, T1, each moved by up to 4 mm and 4 degrees) in memory and registers every
-moved series both ways, alternating which goes first, so that both see the same machine load. It
+moved series in each way, rotating which goes first, so that all see the same machine load. It
 prints seconds and the error against the known motion (mean displacement over the brain), per pair.
 
     python benchmarks/registration_box.py --cases runs/indep14-first10 --out benchmarks/registration_box.json

@@ -42,7 +42,8 @@ HISTOGRAM_BINS = 32
 FIXED_MARGIN_MM = 10.0
 # The share of the box's voxels the metric samples. On the whole field of view 0.1 left two T1
 # registrations 1.4-1.5 mm off (a noisy metric estimate; 300 iterations changed nothing) and 0.3 kept
-# every one under 0.86 mm. On the box, 0.3 left one FLAIR of 60 at 1.37 mm; 0.5 keeps the sample count
+# every one under 0.86 mm. On the box, 0.3 left one FLAIR of 60 at 1.37 mm; 0.5 of the box (about half the
+# field of view) draws about as many samples as 0.3 of the whole did
 # (benchmarks/registration_box.py). A 1 mm pyramid level reached 0.45 mm at 10 s a pair.
 SAMPLING_FRACTION = 0.5
 
