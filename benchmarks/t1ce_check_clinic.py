@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 FORMS = ("without T1", "correct", "T1/T1ce swapped")
 FOLDERS = dict(zip(FORMS, ("without-t1", "correct", "swapped"), strict=True))  # the study folder of each form
 SWAPPED = {"t1": ACQUISITIONS["t1ce"]["description"], "t1ce": ACQUISITIONS["t1"]["description"]}
-CHECK = "the T1/T1ce check"
+CHECK = "the swap checks"  # the run log marks the T1 companion's steps so
 
 
 def write_studies(cases, work: Path) -> dict[str, Any]:

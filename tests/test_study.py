@@ -52,6 +52,7 @@ def test_another_geometry_is_checked_registered_and_resampled_onto_the_1mm_lps_g
     registered = [s for s in steps if s["step"] == "register"]
     assert [s["modality"] for s in registered] == ["flair"]  # T2 shares T1ce's grid: nothing to register
     assert registered[0]["converged"] and registered[0]["mask_dice_after"] > registered[0]["mask_dice_before"]
+    assert list(registered[0]["levels_mm"]) == [4.0, 2.0]  # an input: both levels of the pyramid
     assert {s["modality"] for s in steps if s["step"] == "resample"} == set(MODALITIES)
     np.testing.assert_allclose(loaded.reference.affine[:3, :3], np.diag([-1.0, -1.0, 1.0]), atol=1e-6)
     assert loaded.images.shape == (3, *loaded.reference.shape)
@@ -150,7 +151,7 @@ def test_a_brats_ready_case_with_its_skull_is_refused_though_nothing_is_resample
     assert step["step"] == "none" and step["checks"]["t2"]["zero_fraction"] > 0.99
 
 
-def test_a_t1_for_the_swap_check_is_registered_and_resampled_like_the_inputs(tmp_path):
+def test_a_t1_for_the_swap_check_is_registered_on_the_coarse_level_and_resampled(tmp_path):
     images = clinic_images() | {"t1": head_image((1.0, 1.0, 1.0), moved=motion((-2.0, 3.0, 1.0), (-2.0, 1.0, 3.0)))}
     write_nifti_case(tmp_path, "BraTS2021_00006", images)
     scan = discover_scans(tmp_path)[0]
@@ -158,6 +159,7 @@ def test_a_t1_for_the_swap_check_is_registered_and_resampled_like_the_inputs(tmp
     t1, steps, why = study.load_companion(scan, "t1", loaded)
     assert why is None and t1.shape == loaded.images.shape[1:]
     assert [step["step"] for step in steps] == ["register", "resample"] and steps[0]["converged"]
+    assert list(steps[0]["levels_mm"]) == [4.0]  # only the checks read it
     # Its lesion lands on T1ce's once the motion is undone.
     lesion, t1ce_lesion = t1 > 650, loaded.images[MODALITIES.index("t1ce")] > 650
     assert (lesion & t1ce_lesion).sum() / ((lesion.sum() + t1ce_lesion.sum()) / 2) > 0.9

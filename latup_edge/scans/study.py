@@ -65,7 +65,7 @@ from latup_edge.scans.geometry import (
     shares_lattice,
     sitk_to_nifti,
 )
-from latup_edge.scans.registration import check_registration, register_rigid
+from latup_edge.scans.registration import CHECKS_PYRAMID, PYRAMID, Pyramid, check_registration, register_rigid
 
 REFERENCE_MODALITY = "t1ce"  # BraTS registers every sequence to T1ce
 # BraTS's voxel order: the affine's rotation part is diag(-1, -1, 1) (nibabel axcodes L, P, S).
@@ -284,7 +284,10 @@ def share_brain_mask(images: np.ndarray, reference: int, keys: Sequence[str]) ->
         inner, within = channel[box[0]], brain[box[0]]
         holes = within & (inner == 0)
         if holes.any() and (inner != 0).any():
-            nearest = ndimage.distance_transform_edt(inner == 0, return_distances=False, return_indices=True)
+            # City-block nearest, not Euclidean: a fill needs no exact distance, and it takes a third of the time.
+            nearest = ndimage.distance_transform_cdt(
+                inner == 0, metric="taxicab", return_distances=False, return_indices=True
+            )
             inner[holes] = inner[tuple(nearest)][holes]
             filled[key] = int(holes.sum())
     return {"step": "brain mask", "from": keys[reference], "voxels": int(brain.sum()), "cleared": cleared,
@@ -292,13 +295,20 @@ def share_brain_mask(images: np.ndarray, reference: int, keys: Sequence[str]) ->
 
 
 def _aligned(
-    volume: sitk.Image, key: str, label: str, reference: sitk.Image, grid: sitk.Image, steps: list[dict[str, Any]]
+    volume: sitk.Image,
+    key: str,
+    label: str,
+    reference: sitk.Image,
+    grid: sitk.Image,
+    steps: list[dict[str, Any]],
+    pyramid: Pyramid = PYRAMID,
 ) -> np.ndarray:
-    """``volume`` registered to ``reference`` (unless they share a grid) and resampled onto ``grid``, as
-    an (X, Y, Z) array; each step appended to ``steps``. RegistrationError when the registration failed."""
+    """``volume`` registered to ``reference`` (unless they share a grid) on ``pyramid`` and resampled onto
+    ``grid``, as an (X, Y, Z) array; each step appended to ``steps``. RegistrationError when the registration
+    failed."""
     transform = None
     if volume is not reference and not _same_grid(volume, reference):
-        registration = register_rigid(reference, volume)
+        registration = register_rigid(reference, volume, pyramid=pyramid)
         steps.append({"step": "register", "modality": key, "series": label, **registration.to_log()})
         check_registration(registration, key, label)
         transform = registration.transform
@@ -340,7 +350,9 @@ def load_companion(
                 return None, steps, f"{count or 'no'} series match{'es' if count < 2 else ''} {name} by {rules.source}"
             volume, label = read_series(series), series.label
         assert loaded.native is not None  # a DICOM study is never BraTS-ready
-        return _aligned(volume, key, label, loaded.native.native, loaded.native.grid, steps), steps, None
+        # Only the checks read it: the coarse level alone aligns it well enough for rank statistics.
+        aligned = _aligned(volume, key, label, loaded.native.native, loaded.native.grid, steps, CHECKS_PYRAMID)
+        return aligned, steps, None
     except (LatupError, OSError, RuntimeError) as error:  # SimpleITK and file errors too: the case stands
         return None, steps, first_line(error)
 
