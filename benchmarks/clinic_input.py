@@ -220,7 +220,7 @@ def _summary(rows: list[dict[str, Any]], walls: dict[str, float]) -> dict[str, A
         if errors:
             summary[form]["registration_error_mm"] = {"mean": round(float(np.mean(errors)), 3),
                                                       "max": round(float(np.max(errors)), 3)}  # fmt: skip
-            # T1 apart: only the swap checks read it, and it is registered on the coarse level alone.
+            # Per series too: T1, read only by the swap checks, is registered on the coarse level alone.
             for key in sorted({key for s in scored for key in s.get("registration_error_mm", {})}):
                 mine = [s["registration_error_mm"][key] for s in scored if key in s.get("registration_error_mm", {})]
                 summary[form]["registration_error_mm"][key] = {"mean": round(float(np.mean(mine)), 3),

@@ -37,8 +37,8 @@ WORKING_SPACING_MM = 2.0
 # (shrink factor of the working copies, smoothing sigma in mm) per level, coarsest first.
 Pyramid = tuple[tuple[int, float], ...]
 PYRAMID: Pyramid = ((2, 2.0), (1, 1.0))
-# A series only the checks read (T1, for the swap checks) stops at the 4 mm level: a third of the time,
-# error mean 0.44 / max 0.73 mm against 0.21 / 0.45 on 12 pairs (benchmarks/registration_box.py).
+# A series only the checks read (T1, for the swap checks) stops at the 4 mm level: 2.7-2.9x faster, error
+# mean 0.41-0.50 / max 0.73-1.08 mm against 0.21-0.25 / 0.45-0.58 on 60 pairs (benchmarks/registration_box.py).
 CHECKS_PYRAMID = PYRAMID[:1]
 HISTOGRAM_BINS = 32
 # The metric samples the reference's brain box plus this margin, not its whole field of view: a
@@ -189,7 +189,8 @@ def register_rigid(
     ``sampling`` of its voxels. On the 60 moved series of 20 independent-generator clinic studies,
     against the whole field of view at 0.3 (before): 10-17 % less time a pair, error mean 0.21-0.23 mm
     against 0.28-0.30, max 0.45 against 0.81; the box at 0.3 saved 33-38 % but left one FLAIR at
-    1.37 mm (``benchmarks/registration_box.py``, docs/CLINIC_INPUT.md).
+    1.37 mm (``benchmarks/registration_box.py``, docs/CLINIC_INPUT.md). ``CHECKS_PYRAMID`` (the 4 mm level
+    alone) serves a series that only the swap checks read.
     """
     start = time.perf_counter()
     initial = sitk.Euler3DTransform()

@@ -325,7 +325,8 @@ def load_companion(
     scan: Scan, key: str, loaded: LoadedScan, rules: ModalityRules | Path | None = None
 ) -> tuple[np.ndarray | None, list[dict[str, Any]], str | None]:
     """A series the network does not read (T1, for the swap checks) on ``loaded``'s model grid, aligned
-    as the inputs were: registered to the reference series and resampled, or as it is on a BraTS-ready grid.
+    as the inputs were (registered to the reference series, on the 4 mm level alone, and resampled), or as it
+    is on a BraTS-ready grid.
 
     Returns ``(volume, steps, None)``, or ``(None, steps, why)`` where the scan has no such series or it
     cannot be read or aligned: a companion series never fails the case.
