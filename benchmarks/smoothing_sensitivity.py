@@ -3,7 +3,7 @@
 Every resampling smooths: the clinic path's registration and 1 mm grid, a scanner's reconstruction
 filter, a series acquired at another resolution. For every BraTS-ready case, each modality is blurred
 inside the brain by a Gaussian of ``--sigma`` voxels (normalised by the blurred brain mask, so the
-brain's edge does not darken; training's blur augmentation does the same), and the case is segmented
+brain's edge does not darken: ``train.augment.blur_inside``, training's own blur), and the case is segmented
 as ``segment`` would (shipped bundle, int8, windows, post-processing). The table gives Dice against
 the truth as the scan is and blurred, and how many cases lose more than 0.1 of WT. Nothing moves, so
 the truth stays where it is.
@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import agreement
 from latup_edge.fileio import atomic_write_json
 from latup_edge.runtime.predictor import Predictor
+from latup_edge.train.augment import blur_inside
 
 FORMAT = "latup-edge-smoothing-sensitivity/1"
 REGIONS = ("WT", "TC", "ET")
@@ -34,13 +34,12 @@ LOST_WT = 0.1  # a case losing more WT Dice than this to a blur is counted as br
 
 
 def blurred(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Each channel of ``(C, X, Y, Z)`` blurred inside the brain (nonzero in any channel); outside stays 0."""
+    """A copy of ``(C, X, Y, Z)`` with each channel blurred inside the brain (nonzero in any channel), as training's
+    blur augmentation does it; outside stays 0."""
     brain = (images != 0).any(axis=0)
-    weight = ndimage.gaussian_filter(brain.astype(np.float32), sigma, mode="constant")
-    out = np.zeros_like(images)
-    for channel, values in enumerate(images):
-        smooth = ndimage.gaussian_filter(values * brain, sigma, mode="constant")
-        out[channel][brain] = smooth[brain] / weight[brain]
+    out = images.copy()
+    for channel in out:
+        blur_inside(channel, brain, sigma)
     return out
 
 

@@ -129,7 +129,7 @@ def _augment_intensities(images: np.ndarray, rng: np.random.Generator, aug: Augm
         return
     for channel in images:
         if aug.blur_sigma and _drawn(rng, p):
-            _blur_inside(channel, brain, rng.uniform(0, aug.blur_sigma))
+            blur_inside(channel, brain, rng.uniform(0, aug.blur_sigma))
         values = channel[brain]
         if aug.gamma and _drawn(rng, p):
             low, high = values.min(), values.max()
@@ -147,8 +147,8 @@ def _augment_intensities(images: np.ndarray, rng: np.random.Generator, aug: Augm
         channel[brain] = values
 
 
-def _blur_inside(channel: np.ndarray, brain: np.ndarray, sigma: float) -> None:
-    """Gaussian blur of the brain only, normalised by the blurred mask so the brain edge does not darken."""
+def blur_inside(channel: np.ndarray, brain: np.ndarray, sigma: float) -> None:
+    """In place: Gaussian blur of the brain only, normalised by the blurred mask so the brain edge does not darken."""
     mask = brain.astype(np.float32)
     blurred = ndimage.gaussian_filter(channel * mask, sigma, mode="constant")
     weight = ndimage.gaussian_filter(mask, sigma, mode="constant")
