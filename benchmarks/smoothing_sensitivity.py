@@ -6,10 +6,13 @@ inside the brain by a Gaussian of ``--sigma`` voxels (normalised by the blurred 
 brain's edge does not darken: ``train.augment.blur_inside``, training's own blur), and the case is segmented
 as ``segment`` would (shipped bundle, int8, windows, post-processing). The table gives Dice against
 the truth as the scan is and blurred, and how many cases lose more than 0.1 of WT. Nothing moves, so
-the truth stays where it is.
+the truth stays where it is. ``--thick flair:z:5 t2:x:3`` adds, per entry, one modality acquired in thick
+slices along one axis (``train.augment.thick_slices``, training's own ``--thick-p``): the
+clinic studies' 5 mm axial FLAIR and 3 mm sagittal T2 without their registration or their grid.
 
     latup-edge phantom runs/indep15 --n 10 --seed 9450 --generator independent
     python benchmarks/smoothing_sensitivity.py --cases runs/indep15 --out benchmarks/smoothing_sensitivity.json
+    python benchmarks/smoothing_sensitivity.py --cases runs/indep16 --sigma --thick flair:z:5 t2:x:3
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from latup_edge.data.cases import discover_cases, load_case_images, load_case_la
 from latup_edge.evaluate.metrics import agreement
 from latup_edge.fileio import atomic_write_json
 from latup_edge.runtime.predictor import Predictor
-from latup_edge.train.augment import blur_inside
+from latup_edge.train.augment import blur_inside, thick_slices
 
 FORMAT = "latup-edge-smoothing-sensitivity/1"
 REGIONS = ("WT", "TC", "ET")
 LOST_WT = 0.1  # a case losing more WT Dice than this to a blur is counted as broken by it
+AXES = {"x": 0, "y": 1, "z": 2}  # BraTS voxel order: x left-right (sagittal slices), z inferior-superior (axial)
 
 
 def blurred(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -43,10 +47,21 @@ def blurred(images: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
+def thick(images: np.ndarray, modalities: tuple[str, ...], spec: str) -> np.ndarray:
+    """A copy of ``(C, X, Y, Z)`` with one modality acquired thick, ``spec`` as ``flair:z:5``."""
+    modality, axis, thickness = spec.split(":")
+    brain = (images != 0).any(axis=0)
+    out = images.copy()
+    index = modalities.index(modality)
+    out[index] = thick_slices(out[index], brain, AXES[axis], int(thickness))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=Path, required=True, help="BraTS-ready cases with labels")
-    parser.add_argument("--sigma", type=float, nargs="+", default=[0.5, 1.0], help="blur sigmas in voxels")
+    parser.add_argument("--sigma", type=float, nargs="*", default=[0.5, 1.0], help="blur sigmas in voxels")
+    parser.add_argument("--thick", nargs="*", default=[], help="MODALITY:AXIS:SLICES, e.g. flair:z:5 (axes x, y, z)")
     parser.add_argument("--bundle", type=Path, default=None, help="default: the bundle shipped in the package")
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--n", type=int, default=None, help="the first N cases only")
@@ -56,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
 
     predictor = Predictor.open("openvino", args.precision, args.bundle, threads=args.threads)
     modalities = predictor.modalities or ("flair", "t1ce", "t2")
-    conditions = ["as is", *(f"sigma {s:g}" for s in args.sigma)]
+    conditions = ["as is", *(f"sigma {s:g}" for s in args.sigma), *(f"thick {t}" for t in args.thick)]
     rows = []
     for case in discover_cases(args.cases)[: args.n]:
         images, _ = load_case_images(case, modalities)
         truth = load_case_labels(case)[0]
         inputs = [images, *(blurred(images, s) for s in args.sigma)]
+        inputs += [thick(images, modalities, spec) for spec in args.thick]
         predicted = [predictor.predict(x).classes for x in inputs]
         row = {"case_id": case.case_id}
         for name, labels in zip(conditions, predicted, strict=True):

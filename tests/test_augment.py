@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from latup_edge.train.augment import Augmentation, augment_patch
+from latup_edge.train.augment import Augmentation, augment_patch, thick_slices
 
 SIZE = 32
 LEVELS = (-1.5, -0.5, 0.7, 2.0)  # intensity of healthy brain and classes 1, 2, 3: increasing
@@ -118,10 +118,50 @@ def test_blur_does_not_darken_the_brain_edge():
     assert np.allclose(out_images[:, brain], 2.0, atol=1e-5) and np.all(out_images[:, ~brain] == 0)
 
 
+def test_thick_slices_read_a_ramp_back_between_slab_centres():
+    ramp = np.broadcast_to(np.arange(20, dtype=np.float32)[None, None, :], (4, 5, 20)).copy()
+    back = thick_slices(ramp, np.ones(ramp.shape, bool), axis=2, thickness=5)
+    # slab means 2, 7, 12, 17 sit at the slab centres; a ramp is linear, so it returns exactly between them
+    assert np.allclose(back[0, 0, 2:18], np.arange(2, 18))
+    assert np.allclose(back[0, 0, :2], 2) and np.allclose(back[0, 0, 18:], 17)
+
+
+def test_thick_slices_average_the_brain_only_and_leave_outside_zero():
+    channel = np.full((3, 3, 10), 4.0, np.float32)
+    brain = np.ones(channel.shape, bool)
+    brain[:, :, :2] = False
+    channel[~brain] = 0
+    back = thick_slices(channel, brain, axis=2, thickness=5)
+    assert np.allclose(back[brain], 4.0)  # the background in a slab does not darken the brain's edge
+    assert not back[~brain].any()
+
+
+def test_thick_acquisitions_smooth_along_one_axis_and_keep_labels_and_background():
+    images, classes = synthetic_patch()
+    aug = replace(Augmentation.off(), thick_p=1.0, thick_max=6)
+    out_images, out_classes = augment_patch(images, classes, np.random.default_rng(3), aug)
+    assert np.array_equal(out_classes, classes)
+    assert np.all(out_images[:, ~np.any(images != 0, axis=0)] == 0)
+    # each channel is smoother along exactly one axis (the slab axis) than the input is
+    for before, after in zip(images, out_images, strict=True):
+        roughness = [np.abs(np.diff(after, axis=a)).sum() / np.abs(np.diff(before, axis=a)).sum() for a in range(3)]
+        assert sum(r < 0.8 for r in roughness) == 1, roughness
+
+
+def test_thick_off_draws_nothing_so_earlier_recipes_repeat():
+    images, classes = synthetic_patch()
+    reference = augment_patch(images, classes, np.random.default_rng(5), ALL_ON)[0]
+    with_flag_off = augment_patch(images, classes, np.random.default_rng(5), replace(ALL_ON, thick_max=3))[0]
+    assert np.array_equal(reference, with_flag_off)
+    assert not np.array_equal(
+        reference, augment_patch(images, classes, np.random.default_rng(5), replace(ALL_ON, thick_p=1.0))[0]
+    )
+
+
 def test_settings_round_trip_and_reject_bad_values():
     aug = Augmentation(flip=0.2, noise=0.0)
     assert Augmentation(**aug.to_dict()) == aug
     assert all(value == 0 for value in Augmentation.off().to_dict().values())
-    for bad in ({"flip": 1.5}, {"contrast": 1.0}, {"noise": -0.1}):
+    for bad in ({"flip": 1.5}, {"contrast": 1.0}, {"noise": -0.1}, {"thick_p": 1.5}, {"thick_p": 0.5, "thick_max": 1}):
         with pytest.raises(ValueError):
             Augmentation(**bad)

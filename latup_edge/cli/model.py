@@ -131,6 +131,10 @@ def train(
     noise: Annotated[float, typer.Option(help="Largest Gaussian noise std, in brain standard deviations.")] = 0.1,
     blur_sigma: Annotated[float, typer.Option(help="Largest Gaussian blur sigma, voxels.")] = 1.0,
     intensity_p: Annotated[float, typer.Option(help="Probability of each intensity augmentation.")] = 0.5,
+    thick_p: Annotated[
+        float, typer.Option(help="Probability, per modality, of a thick-slice acquisition (0: off, the default).")
+    ] = 0.0,
+    thick_max: Annotated[float, typer.Option(help="Thickest slices of that acquisition, voxels (from 2).")] = 6,
 ) -> None:
     """Train LATUP-Net with the paper's loss; keeps the last and the best checkpoint by validation Dice."""
     from latup_edge.data.preprocess import NORMALIZATIONS, SIZE_MULTIPLE
@@ -155,6 +159,8 @@ def train(
                 noise=noise,
                 blur_sigma=blur_sigma,
                 intensity_p=intensity_p,
+                thick_p=thick_p,
+                thick_max=thick_max,
             )
             if augment
             else Augmentation.off()

@@ -1,5 +1,5 @@
-"""Training-time augmentation of one patch: mirror flips, a small rotation + scaling, and per-modality
-intensity changes (gamma, contrast, brightness, noise, blur), numpy/scipy only.
+"""Training-time augmentation of one patch: mirror flips, a small rotation + scaling, per-modality thick-slice
+acquisitions, and per-modality intensity changes (gamma, contrast, brightness, noise, blur), numpy/scipy only.
 
 The brain is where any channel is non-zero; the network computes its mask the same way, so the
 background stays exactly 0 through every step. Intensity changes are monotone per modality, so the
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy import ndimage
 
-_PROBABILITIES = ("flip", "spatial_p", "intensity_p")
+_PROBABILITIES = ("flip", "spatial_p", "intensity_p", "thick_p")
 _BELOW_ONE = ("scale", "contrast")  # a factor 1 - value must stay positive
 
 
@@ -37,6 +37,9 @@ class Augmentation:
     noise: float = 0.1  # max std of additive Gaussian noise (units of the brain std), brain voxels only
     blur_sigma: float = 1.0  # max Gaussian blur sigma in voxels (applied per modality with probability intensity_p)
     intensity_p: float = 0.5  # probability of each intensity augmentation, per modality
+    # A clinic's 5 mm FLAIR read back on 1 mm: off by default, so earlier recipes draw the same numbers.
+    thick_p: float = 0.0  # probability, per modality, of a thick-slice acquisition along a random axis
+    thick_max: float = 6  # its slices are 2..thick_max voxels thick
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -49,6 +52,8 @@ class Augmentation:
                 raise ValueError(f"Augmentation.{item.name} is a probability and must be <= 1, got {value}.")
             if item.name in _BELOW_ONE and value >= 1:
                 raise ValueError(f"Augmentation.{item.name} must be < 1 so the factor stays positive, got {value}.")
+        if self.thick_p and self.thick_max < 2:
+            raise ValueError(f"Augmentation.thick_max must be >= 2 voxels when thick_p is on, got {self.thick_max}.")
 
     @classmethod
     def off(cls) -> Augmentation:
@@ -66,7 +71,8 @@ def augment_patch(
     int64. Returns new arrays of the same shapes and dtypes; inputs are never modified.
 
     Spatial transforms come first (flips, then rotation + scaling with probability ``spatial_p``), then
-    each modality's intensity augmentations, each with probability ``intensity_p``.
+    each modality's thick-slice acquisition (probability ``thick_p``), then each modality's intensity
+    augmentations, each with probability ``intensity_p``.
     """
     if images.ndim != 4 or images.shape[1:] != classes.shape:
         raise ValueError(
@@ -75,6 +81,7 @@ def augment_patch(
     images, classes = _flip(images, classes, rng, aug.flip)
     if (aug.rotate_deg or aug.scale) and _drawn(rng, aug.spatial_p):
         images, classes = _rotate_and_scale(images, classes, rng, aug)
+    _thick_acquisitions(images, rng, aug)
     _augment_intensities(images, rng, aug)
     return images, classes
 
@@ -119,6 +126,17 @@ def _rotate_and_scale(
     return moved, packed >> 1
 
 
+def _thick_acquisitions(images: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> None:
+    """In place: each modality, with probability ``thick_p``, as if acquired in thick slices along a random axis."""
+    if not aug.thick_p:
+        return  # draws nothing, so a recipe without it keeps its random stream
+    brain = np.any(images != 0, axis=0)
+    for channel in images:
+        if _drawn(rng, aug.thick_p):
+            axis, thickness = int(rng.integers(3)), int(rng.integers(2, int(aug.thick_max) + 1))
+            channel[...] = thick_slices(channel, brain, axis, thickness)
+
+
 def _augment_intensities(images: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> None:
     """In place, per modality, brain voxels only: blur, then gamma, contrast, brightness and noise."""
     p = aug.intensity_p
@@ -153,6 +171,25 @@ def blur_inside(channel: np.ndarray, brain: np.ndarray, sigma: float) -> None:
     blurred = ndimage.gaussian_filter(channel * mask, sigma, mode="constant")
     weight = ndimage.gaussian_filter(mask, sigma, mode="constant")
     channel[brain] = blurred[brain] / weight[brain]
+
+
+def thick_slices(channel: np.ndarray, brain: np.ndarray, axis: int, thickness: int) -> np.ndarray:
+    """``channel`` as a scan of ``thickness``-voxel slices along ``axis`` shows it back on the 1 mm grid: each slice the
+    mean of its voxels inside the brain, read back by linear interpolation between slice centres; outside stays 0."""
+    mask = brain.astype(np.float32)
+    starts = np.arange(0, channel.shape[axis], thickness)
+    sums = np.add.reduceat(channel * mask, starts, axis=axis)
+    weights = np.add.reduceat(mask, starts, axis=axis)
+    slices = np.divide(sums, weights, out=np.zeros_like(sums), where=weights > 0)
+    centres = starts + (np.minimum(starts + thickness, channel.shape[axis]) - starts - 1) / 2
+    position = np.interp(np.arange(channel.shape[axis]), centres, np.arange(len(starts)))
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(starts) - 1)
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    weight = (position - low).reshape(shape).astype(np.float32)
+    back = np.take(slices, low, axis=axis) * (1 - weight) + np.take(slices, high, axis=axis) * weight
+    return np.where(brain, back, 0).astype(channel.dtype)
 
 
 def _drawn(rng: np.random.Generator, p: float | None) -> bool:
