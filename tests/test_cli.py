@@ -46,11 +46,22 @@ def test_phantom_2023_cases_are_discovered_with_every_label(tmp_path):
 
 
 def test_phantom_refuses_a_non_enhancing_share_it_would_ignore(tmp_path):
-    for extra in (["--randomise", "none"], ["--generator", "independent"]):
+    for extra in (["--randomise", "none"], ["--generator", "independent"], ["--generator", "blind"]):
         out = tmp_path / extra[-1]
         result = runner.invoke(app, ["phantom", str(out), "--n", "1", "--non-enhancing", "1", *extra])
         assert result.exit_code == 2 and "--non-enhancing" in result.output
         assert not out.exists()
+
+
+def test_phantom_writes_blind_cases_that_load_as_brats_2021(tmp_path):
+    out = tmp_path / "blind"
+    arguments = ["phantom", str(out), "--n", "1", "--seed", "3", "--start", "4", "--generator", "blind"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    (case,) = discover_cases(out)
+    assert case.case_id == "BraTS2021_00004" and set(case.files) == {"t1", "t1ce", "t2", "flair"}
+    classes, convention = load_case_labels(case)
+    assert convention == "2021" and classes.any() and set(np.unique(classes)) <= {0, 1, 2, 3}
 
 
 def test_evaluate_reports_every_case_and_region(two_phantoms, tmp_path):

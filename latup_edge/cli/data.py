@@ -29,8 +29,9 @@ def phantom(
     generator: Annotated[
         str,
         typer.Option(
-            help="phantom (the training generator) or independent (a test-only generator with its own "
-            "contrast and lesion models; never train or calibrate on it)."
+            help="phantom (the training generator), independent (a test-only generator with its own "
+            "contrast and lesion models) or blind (a test-only generator written without reading the other two); "
+            "never train or calibrate on the test-only ones."
         ),
     ] = "phantom",
     workers: Annotated[
@@ -46,7 +47,7 @@ def phantom(
             min=0.0,
             max=1.0,
             help="Share of tumour foci without ET (default 0.1; 1: every case non-enhancing, e.g. to test that "
-            "failure mode). Needs the lesion family randomised; not for the independent generator.",
+            "failure mode). Needs the lesion family randomised; the training generator only.",
         ),
     ] = None,
 ) -> None:
@@ -59,14 +60,14 @@ def phantom(
         families = Randomisation.parse(randomise)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--randomise") from None
-    if generator not in ("phantom", "independent"):
+    if generator not in ("phantom", "independent", "blind"):
         raise typer.BadParameter(
-            f"generator must be phantom or independent, not {generator!r}", param_hint="--generator"
+            f"generator must be phantom, independent or blind, not {generator!r}", param_hint="--generator"
         )
-    if non_enhancing is not None and (generator == "independent" or not families.lesion):
+    if non_enhancing is not None and (generator != "phantom" or not families.lesion):
         raise typer.BadParameter(
             "applies to the training generator with the lesion family randomised (the narrow lesions always "
-            "enhance; the independent generator keeps its own share)",
+            "enhance; the test-only generators keep their own share)",
             param_hint="--non-enhancing",
         )
     if generator == "independent":
@@ -78,6 +79,17 @@ def phantom(
                 out_dir, n=n, seed=seed, start=start, progress=lambda done: bar.update(task, completed=done)
             )
         console.print(f"Wrote {len(folders)} independent case(s) (BraTS 2023 naming) to {out_dir}")
+        return
+    if generator == "blind":
+        from latup_edge.data.blind import write_blind_cases
+
+        with progress_bar() as bar:
+            task = bar.add_task("blind cases", total=n)
+            folders = []
+            for index in range(start, start + n):  # one at a time for the bar: a case depends only on (seed, index)
+                folders += write_blind_cases(out_dir, n=1, seed=seed, start=index)
+                bar.update(task, advance=1)
+        console.print(f"Wrote {len(folders)} blind case(s) (BraTS 2021 naming) to {out_dir}")
         return
     with progress_bar() as bar:
         task = bar.add_task("phantoms", total=n)
