@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from latup_edge.runtime.postprocess import Postprocessing, postprocess
+from latup_edge.runtime.postprocess import Postprocessing, largest_removed_and_kept, postprocess
 
 
 def _case() -> np.ndarray:
@@ -92,6 +92,21 @@ def _brain_box() -> np.ndarray:
     inputs[0, 18:22, 18:22, 18:22] = 0.0  # a cavity zero in every channel, enclosed by the brain
     inputs[2, 10:12, 10:12, 10:12] = -0.5  # another channel alone counts as brain too
     return inputs
+
+
+def test_the_largest_removed_and_kept_components_are_counted_so_qa_can_flag_a_lost_tumour():
+    classes = np.zeros((60, 60, 60), np.uint8)
+    classes[5:15, 5:15, 5:15] = 2  # a false spot of oedema ...
+    classes[8:12, 8:12, 8:12] = 3  # ... with enhancement: 1000 voxels
+    classes[25:55, 25:55, 25:55] = 2  # a tumour without enhancement, its core read as oedema: 27000 voxels
+    out = postprocess(classes, Postprocessing(min_et_voxels=0))
+    assert not out[25:55, 25:55, 25:55].any()  # the coreless rule removed the tumour
+    assert largest_removed_and_kept(classes, out) == (27000, 1000)
+    assert largest_removed_and_kept(classes, classes) == (0, 27000)  # nothing removed
+    assert largest_removed_and_kept(np.zeros_like(classes), np.zeros_like(classes)) == (0, 0)
+    brain = np.zeros((3, 60, 60, 60), np.float32)
+    brain[0, :20, :20, :20] = 1.0  # the large component lies outside the brain: another rule's business
+    assert largest_removed_and_kept(classes, out, brain) == (0, 1000)
 
 
 def test_labels_outside_the_brain_become_background_and_enclosed_cavities_stay():

@@ -81,3 +81,7 @@ def test_flags_name_each_outlier_and_none_for_an_ordinary_case():
     for i in range(4):
         spots[60 + 4 * i, 70, 70] = 2
     assert any("separate tumour components" in flag for flag in qa_flags(case_qa(spots, (1, 1, 1))))
+    lost = case_qa(classes, (1, 1, 1)) | {"removed_component_ml": 70.0, "largest_kept_ml": 64.0}
+    assert any(flag.startswith("post-processing removed a 70.0 mL") for flag in qa_flags(lost))
+    smaller = case_qa(classes, (1, 1, 1)) | {"removed_component_ml": 30.0, "largest_kept_ml": 64.0}
+    assert qa_flags(smaller) == []

@@ -122,6 +122,30 @@ def postprocess(
     return classes
 
 
+def largest_removed_and_kept(raw: np.ndarray, kept: np.ndarray, inputs: np.ndarray | None = None) -> tuple[int, int]:
+    """Voxels of the largest whole-tumour component of ``raw`` that post-processing removed entirely, and of the
+    largest component it kept (6-connected, as the rules label them). The coreless rule can remove a component
+    larger than any it keeps: a tumour without core (no enhancement, its core read as oedema) beside a false
+    cored spot elsewhere. QA flags that case (``qa.QALimits``) instead of letting it pass silently.
+
+    ``inputs``: the box the network saw; when given, labels outside the brain (which ``clear_outside_brain``
+    removes, a different failure) do not count as a removed tumour.
+    """
+    components, count = ndimage.label(raw > 0)
+    if not count:
+        return 0, 0
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    survived = np.bincount(components[kept > 0], minlength=count + 1) > 0
+    sizes[0] = 0
+    removed = sizes[~survived]
+    kept_components, kept_count = ndimage.label(kept > 0)
+    largest_kept = int(np.bincount(kept_components.ravel())[1:].max()) if kept_count else 0
+    largest_removed = int(removed.max()) if removed.size else 0
+    if largest_removed > largest_kept and inputs is not None:  # rare: count again inside the brain only
+        return largest_removed_and_kept(np.where(brain_of(inputs), raw, np.uint8(0)), kept)
+    return largest_removed, largest_kept
+
+
 def delivered_labels(rules: Postprocessing) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
     """The labels ``segment`` writes from a box's class map and its ``(C, X, Y, Z)`` inputs, for drift to
     score: None when ``rules`` change nothing."""

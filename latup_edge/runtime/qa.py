@@ -48,6 +48,10 @@ class QALimits:
     - ``max_isolated_et`` 0: an ET component with no necrosis or oedema touching it is an enhancing
       island outside any tumour (by the region definition ET always lies in TC, so "ET without TC"
       is checked as "ET without core or oedema around it").
+    - ``max_removed_to_kept`` 1: post-processing removed a tumour component larger than the largest it
+      kept. Only the coreless rule does that; on data unlike the training phantoms it has removed a whole
+      non-enhancing tumour the network had found (its core read as oedema) beside a false cored spot
+      (docs/GENERALISATION.md, the blind generator).
     """
 
     min_wt_ml: float = 2.0
@@ -55,6 +59,7 @@ class QALimits:
     max_low_confidence: float = 0.3
     max_wt_components: int = 3
     max_isolated_et: int = 0
+    max_removed_to_kept: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,4 +157,10 @@ def qa_flags(qa: dict[str, Any], limits: QALimits = DEFAULT_QA_LIMITS) -> list[s
     low = qa.get("low_confidence_fraction")
     if low is not None and low > limits.max_low_confidence:
         flags.append(f"low confidence ({low:.0%} of the tumour under 0.5)")
+    removed, kept = qa.get("removed_component_ml", 0.0), qa.get("largest_kept_ml", 0.0)
+    if removed > limits.max_removed_to_kept * kept:
+        flags.append(
+            f"post-processing removed a {removed:.1f} mL tumour component without core, larger than the {kept:.1f} mL "
+            "it kept: a tumour without enhancement may be missing; segment with --no-postprocess to see it"
+        )
     return flags

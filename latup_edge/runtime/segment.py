@@ -475,7 +475,14 @@ class CaseJob:
         if self.prediction is None:
             return
         classes, spacing = self.prediction.classes, loaded.reference.header.get_zooms()[:3]  # the network's grid
-        self.qa = case_qa(classes, spacing) | {"low_confidence_fraction": self.prediction.low_confidence_fraction}
+        removed, kept = (
+            round(voxels * float(np.prod(spacing)) / 1000, 2) for voxels in self.prediction.removed_and_kept_voxels
+        )
+        self.qa = case_qa(classes, spacing) | {
+            "low_confidence_fraction": self.prediction.low_confidence_fraction,
+            "removed_component_ml": removed,
+            "largest_kept_ml": kept,
+        }
         self.entry["ood"] = input_check(loaded.images, modalities, spacing, trust.input_reference,
                                         loaded.acquired_spacing)  # fmt: skip
         t1, why = self._t1_on_grid()

@@ -60,7 +60,7 @@ from latup_edge.data.preprocess import (
     undo_crop,
 )
 from latup_edge.errors import LatupError
-from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, postprocess
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, largest_removed_and_kept, postprocess
 from latup_edge.runtime.qa import low_confidence_fraction
 from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
 
@@ -104,6 +104,8 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (K, X, Y, Z) float32; background is 1 outside the box
     seconds: dict[str, float] = field(default_factory=dict)  # pre, network, post
     low_confidence_fraction: float | None = None  # of the predicted tumour, max softmax < 0.5
+    # voxels of the largest tumour component post-processing removed, and of the largest it kept
+    removed_and_kept_voxels: tuple[int, int] = (0, 0)
 
 
 def bucket_shape(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
@@ -232,20 +234,22 @@ def predict_volume(
     scores = run_box(box)[0]
     clock.lap("network")
     # Softmax is monotone: the argmax of logits (whole) and of probabilities (sliding) agree.
-    box_classes = postprocess(np.argmax(scores, axis=0).astype(np.uint8), postprocessing, box[0])
-    del box
+    raw_classes = np.argmax(scores, axis=0).astype(np.uint8)
+    box_classes = postprocess(raw_classes, postprocessing, box[0])
+    removed_and_kept = largest_removed_and_kept(raw_classes, box_classes, box[0])
+    del box, raw_classes
     # QA: the share of the tumour whose top class is under 0.5, from the box's scores (no full-size copy).
     confidence = round(low_confidence_fraction(scores, box_classes, logits=tiling == "whole"), 4)
     classes = undo_crop(box_classes, crop)
     del box_classes
     if not probabilities:
         clock.lap("post")
-        return Prediction(classes, seconds=clock.seconds, low_confidence_fraction=confidence)
+        return Prediction(classes, None, clock.seconds, confidence, removed_and_kept)
     box_probabilities = softmax(scores, axis=0) if tiling == "whole" else scores
     full = undo_crop(box_probabilities, crop)
     full[0] = undo_crop(box_probabilities[0], crop, fill=1)  # outside the brain box is background
     clock.lap("post")
-    return Prediction(classes, full, clock.seconds, confidence)
+    return Prediction(classes, full, clock.seconds, confidence, removed_and_kept)
 
 
 class _Clock:
