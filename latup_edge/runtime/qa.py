@@ -49,9 +49,10 @@ class QALimits:
       island outside any tumour (by the region definition ET always lies in TC, so "ET without TC"
       is checked as "ET without core or oedema around it").
     - ``max_removed_to_kept`` 1: post-processing removed a tumour component larger than the largest it
-      kept. Only the coreless rule does that; on data unlike the training phantoms it has removed a whole
+      kept. Only the coreless rule does that: usually false oedema larger than the tumour (what the rule is
+      for, and a sign the network was unsure of the scan), but on the blind generator's data once a whole
       non-enhancing tumour the network had found (its core read as oedema) beside a false cored spot
-      (docs/GENERALISATION.md, the blind generator).
+      (docs/GENERALISATION.md, section 21).
     """
 
     min_wt_ml: float = 2.0
@@ -160,7 +161,7 @@ def qa_flags(qa: dict[str, Any], limits: QALimits = DEFAULT_QA_LIMITS) -> list[s
     removed, kept = qa.get("removed_component_ml", 0.0), qa.get("largest_kept_ml", 0.0)
     if removed > limits.max_removed_to_kept * kept:
         flags.append(
-            f"post-processing removed a {removed:.1f} mL tumour component without core, larger than the {kept:.1f} mL "
-            "it kept: a tumour without enhancement may be missing; segment with --no-postprocess to see it"
+            f"post-processing removed a {removed:.1f} mL component without core, larger than the {kept:.1f} mL it "
+            "kept: false oedema, or a tumour without enhancement now missing; look with --no-postprocess"
         )
     return flags
