@@ -135,11 +135,10 @@ def largest_removed_and_kept(raw: np.ndarray, kept: np.ndarray, inputs: np.ndarr
     if not count:
         return 0, 0
     sizes = np.bincount(components.ravel(), minlength=count + 1)
-    survived = np.bincount(components[kept > 0], minlength=count + 1) > 0
-    sizes[0] = 0
-    removed = sizes[~survived]
-    kept_components, kept_count = ndimage.label(kept > 0)
-    largest_kept = int(np.bincount(kept_components.ravel())[1:].max()) if kept_count else 0
+    kept_sizes = np.bincount(components[kept > 0], minlength=count + 1)  # the rules keep or drop whole components
+    sizes[0] = kept_sizes[0] = 0
+    largest_kept = int(kept_sizes.max())
+    removed = sizes[kept_sizes == 0]
     largest_removed = int(removed.max()) if removed.size else 0
     if largest_removed > largest_kept and inputs is not None:  # rare: count again inside the brain only
         return largest_removed_and_kept(np.where(brain_of(inputs), raw, np.uint8(0)), kept)
