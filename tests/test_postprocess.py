@@ -85,6 +85,31 @@ def test_a_component_with_a_speck_of_core_counts_as_coreless_under_min_core_frac
         Postprocessing(min_core_fraction=1.5)
 
 
+def test_the_credible_core_licence_spares_a_tumour_without_enhancement_from_spots_and_specks():
+    classes = np.zeros((60, 60, 60), np.uint8)
+    classes[5:35, 5:35, 5:35] = 2  # a tumour without enhancement, read as oedema: 27,000 voxels, no core
+    classes[40:50, 40:50, 40:50] = 3  # an enhancing spot with no oedema around it (choroid plexus): 1,000 voxels
+    coreless = Postprocessing(min_component_fraction=0, min_et_voxels=0)
+    licensed = Postprocessing(min_component_fraction=0, min_et_voxels=0, min_credible_core=200, max_core_share=0.6)
+    assert not postprocess(classes, coreless)[5:35, 5:35, 5:35].any()  # today's rule: the spot removes the tumour
+    assert (postprocess(classes, licensed) == classes).all()  # core share 1.0 > 0.6: no licence, nothing goes
+    speck = classes.copy()
+    speck[40:50, 40:50, 40:50] = 0
+    speck[52:58, 52:58, 52:58] = 2  # false oedema ...
+    speck[54:56, 54:56, 54:56] = 3  # ... with 8 voxels of core: under 200, no licence
+    assert not postprocess(speck, coreless)[5:35, 5:35, 5:35].any()
+    assert (postprocess(speck, licensed) == speck).all()
+    glioma = classes.copy()
+    glioma[38:56, 38:56, 38:56] = 2  # the spot now sits in oedema: 5,832 voxels, core share 0.17
+    glioma[40:50, 40:50, 40:50] = 3
+    out = postprocess(glioma, licensed)  # a credible core: the rule applies as today
+    assert not out[5:35, 5:35, 5:35].any() and (out[38:56, 38:56, 38:56] == glioma[38:56, 38:56, 38:56]).all()
+    with pytest.raises(ValueError, match="max_core_share"):
+        Postprocessing(max_core_share=1.2)
+    with pytest.raises(ValueError, match="min_credible_core"):
+        Postprocessing(min_credible_core=-1)
+
+
 def _brain_box() -> np.ndarray:
     """Inputs of a 40^3 box: a brain (nonzero in some channel) in [3:37]^3 with a zero cavity inside."""
     inputs = np.zeros((3, 40, 40, 40), np.float32)

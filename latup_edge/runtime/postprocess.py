@@ -15,6 +15,10 @@ Four rules, applied to the class map of the brain box (``predict_volume``), in t
   A glioma's oedema surrounds its core; oedema-only blobs on cortex, cerebellum or temporal lobes are
   the network's main failure on data unlike its training phantoms (docs/GENERALISATION.md), and they
   can be larger than the tumour itself, which the size rule alone cannot remove.
+  A candidate licence, off by default until judged (``min_credible_core``, ``max_core_share``): the rule
+  applies only when some component's core is credible, at least that many voxels and at most that share
+  of its component; a speck of enhancement, or an enhancing spot with no oedema around it (choroid
+  plexus, a vessel), then cannot make a coreless tumour without enhancement go (GENERALISATION section 23).
 - **Small WT components go** (``min_component_fraction``, default 0.1): components smaller than this
   fraction of the largest one are set to background. A true satellite lesion smaller than that
   fraction of the main lesion is removed too: pass ``Postprocessing.none()`` (``--no-postprocess``)
@@ -56,10 +60,16 @@ class Postprocessing:
     drop_coreless: bool = True
     min_core_fraction: float = 0.02
     clear_outside_brain: bool = True
+    # The coreless rule's licence, a credible core somewhere (candidate, off: docs/PREREGISTERED.md, 19th session).
+    min_credible_core: int = 0
+    max_core_share: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_core_fraction <= 1:
-            raise ValueError(f"min_core_fraction must be in [0, 1], got {self.min_core_fraction}")
+        for name in ("min_core_fraction", "max_core_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.min_credible_core < 0:
+            raise ValueError(f"min_credible_core must be >= 0, got {self.min_credible_core}")
 
     @classmethod
     def none(cls) -> Postprocessing:
@@ -101,16 +111,17 @@ def postprocess(
         components, count = ndimage.label(classes > 0)  # one labelling serves both component rules
         if count > 1:
             keep = np.ones(count + 1, dtype=bool)
+            sizes = np.bincount(components.ravel(), minlength=count + 1)
+            sizes[0] = 0
             if rules.drop_coreless:
                 core = np.bincount(components[(classes == NCR) | (classes == ET)], minlength=count + 1)
                 core[0] = 0
                 cored = (core > 0) & (core >= rules.min_core_fraction * core.max())
-                if cored[1:].any():
+                credible = (core >= max(rules.min_credible_core, 1)) & (core <= rules.max_core_share * sizes)
+                if cored[1:].any() and credible[1:].any():
                     keep &= cored
             if rules.min_component_fraction > 0:
-                sizes = np.bincount(components.ravel(), minlength=count + 1)
                 sizes[~keep] = 0
-                sizes[0] = 0
                 keep &= sizes >= rules.min_component_fraction * sizes.max()
             keep[0] = True
             if not keep.all():
