@@ -18,6 +18,7 @@ from latup_edge.data.phantom import (
     GRID_SHAPE,
     NARROW,
     WIDE,
+    WITH_MIMICS,
     PhantomCase,
     Randomisation,
     make_phantom,
@@ -165,6 +166,8 @@ def test_randomisation_names_parse() -> None:
     assert Randomisation.parse("all") == WIDE and Randomisation.parse("none") == NARROW
     assert Randomisation.parse("contrast,lesion") == Randomisation(True, False, False, True, core=False)
     assert Randomisation.parse("contrast,lesion").describe() == "contrast,lesion"
+    assert Randomisation.parse("all,mimics") == WITH_MIMICS and not WIDE.mimics  # opt-in until judged
+    assert Randomisation.parse("lesion,mimics") == Randomisation(False, False, False, True, core=False, mimics=True)
     with pytest.raises(ValueError, match="unknown randomisation"):
         Randomisation.parse("colour")
 
@@ -211,3 +214,17 @@ def test_core_family_redraws_the_core_contrast_and_nothing_else_it_draws() -> No
     before_ratios = {m: before.images[m][core].mean() / before.images[m][oedema].mean() for m in MODALITIES}
     assert ratios != before_ratios
     assert ratios["t1"] < 1 and ratios["t1ce"] < 1  # the core never enhances
+
+
+def test_mimics_enhance_normal_tissue_on_t1ce_and_change_no_label() -> None:
+    plain = make_phantom("w", seed=SEED, index=1, randomise=WIDE)
+    mimics = make_phantom("w", seed=SEED, index=1, randomise=WITH_MIMICS)
+    assert np.array_equal(plain.classes, mimics.classes)  # its own stream: the same anatomy and lesion
+    rim = plain.images["t1ce"][plain.classes == 3].astype(np.float32)
+    gain = mimics.images["t1ce"].astype(np.float32) - plain.images["t1ce"]
+    bright = gain > 0.3 * rim.mean()
+    assert 300 < bright.sum() < 20_000  # tufts and vessels: a few mL at most
+    assert not (bright & (plain.classes > 0)).any()  # never inside the tumour: background, as BraTS labels them
+    assert np.median(mimics.images["t1ce"][bright]) > 0.6 * np.median(rim)  # as bright as enhancement
+    oedema = mimics.images["flair"][mimics.classes == 2]
+    assert np.median(mimics.images["flair"][bright]) < np.median(oedema)  # no oedema around them on FLAIR

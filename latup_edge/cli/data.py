@@ -22,8 +22,9 @@ def phantom(
         str,
         typer.Option(
             help="Families drawn widely: all (default), none (the narrow generator), or a comma list of "
-            "contrast, acquisition, anatomy, lesion, core (contrast,acquisition,anatomy,lesion: the default "
-            "before the core family, what the shipped weights' stages 1-4 trained on)."
+            "contrast, acquisition, anatomy, lesion, core, mimics, which all may lead (contrast,acquisition,"
+            "anatomy,lesion: what the shipped weights' stages 1-4 trained on; all,mimics: the default and "
+            "normal structures that enhance on T1ce, not in the default until weights trained with them are judged)."
         ),
     ] = "all",
     generator: Annotated[

@@ -23,6 +23,12 @@ variation; each can be switched off, and all off gives the narrow generator of t
   and T1ce (x0.3-0.95: it does not enhance). Drawn from its own stream, so switching it off
   (``--randomise contrast,acquisition,anatomy,lesion``) gives, byte for byte, the phantoms made
   before the family existed (stages 1-4 of the model card).
+- ``mimics`` (**off in the default** until weights trained with it are judged; ``--randomise all,mimics``):
+  normal structures that enhance on T1ce as real post-contrast scans show them, labelled background:
+  choroid plexus tufts in the ventricles and vessels (tubes of 1-3 mm along the brain surface and through
+  the deep tissue), as bright on T1ce as the tumour's rim. Without them nothing but the tumour is bright on
+  T1ce, and the network calls any enhancing spot ET (docs/GENERALISATION.md section 23). Its own stream,
+  so the other families' draws do not move.
 
 >>> case = make_phantom("BraTS2021_00000", seed=0, index=0)
 >>> case.images["flair"].shape, case.images["flair"].dtype, sorted(set(case.classes.flat))
@@ -93,20 +99,23 @@ class Randomisation:
     anatomy: bool = True
     lesion: bool = True
     core: bool = True
+    mimics: bool = False  # not in the default until a stage trained with it is judged
 
     @classmethod
     def parse(cls, text: str) -> Randomisation:
-        """``"all"``, ``"none"`` or a comma list of family names, e.g. ``"contrast,lesion"``."""
+        """``"all"`` (the default families), ``"none"`` or a comma list of family names, e.g.
+        ``"contrast,lesion"``; ``all`` may lead the list (``"all,mimics"``: the default and the mimics)."""
         names = [f.name for f in fields(cls)]
-        if text == "all":
-            return cls()
         if text == "none":
             return NARROW
         chosen = [part.strip() for part in text.split(",") if part.strip()]
-        unknown = sorted(set(chosen) - set(names))
+        unknown = sorted(set(chosen) - {*names, "all"})
         if unknown or not chosen:
-            raise ValueError(f"unknown randomisation {text!r}: use all, none or a comma list of {', '.join(names)}")
-        return cls(**{name: name in chosen for name in names})
+            raise ValueError(
+                f"unknown randomisation {text!r}: use all, none or a comma list of {', '.join(names)} (all may lead it)"
+            )
+        base = cls() if "all" in chosen else cls(**dict.fromkeys(names, False))
+        return replace(base, **{name: True for name in chosen if name != "all"})
 
     def describe(self) -> str:
         on = [f.name for f in fields(self) if getattr(self, f.name)]
@@ -117,6 +126,7 @@ WIDE = Randomisation()
 NARROW = Randomisation(contrast=False, acquisition=False, anatomy=False, lesion=False, core=False)
 # The default before the core family existed: what stages 1-4 of the shipped weights trained on.
 BEFORE_CORE = Randomisation(core=False)
+WITH_MIMICS = Randomisation(mimics=True)
 
 
 @dataclass
@@ -481,6 +491,57 @@ def _grow_lesion(
     raise RuntimeError(f"no valid lesion in {_MAX_LESION_DRAWS} draws: the volume limits are too tight")
 
 
+def _enhancing_mimics(rng: np.random.Generator, anatomy: _Anatomy, lesion: _Lesion) -> np.ndarray:
+    """Fraction (float32, the anatomy box) of normal tissue that enhances on T1ce, never inside the lesion.
+
+    Choroid plexus: 1-4 tufts of 6-14 mm in deep CSF (the ventricles, filling only their CSF). Vessels: 4-12
+    tubes of 1-3 mm, random smooth walks of 20-80 mm that start near the brain surface or deep in it and stay
+    inside the brain.
+    """
+    shape = anatomy.mask.shape
+    points = np.zeros(shape, dtype=np.float32)
+    depth = ndi.distance_transform_edt(anatomy.mask[::2, ::2, ::2]) * 2  # mm from the brain's edge, at 2 mm
+    deep_csf = np.argwhere((anatomy.fractions["csf"][::2, ::2, ::2] > 0.6) & (depth > 15)) * 2
+    surface = np.argwhere((depth > 2) & (depth < 8)) * 2
+    inside = np.argwhere(depth > 12) * 2
+    fraction = np.zeros(shape, dtype=np.float32)
+    for _ in range(int(rng.integers(1, 5)) if len(deep_csf) else 0):  # choroid plexus
+        points[:] = 0
+        points[tuple(deep_csf[rng.integers(len(deep_csf))])] = 1
+        tuft = ndi.gaussian_filter(points, rng.uniform(2.0, 3.5))
+        fraction = np.maximum(fraction, np.clip(tuft / tuft.max() * 4 - 0.5, 0, 1) * anatomy.fractions["csf"])
+    for _ in range(int(rng.integers(4, 13))):  # vessels
+        starts = surface if rng.random() < 0.7 or not len(inside) else inside
+        position = starts[rng.integers(len(starts))].astype(np.float64)
+        direction = rng.standard_normal(3)
+        points[:] = 0
+        for _ in range(int(rng.integers(20, 81))):
+            direction = direction / np.linalg.norm(direction) + 0.35 * rng.standard_normal(3)
+            step = position + direction / np.linalg.norm(direction)
+            voxel = tuple(np.clip(np.rint(step), 0, np.array(shape) - 1).astype(int))
+            if not anatomy.mask[voxel]:
+                direction = -direction  # turn back at the brain's edge
+                continue
+            position = step
+            points[voxel] = 1
+        tube = ndi.gaussian_filter(points, rng.uniform(0.5, 1.2))
+        fraction = np.maximum(fraction, np.clip(tube / max(tube.max(), 1e-6) * 2.0 - 0.3, 0, 1))
+    fraction *= anatomy.mask
+    lesion_total = sum(lesion.fractions.values())
+    fraction[lesion.local] *= np.clip(1 - 4 * lesion_total, 0, 1)  # outside the tumour and its margin
+    return fraction
+
+
+def _mimic_gains(rng: np.random.Generator, gains: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The mimics' intensity per modality: as bright as the enhancing rim on T1ce, tissue-like elsewhere."""
+    return {
+        "t1ce": gains["t1ce"]["et"] * rng.uniform(0.75, 1.25),
+        "t1": gains["t1"]["gm"] * rng.uniform(0.8, 1.15),
+        "t2": gains["t2"]["gm"] * rng.uniform(0.5, 1.3),  # flow voids dark, choroid plexus brighter
+        "flair": gains["flair"]["gm"] * rng.uniform(0.6, 1.2),
+    }
+
+
 def _bias_field(rng: np.random.Generator, shape: tuple[int, ...], amplitude: float) -> np.ndarray:
     """A smooth multiplicative field: a random quadratic polynomial scaled to +-amplitude."""
     x, y, z = (np.linspace(-1, 1, s, dtype=np.float32) for s in shape)
@@ -639,10 +700,16 @@ def make_phantom(
         gains = _core_contrasts(np.random.default_rng([seed, index, 1]), gains)
     acquisitions = _acquisitions(rng, wide=randomise.acquisition)
     modality_rngs = rng.spawn(len(MODALITIES))
+    mimics, mimic_gains = None, {}
+    if randomise.mimics:
+        mimics_rng = np.random.default_rng([seed, index, 2])
+        mimics, mimic_gains = _enhancing_mimics(mimics_rng, anatomy, lesion), _mimic_gains(mimics_rng, gains)
 
     def synthesise(i: int) -> np.ndarray:
         modality, acquisition, modality_rng = MODALITIES[i], acquisitions[i], modality_rngs[i]
         signal = _contrast(anatomy, lesion, gains[modality])
+        if mimics is not None:
+            signal += mimics * (np.float32(mimic_gains[modality]) - signal)
         signal *= _bias_field(modality_rng, signal.shape, acquisition.bias)
         if acquisition.blur:
             signal = ndi.gaussian_filter(signal, acquisition.blur)
