@@ -15,10 +15,11 @@ Four rules, applied to the class map of the brain box (``predict_volume``), in t
   A glioma's oedema surrounds its core; oedema-only blobs on cortex, cerebellum or temporal lobes are
   the network's main failure on data unlike its training phantoms (docs/GENERALISATION.md), and they
   can be larger than the tumour itself, which the size rule alone cannot remove.
-  A candidate licence, off by default until judged (``min_credible_core``, ``max_core_share``): the rule
-  applies only when some component's core is credible, at least that many voxels and at most that share
-  of its component; a speck of enhancement, or an enhancing spot with no oedema around it (choroid
-  plexus, a vessel), then cannot make a coreless tumour without enhancement go (GENERALISATION section 23).
+  A licence judged and not adopted, so off (``min_credible_core``, ``max_core_share``): the rule applies
+  only when some component's core is credible, at least that many voxels and at most that share of its
+  component, so that a speck of enhancement or an enhancing spot without oedema (choroid plexus, a vessel)
+  cannot make a tumour without enhancement go. On a fresh blind set it changed no label: false enhancement
+  with false oedema around it passes any such test (GENERALISATION section 23; kept to repeat that result).
 - **Small WT components go** (``min_component_fraction``, default 0.1): components smaller than this
   fraction of the largest one are set to background. A true satellite lesion smaller than that
   fraction of the main lesion is removed too: pass ``Postprocessing.none()`` (``--no-postprocess``)
@@ -60,7 +61,7 @@ class Postprocessing:
     drop_coreless: bool = True
     min_core_fraction: float = 0.02
     clear_outside_brain: bool = True
-    # The coreless rule's licence, a credible core somewhere (candidate, off: docs/PREREGISTERED.md, 19th session).
+    # The coreless rule's licence, a credible core somewhere: judged, not adopted, off (module docstring).
     min_credible_core: int = 0
     max_core_share: float = 1.0
 
