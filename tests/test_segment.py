@@ -123,6 +123,8 @@ def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_p
         "drop_coreless": False,
         "min_core_fraction": 0.0,
         "clear_outside_brain": False,
+        "min_credible_core": 0,
+        "max_core_share": 1.0,
     }
     assert log["backend"]["name"] == "openvino" and log["backend"]["precision"] == "fp32"
     assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()
