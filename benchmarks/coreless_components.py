@@ -14,6 +14,7 @@ P(ET)), and, from the truth, the share of it that is true tumour. ``--rules`` sc
 from __future__ import annotations
 
 import argparse
+import hashlib
 import platform
 import sys
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from scipy import ndimage
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import agreement
 from latup_edge.fileio import atomic_write, atomic_write_json
+from latup_edge.runtime.bundle import resolve_bundle
 from latup_edge.runtime.postprocess import (
     DEFAULT_POSTPROCESSING,
     ET,
@@ -44,16 +46,25 @@ RULES = {  # what segment writes today, and the pre-registered candidate (docs/P
 }
 
 
+def cache_folder(cache: Path, folder: Path, bundle: Path | None, precision: str | None) -> Path:
+    """Where one bundle's predictions on one folder are kept: keyed by the bundle's manifest, the precision and
+    the folder's path (case ids repeat across folders), so another bundle never reads them back."""
+    manifest = (resolve_bundle(bundle) / "manifest.json").read_bytes()
+    tag = f"{hashlib.sha256(manifest).hexdigest()[:12]}-{precision or 'default'}"
+    return cache / tag / f"{folder.name}-{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]}"
+
+
 def raw_predictions(folder: Path, bundle: Path | None, precision: str | None, cache: Path) -> dict[str, dict]:
     """Case id -> raw classes, core probability (float16), truth classes and the brain mask."""
     from latup_edge.runtime.predictor import Predictor
 
     predictor = None
     out = {}
+    stored_in = cache_folder(cache, folder, bundle, precision)
     for case in discover_cases(folder):
         images, reference = load_case_images(case)
         truth, _ = load_case_labels(case, reference)
-        stored = cache / folder.name / f"{case.case_id}.npz"
+        stored = stored_in / f"{case.case_id}.npz"
         if stored.exists():
             with np.load(stored) as saved:
                 raw, core_probability = saved["classes"], saved["core_probability"]
