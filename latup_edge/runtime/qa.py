@@ -53,6 +53,10 @@ class QALimits:
       for, and a sign the network was unsure of the scan), but on the blind generator's data once a whole
       non-enhancing tumour the network had found (its core read as oedema) beside a false cored spot
       (docs/GENERALISATION.md, section 21).
+    - ``min_core_share`` (0: off until judged, docs/PREREGISTERED.md): a whole tumour of at least
+      ``min_wt_ml`` whose TC is under this share of it. BraTS gliomas have a core (TC is typically a fifth
+      to a half of WT); on the blind generator's tumours without enhancement the network read the core as
+      oedema (docs/GENERALISATION.md, section 24), so the TC and ET of such a case need a person.
     """
 
     min_wt_ml: float = 2.0
@@ -61,6 +65,7 @@ class QALimits:
     max_wt_components: int = 3
     max_isolated_et: int = 0
     max_removed_to_kept: float = 1.0
+    min_core_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +156,12 @@ def qa_flags(qa: dict[str, Any], limits: QALimits = DEFAULT_QA_LIMITS) -> list[s
         flags.append(f"very small tumour (WT {wt:.1f} mL < {limits.min_wt_ml:g} mL)")
     elif wt > limits.max_wt_ml:
         flags.append(f"very large tumour (WT {wt:.0f} mL > {limits.max_wt_ml:g} mL)")
+    tc = qa["volumes_ml"]["TC"]
+    if wt >= limits.min_wt_ml and tc < limits.min_core_share * wt:
+        flags.append(
+            f"almost no tumour core (TC {tc:.1f} mL, {tc / wt:.1%} of WT {wt:.0f} mL): a core without enhancement "
+            "may read as oedema; check TC and ET"
+        )
     if qa["components"]["WT"] > limits.max_wt_components:
         flags.append(f"{qa['components']['WT']} separate tumour components (> {limits.max_wt_components})")
     if qa.get("isolated_et", 0) > limits.max_isolated_et:
