@@ -5,7 +5,7 @@ tumour is found and TC is near 0 (docs/GENERALISATION.md section 24). ``QALimits
 whole tumour whose TC is under that share of it. This script runs the bundle once per case (raw labels
 cached by ``coreless_components.py``'s cache), writes the labels as ``segment`` does, and for each case
 lists WT and TC in mL, the TC share, TC Dice against the truth, whether the core was missed (true TC not
-empty, TC Dice under 0.5), and the QA flags with and without the candidate (low confidence is not
+empty, TC Dice under 0.5), and the QA flags: the candidate and every other one (low confidence is not
 computed: the cache keeps no full softmax).
 
     python benchmarks/core_share_flag.py runs/blind4 runs/indep20 --cache runs/raw-coreless --out benchmarks/X.json
@@ -25,20 +25,22 @@ import numpy as np
 from latup_edge.evaluate.metrics import agreement
 from latup_edge.fileio import atomic_write_json
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, largest_removed_and_kept, postprocess
-from latup_edge.runtime.qa import DEFAULT_QA_LIMITS, QALimits, case_qa, qa_flags
+from latup_edge.runtime.qa import QALimits, case_qa, qa_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coreless_components import raw_predictions  # noqa: E402  (a sibling script: one cache for both)
 
 FORMAT = "latup-edge-core-share-flag/1"
 CANDIDATE = QALimits(min_core_share=0.02)
+# Every other QA flag at its default, for what the candidate adds.
+OTHERS = QALimits(min_core_share=0.0)
 # A case "missed its core" when its true TC is not empty and its TC Dice is under this.
 MISSED_CORE_DICE = 0.5
 FLAG_PREFIX = "almost no tumour core"
 
 
 def case_row(case: dict, limits: QALimits) -> dict[str, Any]:
-    """One case's written labels: volumes, TC share and Dice, and the QA flags today and with ``limits``."""
+    """One case's written labels: volumes, TC share and Dice, and the candidate (``limits``) and the other QA flags."""
     inputs = case["brain"][None].astype(np.float32)  # the rules' "box the network saw": zero outside
     labels = postprocess(case["raw"], DEFAULT_POSTPROCESSING, inputs)
     qa = case_qa(labels, (1.0, 1.0, 1.0))
@@ -54,7 +56,7 @@ def case_row(case: dict, limits: QALimits) -> dict[str, Any]:
         "tc_share": round(tc / wt, 4) if wt else None,
         "dice": {region: round(value, 4) for region, value in dice.items()},
         "missed_core": true_tc and dice["TC"] < MISSED_CORE_DICE,
-        "flags_today": qa_flags(qa, DEFAULT_QA_LIMITS),
+        "other_flags": qa_flags(qa, OTHERS),
         "flagged_by_candidate": bool(candidate),
     }
 
@@ -70,7 +72,7 @@ def summarise(rows: dict[str, dict]) -> dict[str, Any]:
         "missed_core": missed,
         "hits": hits,
         "false_alarms": false_alarms,
-        "flagged_today": [c for c, row in rows.items() if row["flags_today"]],
+        "flagged_by_others": [c for c, row in rows.items() if row["other_flags"]],
         "tc_dice_mean": round(float(np.mean([row["dice"]["TC"] for row in rows.values()])), 4),
     }
 
@@ -95,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{folder.name:14s} {case_id:>22s} WT {row['wt_ml']:7.1f} mL  TC {row['tc_ml']:6.1f} mL  share "
                 f"{share:>6s}  TC Dice {row['dice']['TC']:.3f}  {'MISSED' if row['missed_core'] else 'found '}  "
-                f"{'FLAG' if row['flagged_by_candidate'] else '    '}  today: {'; '.join(row['flags_today']) or '-'}"
+                f"{'FLAG' if row['flagged_by_candidate'] else '    '}  others: {'; '.join(row['other_flags']) or '-'}"
             )
         sets[str(folder)] = {"summary": (summary := summarise(rows)), "cases": rows}
         print(
             f"{folder.name}: {summary['cases']} cases, {len(summary['missed_core'])} missed their core, "
             f"{len(summary['hits'])} of them flagged, {len(summary['false_alarms'])} false alarm(s) "
-            f"{summary['false_alarms']}; flagged today {len(summary['flagged_today'])}"
+            f"{summary['false_alarms']}; flagged by the other QA flags {len(summary['flagged_by_others'])}"
         )
     result = {
         "format": FORMAT,

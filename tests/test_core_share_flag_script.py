@@ -41,4 +41,4 @@ def test_a_core_read_as_oedema_is_missed_and_flagged_and_a_found_one_is_not():
     assert not rows["found"]["missed_core"] and not rows["found"]["flagged_by_candidate"]
     summary = script.summarise(rows)
     assert summary["missed_core"] == ["missed"] and summary["hits"] == ["missed"] and summary["false_alarms"] == []
-    assert summary["flagged_today"] == []  # no flag of today's defaults names it: why the candidate exists
+    assert summary["flagged_by_others"] == []  # no other QA flag names it: why the candidate exists

@@ -87,14 +87,14 @@ def test_flags_name_each_outlier_and_none_for_an_ordinary_case():
     assert qa_flags(smaller) == []
 
 
-def test_a_tumour_with_almost_no_core_is_flagged_only_when_the_limit_is_set():
+def test_a_tumour_with_almost_no_core_is_flagged_unless_the_limit_is_off():
     coreless = np.zeros((80, 80, 80), np.uint8)
     coreless[10:50, 10:50, 10:50] = 2  # 64 mL of "oedema"
     coreless[28:31, 28:31, 28:31] = 1  # 27 core voxels: 0.04 % of it
     cored = coreless.copy()
     cored[20:40, 20:40, 20:40] = 3  # 8 mL: an eighth
-    limits = QALimits(min_core_share=0.02)
-    assert qa_flags(case_qa(coreless, (1, 1, 1))) == []  # off by default until judged
+    limits = QALimits()  # on by default since it was judged (docs/PREREGISTERED.md)
+    assert qa_flags(case_qa(coreless, (1, 1, 1)), QALimits(min_core_share=0)) == []
     flags = qa_flags(case_qa(coreless, (1, 1, 1)), limits)
     assert len(flags) == 1 and flags[0].startswith("almost no tumour core (TC 0.0 mL, 0.0% of WT 64 mL)")
     assert qa_flags(case_qa(cored, (1, 1, 1)), limits) == []

@@ -53,7 +53,7 @@ class QALimits:
       for, and a sign the network was unsure of the scan), but on the blind generator's data once a whole
       non-enhancing tumour the network had found (its core read as oedema) beside a false cored spot
       (docs/GENERALISATION.md, section 21).
-    - ``min_core_share`` (0: off until judged, docs/PREREGISTERED.md): a whole tumour of at least
+    - ``min_core_share`` 0.02 (pre-registered and judged, docs/PREREGISTERED.md): a whole tumour of at least
       ``min_wt_ml`` whose TC is under this share of it. BraTS gliomas have a core (TC is typically a fifth
       to a half of WT); on the blind generator's tumours without enhancement the network read the core as
       oedema (docs/GENERALISATION.md, section 24), so the TC and ET of such a case need a person.
@@ -65,7 +65,7 @@ class QALimits:
     max_wt_components: int = 3
     max_isolated_et: int = 0
     max_removed_to_kept: float = 1.0
-    min_core_share: float = 0.0
+    min_core_share: float = 0.02
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
