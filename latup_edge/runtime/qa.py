@@ -160,7 +160,7 @@ def qa_flags(qa: dict[str, Any], limits: QALimits = DEFAULT_QA_LIMITS) -> list[s
     if wt >= limits.min_wt_ml and tc < limits.min_core_share * wt:
         flags.append(
             f"almost no tumour core (TC {tc:.1f} mL, {tc / wt:.1%} of WT {wt:.0f} mL): a core without enhancement "
-            "may read as oedema; check TC and ET"
+            "may read as oedema, check TC and ET"
         )
     if qa["components"]["WT"] > limits.max_wt_components:
         flags.append(f"{qa['components']['WT']} separate tumour components (> {limits.max_wt_components})")
@@ -173,6 +173,6 @@ def qa_flags(qa: dict[str, Any], limits: QALimits = DEFAULT_QA_LIMITS) -> list[s
     if removed > limits.max_removed_to_kept * kept:
         flags.append(
             f"post-processing removed a {removed:.1f} mL component without core, larger than the {kept:.1f} mL it "
-            "kept: false oedema, or a tumour without enhancement now missing; look with --no-postprocess"
+            "kept: false oedema, or a tumour without enhancement now missing, look with --no-postprocess"
         )
     return flags

@@ -244,7 +244,7 @@ def _page(log: dict[str, Any], cases: list[dict[str, Any]]) -> str:
         cells = [
             (case["case_id"], f'<a href="#{_anchor(case["case_id"])}">{html.escape(case["case_id"])}</a>'),
             (case["status"], html.escape(case["status"])),
-            (len(case["flags"]) + (case["status"] == "failed"), html.escape("; ".join(case["flags"]))),
+            (len(case["flags"]) + (case["status"] == "failed"), html.escape(" | ".join(case["flags"]))),
             *[(volumes.get(region, ""), _number(volumes.get(region))) for region in ("WT", "TC", "ET")],
             ("" if low is None else low, "" if low is None else f"{low:.0%}"),
             ("" if score is None else score, "" if score is None else f"{score:.1f}"),

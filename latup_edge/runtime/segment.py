@@ -84,6 +84,8 @@ LOG_NAME = "segment-log.json"
 VOLUMES_NAME = "volumes.csv"
 VOLUMES_COLUMNS = ("case_id", "status", "WT_ml", "TC_ml", "ET_ml", "low_confidence", "ood_score",
                    "audit_WT", "audit_TC", "audit_ET", "flags")  # fmt: skip
+# Between flags in a CSV cell: a flag's own sentence may hold "; " (swap checks), never " | ".
+FLAG_SEPARATOR = " | "
 DICOM_SEG_SUFFIX = "_seg.dcm"
 PROBABILITIES_SUFFIX = "_probabilities"
 # Failures of one case that must not stop the batch: bad input files (LatupError), OpenVINO runtime
@@ -627,7 +629,7 @@ def write_volumes(path: Path, entries: Sequence[dict[str, Any]]) -> None:
             *(f"{volumes[name]:.2f}" if name in volumes else "" for name in REGIONS),
             _cell(qa.get("low_confidence_fraction")), _cell(ood.get("score")),
             *(_cell(agreement.get(name)) for name in REGIONS),
-            "; ".join(entry.get("flags") or []),
+            FLAG_SEPARATOR.join(entry.get("flags") or []),
         ])  # fmt: skip
 
     def write(temporary: Path) -> None:
