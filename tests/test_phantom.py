@@ -18,6 +18,7 @@ from latup_edge.data.phantom import (
     GRID_SHAPE,
     NARROW,
     WIDE,
+    WITH_FAINT_CORE,
     WITH_MIMICS,
     PhantomCase,
     Randomisation,
@@ -228,3 +229,20 @@ def test_mimics_enhance_normal_tissue_on_t1ce_and_change_no_label() -> None:
     assert np.median(mimics.images["t1ce"][bright]) > 0.6 * np.median(rim)  # as bright as enhancement
     oedema = mimics.images["flair"][mimics.classes == 2]
     assert np.median(mimics.images["flair"][bright]) < np.median(oedema)  # no oedema around them on FLAIR
+
+
+def test_faint_core_brings_a_core_without_et_near_the_oedema_and_leaves_enhancing_tumours_alone() -> None:
+    plain = make_phantom("w", seed=SEED, index=0, randomise=WIDE, non_enhancing=1.0)
+    faint = make_phantom("w", seed=SEED, index=0, randomise=WITH_FAINT_CORE, non_enhancing=1.0)
+    assert np.array_equal(plain.classes, faint.classes)  # its own stream: the same anatomy and lesion
+    core = ndi.binary_erosion(faint.classes == 1, iterations=2)
+    oedema = ndi.binary_erosion(faint.classes == 2, iterations=2)
+    ratios = {m: np.median(faint.images[m][core]) / np.median(faint.images[m][oedema]) for m in MODALITIES}
+    plain_ratios = {m: np.median(plain.images[m][core]) / np.median(plain.images[m][oedema]) for m in MODALITIES}
+    assert all(0.7 < ratios[m] < 1.3 for m in MODALITIES), ratios  # within about a tenth, noise and bias aside
+    assert ratios != plain_ratios
+    enhancing = make_phantom("w", seed=SEED, index=0, randomise=WIDE)
+    assert (enhancing.classes == 3).any()
+    same = make_phantom("w", seed=SEED, index=0, randomise=WITH_FAINT_CORE)
+    assert all(np.array_equal(same.images[m], enhancing.images[m]) for m in MODALITIES)
+    assert Randomisation.parse("all,faint_core") == WITH_FAINT_CORE and not WIDE.faint_core  # opt-in until judged

@@ -22,9 +22,10 @@ def phantom(
         str,
         typer.Option(
             help="Families drawn widely: all (default), none (the narrow generator), or a comma list of "
-            "contrast, acquisition, anatomy, lesion, core, mimics, which all may lead (contrast,acquisition,"
-            "anatomy,lesion: what the shipped weights' stages 1-4 trained on; all,mimics: the default and "
-            "normal structures that enhance on T1ce, not in the default until weights trained with them are judged)."
+            "contrast, acquisition, anatomy, lesion, core, mimics, faint_core, which all may lead (contrast,"
+            "acquisition,anatomy,lesion: what the shipped weights' stages 1-4 trained on; mimics: normal structures "
+            "that enhance on T1ce; faint_core: a core without enhancement as faint as the oedema; these two are not "
+            "in the default until weights trained with them are judged)."
         ),
     ] = "all",
     generator: Annotated[

@@ -29,6 +29,10 @@ variation; each can be switched off, and all off gives the narrow generator of t
   the deep tissue), as bright on T1ce as the tumour's rim. Without them nothing but the tumour is bright on
   T1ce, and the network calls any enhancing spot ET (docs/GENERALISATION.md section 23). Its own stream,
   so the other families' draws do not move.
+- ``faint_core`` (**off in the default**, like ``mimics``): in a tumour without ET, the core as faint as the
+  oedema around it, x0.8-1.05 of it on FLAIR, x0.8-1.2 on T2, x0.9-1.05 on T1 and T1ce. The blind generator
+  draws its non-enhancing cores so, and the network reads them as oedema (docs/GENERALISATION.md section 24).
+  Its own stream; tumours with ET are untouched.
 
 >>> case = make_phantom("BraTS2021_00000", seed=0, index=0)
 >>> case.images["flair"].shape, case.images["flair"].dtype, sorted(set(case.classes.flat))
@@ -100,6 +104,7 @@ class Randomisation:
     lesion: bool = True
     core: bool = True
     mimics: bool = False  # not in the default until a stage trained with it is judged
+    faint_core: bool = False  # likewise
 
     @classmethod
     def parse(cls, text: str) -> Randomisation:
@@ -127,6 +132,7 @@ NARROW = Randomisation(contrast=False, acquisition=False, anatomy=False, lesion=
 # The default before the core family existed: what stages 1-4 of the shipped weights trained on.
 BEFORE_CORE = Randomisation(core=False)
 WITH_MIMICS = Randomisation(mimics=True)
+WITH_FAINT_CORE = Randomisation(faint_core=True)
 
 
 @dataclass
@@ -637,6 +643,26 @@ def _core_contrasts(rng: np.random.Generator, gains: dict[str, dict[str, float]]
     return drawn
 
 
+# A core without enhancement as faint as the oedema around it (``faint_core``), over the oedema's visible
+# signal: non-enhancing tumour that BraTS labels NCR/NET but that differs from oedema by a tenth or less.
+_FAINT_CORE_OVER_OEDEMA: dict[str, tuple[float, float]] = {
+    "flair": (0.8, 1.05),
+    "t2": (0.8, 1.2),
+    "t1": (0.9, 1.05),
+    "t1ce": (0.9, 1.05),
+}
+
+
+def _faint_core_contrasts(rng: np.random.Generator, gains: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The core of a tumour without ET redrawn within about a tenth of the oedema on every modality."""
+    drawn = {m: dict(g) for m, g in gains.items()}
+    for modality in MODALITIES:
+        low, high = _FAINT_CORE_OVER_OEDEMA[modality]
+        g = drawn[modality]
+        g["ncr"] = (_OEDEMA_SHARE * g["ed"] + (1 - _OEDEMA_SHARE) * g["wm"]) * float(rng.uniform(low, high))
+    return drawn
+
+
 @dataclass(frozen=True)
 class _Acquisition:
     """One modality's acquisition: bias amplitude, noise, blur, slice thickness, gamma and scale."""
@@ -710,6 +736,8 @@ def make_phantom(
     gains = _wide_contrasts(rng) if randomise.contrast else _narrow_contrasts(rng)
     if randomise.core:
         gains = _core_contrasts(np.random.default_rng([seed, index, 1]), gains)
+    if randomise.faint_core and not (lesion.classes == LESION_CLASSES["et"]).any():
+        gains = _faint_core_contrasts(np.random.default_rng([seed, index, 3]), gains)
     acquisitions = _acquisitions(rng, wide=randomise.acquisition)
     modality_rngs = rng.spawn(len(MODALITIES))
     mimics, mimic_gains = None, {}
