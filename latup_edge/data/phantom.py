@@ -629,15 +629,22 @@ _CORE_OVER_OEDEMA: dict[str, tuple[float, float]] = {
 }
 
 
-def _core_contrasts(rng: np.random.Generator, gains: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """The core's intensity redrawn against the oedema as _contrast renders it (over WM);
-    the enhancing rim stays above the core on T1ce."""
+def _core_against_oedema(
+    rng: np.random.Generator, gains: dict[str, dict[str, float]], ranges: dict[str, tuple[float, float]]
+) -> dict[str, dict[str, float]]:
+    """The core's intensity redrawn in ``ranges`` of the oedema as _contrast renders it (over WM)."""
     drawn = {m: dict(g) for m, g in gains.items()}
     for modality in MODALITIES:
-        low, high = _CORE_OVER_OEDEMA[modality]
+        low, high = ranges[modality]
         g = drawn[modality]
         oedema = _OEDEMA_SHARE * g["ed"] + (1 - _OEDEMA_SHARE) * g["wm"]
         g["ncr"] = oedema * float(rng.uniform(low, high))
+    return drawn
+
+
+def _core_contrasts(rng: np.random.Generator, gains: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The ``core`` family's core against the oedema; the enhancing rim stays above the core on T1ce."""
+    drawn = _core_against_oedema(rng, gains, _CORE_OVER_OEDEMA)
     t1ce = drawn["t1ce"]
     t1ce["et"] = max(t1ce["et"], 1.2 * t1ce["ncr"])
     return drawn
@@ -655,12 +662,7 @@ _FAINT_CORE_OVER_OEDEMA: dict[str, tuple[float, float]] = {
 
 def _faint_core_contrasts(rng: np.random.Generator, gains: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """The core of a tumour without ET redrawn within about a tenth of the oedema on every modality."""
-    drawn = {m: dict(g) for m, g in gains.items()}
-    for modality in MODALITIES:
-        low, high = _FAINT_CORE_OVER_OEDEMA[modality]
-        g = drawn[modality]
-        g["ncr"] = (_OEDEMA_SHARE * g["ed"] + (1 - _OEDEMA_SHARE) * g["wm"]) * float(rng.uniform(low, high))
-    return drawn
+    return _core_against_oedema(rng, gains, _FAINT_CORE_OVER_OEDEMA)
 
 
 @dataclass(frozen=True)
