@@ -30,6 +30,8 @@ CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 # Voxels per slab when softmaxing logits: bounds the temporary memory to about 4 x K x this many floats.
 CHUNK_VOXELS = 1 << 21
 CORE_OR_OEDEMA = (1, 2)
+# Between flags on one line (volumes.csv, the review page): a flag's own sentence may hold "; ", never " | ".
+FLAG_SEPARATOR = " | "
 ET_CLASS = 3
 
 

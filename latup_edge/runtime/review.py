@@ -33,7 +33,7 @@ from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import detect_convention, to_classes
 from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write
-from latup_edge.runtime.qa import qa_flags, region_volumes_ml
+from latup_edge.runtime.qa import FLAG_SEPARATOR, qa_flags, region_volumes_ml
 
 LOG_NAME = "segment-log.json"
 PAGE_NAME = "review.html"
@@ -244,7 +244,7 @@ def _page(log: dict[str, Any], cases: list[dict[str, Any]]) -> str:
         cells = [
             (case["case_id"], f'<a href="#{_anchor(case["case_id"])}">{html.escape(case["case_id"])}</a>'),
             (case["status"], html.escape(case["status"])),
-            (len(case["flags"]) + (case["status"] == "failed"), html.escape(" | ".join(case["flags"]))),
+            (len(case["flags"]) + (case["status"] == "failed"), html.escape(FLAG_SEPARATOR.join(case["flags"]))),
             *[(volumes.get(region, ""), _number(volumes.get(region))) for region in ("WT", "TC", "ET")],
             ("" if low is None else low, "" if low is None else f"{low:.0%}"),
             ("" if score is None else score, "" if score is None else f"{score:.1f}"),

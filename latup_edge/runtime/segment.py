@@ -50,7 +50,7 @@ from latup_edge.runtime.bundle import Bundle
 from latup_edge.runtime.openvino_backend import Precision
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
 from latup_edge.runtime.predictor import Predictor
-from latup_edge.runtime.qa import case_qa, region_volumes_ml
+from latup_edge.runtime.qa import FLAG_SEPARATOR, case_qa, region_volumes_ml
 from latup_edge.runtime.trust import (
     AUDIT_REFERENCE,
     EXCHANGES,
@@ -84,8 +84,6 @@ LOG_NAME = "segment-log.json"
 VOLUMES_NAME = "volumes.csv"
 VOLUMES_COLUMNS = ("case_id", "status", "WT_ml", "TC_ml", "ET_ml", "low_confidence", "ood_score",
                    "audit_WT", "audit_TC", "audit_ET", "flags")  # fmt: skip
-# Between flags in a CSV cell: a flag's own sentence may hold "; " (swap checks), never " | ".
-FLAG_SEPARATOR = " | "
 DICOM_SEG_SUFFIX = "_seg.dcm"
 PROBABILITIES_SUFFIX = "_probabilities"
 # Failures of one case that must not stop the batch: bad input files (LatupError), OpenVINO runtime
