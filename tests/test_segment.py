@@ -163,13 +163,15 @@ def test_labels_option_converts_et_between_conventions(bundle, tmp_path):
     data = tmp_path / "data"
     write_case(data, "BraTS2021_00003", "2021", seed=3)
     maps = {}
-    for convention in ("2021", "2023"):
+    for convention in ("2021", "2023", "nnunet"):
         out = tmp_path / convention
         result = segment(data, "-o", out, "--bundle", bundle, "--labels", convention)
         assert result.exit_code == 0, result.output
         maps[convention] = np.asanyarray(nib.load(out / "BraTS2021_00003.nii.gz").dataobj)
     assert 4 in maps["2021"] and 3 not in maps["2021"]
     np.testing.assert_array_equal(np.where(maps["2021"] == 4, 3, maps["2021"]), maps["2023"])
+    # nnU-Net's BraTS order stores oedema as 1 and necrosis as 2.
+    np.testing.assert_array_equal(np.array([0, 2, 1, 0, 3])[maps["2021"]], maps["nnunet"])
 
 
 def test_a_case_without_labels_follows_its_naming(tmp_path):

@@ -34,8 +34,11 @@ def segment(
     ] = "openvino",
     weights: Annotated[Path | None, typer.Option(help="Checkpoint for --backend torch (default: shipped).")] = None,
     labels: Annotated[
-        Literal["2021", "2023"] | None,
-        typer.Option(help="ET as 4 (2021) or 3 (2023). Default: the input's own convention."),
+        Literal["2021", "2023", "nnunet"] | None,
+        typer.Option(
+            help="BraTS labels with ET as 4 (2021) or 3 (2023), or nnU-Net's BraTS order (1 oedema, 2 necrosis, "
+            "3 ET). Default: the input's own convention (an nnU-Net folder's dataset.json decides)."
+        ),
     ] = None,
     probabilities: Annotated[
         bool, typer.Option("--probabilities", help="Also write <case_id>_probabilities.nii.gz (float32, 4 classes).")

@@ -13,6 +13,7 @@ that names the case, the file and what to do, so a batch can report a bad case a
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from collections.abc import Callable, Sequence
@@ -23,9 +24,12 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from latup_edge.data.dataset_json import DatasetDescription, DatasetJsonError, find_description, read_description
 from latup_edge.data.labels import LabelConvention, detect_convention, from_classes, to_classes
 from latup_edge.data.naming import (
+    CHANNELS_NNUNET,
     MODALITIES,
+    MODALITY_NAMES,
     MODEL_MODALITIES,
     NAMINGS,
     Naming,
@@ -52,6 +56,10 @@ class CaseError(LatupError):
         self.path = path
 
 
+class NoCaseFound(CaseError):
+    """A folder that holds no file named as a BraTS or nnU-Net case (a caller may look for other forms there)."""
+
+
 @dataclass(frozen=True)
 class BratsCase:
     """The files of one BraTS case, as found on disk (nothing is read until loading)."""
@@ -61,6 +69,7 @@ class BratsCase:
     folder: Path
     files: dict[str, Path]  # canonical modality key (naming.MODALITIES) -> file
     seg: Path | None
+    description: DatasetDescription | None = None  # an nnU-Net folder's dataset.json: channels and labels
 
     def missing(self, modalities: Sequence[str] = MODEL_MODALITIES) -> list[str]:
         """The modalities, among ``modalities``, that this case has no file for."""
@@ -69,7 +78,26 @@ class BratsCase:
     def expected_path(self, key: str) -> Path:
         """Where the file of ``key`` (a modality or ``seg``) would be under this case's naming."""
         compressed = not any(path.name.endswith(".nii") for path in self.files.values())
-        return self.folder / case_filename(self.case_id, key, self.naming, compressed)
+        channels = self.description.channels if self.description else CHANNELS_NNUNET
+        return self.folder / case_filename(self.case_id, key, self.naming, compressed, channels)
+
+    def missing_sentence(self, missing: Sequence[str]) -> str:
+        """What is missing, in words: the expected files, or that the dataset.json names no such channel."""
+        if self.description and self.naming == "nnunet":
+            absent = [key for key in missing if key not in self.description.channels.values()]
+            if absent:
+                return (
+                    f"{self.description.path} names no {' or '.join(MODALITY_NAMES[key] for key in absent)} channel "
+                    f"(it names {', '.join(MODALITY_NAMES[k] for k in self.description.channels.values()) or 'none'})"
+                )
+        return f"{', '.join(str(self.expected_path(key)) for key in missing)} not found ({', '.join(missing)} missing)"
+
+    def default_labels(self) -> LabelConvention:
+        """The label convention of this case's files where its label values alone cannot tell: the dataset.json's,
+        else nnU-Net's BraTS order for nnU-Net names, BraTS 2023's for 2023 names, BraTS 2021's otherwise."""
+        if self.description and self.description.labels:
+            return self.description.labels
+        return {"nnunet": "nnunet", "2023": "2023"}.get(self.naming, "2021")  # type: ignore[return-value]
 
 
 def _expected_names() -> str:
@@ -142,6 +170,7 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
         raise CaseError("no folder given: pass one or more BraTS folders")
     groups: dict[tuple[Path, str, Naming], dict[str, Path]] = {}
     seen: set[tuple[Path, str]] = set()
+    descriptions: dict[Path, DatasetDescription | None] = {}
     for root in map(Path, roots):
         if not root.exists():
             raise CaseError(f"{root} does not exist: check the path to the BraTS folder", path=root)
@@ -153,6 +182,10 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
             if parsed is None:
                 continue
             case_id, key, naming = parsed
+            if naming == "nnunet":  # channel numbers mean what the folder's dataset.json says
+                description = _description(path.parent, descriptions)
+                if description is not None:
+                    case_id, key, naming = parse_filename(path.name, description.channels)  # type: ignore[misc]
             if key not in MODALITIES and key != "seg":
                 continue
             found_here = True
@@ -170,9 +203,10 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
                 )
             files[key] = path
         if not found_here:
-            raise CaseError(
-                f"no BraTS case found under {root}: expected files named like {_expected_names()}",
-                path=root,
+            if decathlon := _decathlon_sentence(root):
+                raise CaseError(decathlon, path=root)
+            raise NoCaseFound(
+                f"no BraTS case found under {root}: expected files named like {_expected_names()}", path=root
             )
 
     cases = []
@@ -180,15 +214,56 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
         seg = files.pop("seg", None)
         if not files:  # a label file alone (e.g. a folder of reference segmentations) is no case
             continue
+        description = None
         if naming == "nnunet":
             seg = _nnunet_seg(folder, case_id)
-        cases.append(BratsCase(case_id, naming, folder, files, seg))
+            description = descriptions.get(folder)
+        cases.append(BratsCase(case_id, naming, folder, files, seg, description))
     if not cases:
-        raise CaseError(
+        raise NoCaseFound(
             f"no BraTS case with images found under {', '.join(map(str, roots))}: "
             f"expected files named like {_expected_names()}"
         )
     return sorted(cases, key=lambda case: (case.case_id, str(case.folder), case.naming))
+
+
+def _description(folder: Path, read: dict[Path, DatasetDescription | None]) -> DatasetDescription | None:
+    """The dataset.json of an nnU-Net folder, read once per folder; CaseError if it cannot be used."""
+    if folder not in read:
+        path = find_description(folder)
+        try:
+            read[folder] = None if path is None else read_description(path)
+        except DatasetJsonError as error:
+            raise CaseError(str(error), path=path) from error
+    return read[folder]
+
+
+def _decathlon_sentence(root: Path) -> str | None:
+    """Why a Medical Segmentation Decathlon folder holds no case here, and what to do; None for other folders."""
+    path = find_description(root) or find_description(root / "imagesTr")
+    try:
+        declares_modality = path is not None and "modality" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        declares_modality = False
+    if not declares_modality:
+        return None
+    return (
+        f"{root} is a Medical Segmentation Decathlon folder (one 4-D file of all modalities per case): split it "
+        f"into one file per modality with nnU-Net's `nnUNetv2_convert_MSD_dataset -i {root}`, then pass the "
+        "converted folder (its dataset.json says which channel is which)"
+    )
+
+
+def _missing_modalities(case: BratsCase, missing: Sequence[str]) -> CaseError:
+    try:
+        path = case.expected_path(missing[0])
+    except ValueError:  # the dataset.json names no channel for it
+        path = case.description.path if case.description else None
+    return CaseError(
+        f"case {case.case_id}: {case.missing_sentence(missing)}: add the file or leave this case out",
+        case_id=case.case_id,
+        path=path,
+    )
 
 
 def _fail(case: BratsCase, path: Path | None, problem: str) -> CaseError:
@@ -273,13 +348,7 @@ def load_case_images(
         raise ValueError(f"modalities must be a non-empty selection of {MODALITIES}, got {modalities}")
     missing = case.missing(modalities)
     if missing:
-        expected = [case.expected_path(key) for key in missing]
-        raise CaseError(
-            f"case {case.case_id}: {', '.join(map(str, expected))} not found "
-            f"({', '.join(missing)} missing): add the file or leave this case out",
-            case_id=case.case_id,
-            path=expected[0],
-        )
+        raise _missing_modalities(case, missing)
 
     paths = [case.files[key] for key in modalities]
     # Check every header before reading any data: a mismatch fails fast, without reading a volume.
@@ -302,12 +371,7 @@ def read_case_volume(case: BratsCase, key: str) -> tuple[np.ndarray, nib.Nifti1I
     the shared-grid check: for scans whose modalities are resampled onto one grid afterwards.
     """
     if key not in case.files:
-        raise CaseError(
-            f"case {case.case_id}: {case.expected_path(key)} not found ({key} missing): add the file or leave this "
-            "case out",
-            case_id=case.case_id,
-            path=case.expected_path(key),
-        )
+        raise _missing_modalities(case, [key])
     path = case.files[key]
     image = _open(case, path)
     return _checked_volume(case, path, image), image
@@ -326,8 +390,9 @@ def _checked_volume(case: BratsCase, path: Path, image: nib.Nifti1Image) -> np.n
 def load_case_labels(case: BratsCase, reference: nib.Nifti1Image | None = None) -> tuple[np.ndarray, LabelConvention]:
     """Load a case's label map as network classes (uint8: 0 bg, 1 NCR, 2 ED, 3 ET).
 
-    Returns the classes and the convention the file follows (ET stored as 4 up to 2021, as 3
-    from 2023). With ``reference``, the label map must share its shape and affine. Raises
+    Returns the classes and the convention the file follows: its folder's dataset.json's, else what its
+    ET value shows (4: 2021; 3: 2023, or nnU-Net's order under nnU-Net names, see ``BratsCase.default_labels``).
+    With ``reference``, the label map must share its shape and affine. Raises
     CaseError when the case has no label file, the file is unreadable, or its grid or values
     are wrong.
     """
@@ -355,10 +420,15 @@ def load_case_labels(case: BratsCase, reference: nib.Nifti1Image | None = None) 
     # Float label files exist; values like 1.5 would be silently truncated to a class.
     if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
         raise _fail(case, case.seg, "holds non-integer label values: fix the label file")
+    declared = case.description.labels if case.description else None
     try:
-        convention = detect_convention(labels)
+        convention = declared or detect_convention(labels, default=case.default_labels())
         return to_classes(labels, convention), convention
     except ValueError as error:
+        if declared:
+            raise _fail(
+                case, case.seg, f"does not follow {case.description.path}'s labels ({error}): fix either"
+            ) from error
         raise _fail(
             case,
             case.seg,

@@ -6,6 +6,7 @@ Canonical modality keys are ``t1``, ``t1ce``, ``t2`` and ``flair``; ``seg`` is t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 Naming = Literal["2020", "2021", "2023", "nnunet"]
@@ -32,10 +33,11 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
-def parse_filename(name: str) -> tuple[str, str, Naming] | None:
+def parse_filename(name: str, channels: Mapping[str, str] = CHANNELS_NNUNET) -> tuple[str, str, Naming] | None:
     """Split a NIfTI file name into ``(case_id, key, naming)``, or None if it follows no convention.
 
-    ``key`` is a canonical modality key, ``seg``, or for nnU-Net an unknown channel number as-is.
+    ``key`` is a canonical modality key, ``seg``, or for nnU-Net an unknown channel number as-is; nnU-Net's
+    channel numbers are read through ``channels`` (the folder's dataset.json, or Dataset137's order).
 
     >>> parse_filename("BraTS-GLI-00001-000-t2f.nii.gz")
     ('BraTS-GLI-00001-000', 'flair', '2023')
@@ -50,12 +52,14 @@ def parse_filename(name: str) -> tuple[str, str, Naming] | None:
         if scheme == "2023":
             return case_id, SUFFIXES_2023[key], "2023"
         if scheme == "nnunet":
-            return case_id, CHANNELS_NNUNET.get(key, key), "nnunet"
+            return case_id, channels.get(key, key), "nnunet"
         return case_id, "t1ce" if key in T1CE_ALIASES else key, "2020" if case_id.startswith("BraTS20_") else "2021"
     return None
 
 
-def case_filename(case_id: str, key: str, naming: Naming, compressed: bool = True) -> str:
+def case_filename(
+    case_id: str, key: str, naming: Naming, compressed: bool = True, channels: Mapping[str, str] = CHANNELS_NNUNET
+) -> str:
     """The file name of one modality (or ``seg``) of a case under a naming convention."""
     ext = ".nii.gz" if compressed else ".nii"
     if naming == "2023":
@@ -64,7 +68,9 @@ def case_filename(case_id: str, key: str, naming: Naming, compressed: bool = Tru
     if naming == "nnunet":
         if key == "seg":
             return f"{case_id}{ext}"
-        channel = {v: k for k, v in CHANNELS_NNUNET.items()}[key]
+        channel = {v: k for k, v in channels.items()}.get(key)
+        if channel is None:
+            raise ValueError(f"no nnU-Net channel holds {key}")
         return f"{case_id}_{channel}{ext}"
     return f"{case_id}_{key}{ext}"
 

@@ -135,7 +135,7 @@ class SegmentSettings:
     def __post_init__(self) -> None:
         """Refuse settings that cannot run with one SegmentError sentence, before any work."""
         if self.labels not in (None, *get_args(LabelConvention)):
-            raise SegmentError(f"unknown label convention {self.labels!r}: choose 2021 or 2023")
+            raise SegmentError(f"unknown label convention {self.labels!r}: choose 2021, 2023 or nnunet")
         if self.window < SIZE_MULTIPLE or self.window % SIZE_MULTIPLE:
             raise SegmentError(
                 f"the window must be a positive multiple of {SIZE_MULTIPLE}, got {self.window}: "
@@ -164,19 +164,33 @@ def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
 def output_convention(case: Scan) -> LabelConvention:
     """The label convention a case's output follows when none is asked for: the case's own.
 
-    From its label file when that holds ET (4: 2021, 3: 2023, see ``detect_convention``); otherwise
-    from its naming (BraTS 2023+ names: 2023), otherwise 2021. The label file is only a hint here:
-    an unreadable one, or one with both 3 and 4, is ignored, since segmentation does not need it.
+    Its dataset.json's, where an nnU-Net folder has one; else from its label file when that holds ET (4: 2021,
+    3: the naming's, see ``detect_convention``); else from its naming (BraTS 2023+ names: 2023, nnU-Net names:
+    nnU-Net's BraTS order), otherwise 2021. The label file is only a hint here: an unreadable one, or one with
+    both 3 and 4, is ignored, since segmentation does not need it.
     """
     if not isinstance(case, BratsCase):  # a DICOM study has no naming: BraTS 2021's labels
         return "2021"
-    by_naming: LabelConvention = "2023" if case.naming == "2023" else "2021"
-    if case.seg is None:
+    by_naming = case.default_labels()
+    if case.seg is None or (case.description and case.description.labels):
         return by_naming
     try:
         return detect_convention(np.asanyarray(nib.load(case.seg).dataobj), default=by_naming)
     except (OSError, EOFError, ValueError, ImageFileError):
         return by_naming
+
+
+def channel_order_warnings(cases: Sequence[Scan]) -> list[str]:
+    """One warning per folder of nnU-Net channel files without a dataset.json: their order was assumed."""
+    folders = sorted(
+        {str(c.folder) for c in cases if isinstance(c, BratsCase) and c.naming == "nnunet" and not c.description}
+    )
+    return [
+        f"{folder} holds nnU-Net channel files but no dataset.json: read in Dataset137's order (0000 T1, 0001 T1ce, "
+        "0002 T2, 0003 FLAIR; labels 1 oedema, 2 necrosis, 3 ET); if the dataset has another, put its dataset.json "
+        "beside the files or above imagesTr"
+        for folder in folders
+    ]
 
 
 def check_output_folder(folder: Path) -> None:
@@ -248,7 +262,7 @@ def segment_cases(
     trust = RunTrust.open(predictor, settings)
     log: dict[str, Any] = {
         **log_header(inputs, out_dir, settings),
-        **model_summary(predictor, [str(warning.message) for warning in caught]),
+        **model_summary(predictor, [str(warning.message) for warning in caught] + channel_order_warnings(cases)),
         "memory": "process_peak_rss_mb is the whole process's peak resident memory so far (ru_maxrss)",
         "trust": trust.describe(),
         "cases": [],

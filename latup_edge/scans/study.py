@@ -39,6 +39,7 @@ from latup_edge.data.cases import (
     AFFINE_ATOL,
     BratsCase,
     CaseError,
+    NoCaseFound,
     discover_cases,
     load_case_images,
     read_case_volume,
@@ -127,7 +128,9 @@ def discover_scans(*roots: Path | str) -> list[Scan]:
         series = find_series(root) if root.is_dir() else []
         try:
             scans += discover_cases(root)
-        except CaseError:
+        except CaseError as error:
+            if not series and not isinstance(error, NoCaseFound):
+                raise  # its own sentence: a missing folder, a dataset.json that cannot be used ...
             if not series:
                 raise CaseError(
                     f"no BraTS case or DICOM series found under {root}: expected BraTS-named NIfTI files "
