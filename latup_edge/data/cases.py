@@ -13,7 +13,6 @@ that names the case, the file and what to do, so a batch can report a bad case a
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from collections.abc import Callable, Sequence
@@ -24,7 +23,13 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from latup_edge.data.dataset_json import DatasetDescription, DatasetJsonError, find_description, read_description
+from latup_edge.data.dataset_json import (
+    DatasetDescription,
+    DatasetJsonError,
+    find_description,
+    is_decathlon,
+    read_description,
+)
 from latup_edge.data.labels import LabelConvention, detect_convention, from_classes, to_classes
 from latup_edge.data.naming import (
     CHANNELS_NNUNET,
@@ -161,7 +166,8 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
     files of many cases side by side; folders are searched recursively, following symbolic links
     to folders and files (each real folder once, so a link cycle ends). Files that follow no
     naming convention are ignored. A case missing a modality is still returned (``missing()``
-    reports it, loading raises), so a batch can go on past it.
+    reports it, loading raises), so a batch can go on past it. nnU-Net channel files are read by the
+    ``dataset.json`` beside them or above imagesTr (``latup_edge.data.dataset_json``), else in Dataset137's order.
 
     Raises CaseError when a root does not exist, is a file, or holds no case, and when one case
     has two files for the same modality (e.g. both ``.nii`` and ``.nii.gz``).
@@ -240,12 +246,7 @@ def _description(folder: Path, read: dict[Path, DatasetDescription | None]) -> D
 
 def _decathlon_sentence(root: Path) -> str | None:
     """Why a Medical Segmentation Decathlon folder holds no case here, and what to do; None for other folders."""
-    path = find_description(root) or find_description(root / "imagesTr")
-    try:
-        declares_modality = path is not None and "modality" in json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, TypeError):
-        declares_modality = False
-    if not declares_modality:
+    if not is_decathlon(find_description(root) or find_description(root / "imagesTr")):
         return None
     return (
         f"{root} is a Medical Segmentation Decathlon folder (one 4-D file of all modalities per case): split it "

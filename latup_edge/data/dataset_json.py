@@ -70,6 +70,14 @@ def find_description(folder: Path) -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
+def is_decathlon(path: Path | None) -> bool:
+    """Whether a dataset.json is the Medical Segmentation Decathlon's own (``modality``: its cases are 4-D files)."""
+    try:
+        return path is not None and "modality" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
+
+
 def read_description(path: Path) -> DatasetDescription:
     """Read a dataset.json; DatasetJsonError (one sentence) if it is unreadable or not a BraTS description."""
     try:
