@@ -1,13 +1,31 @@
 """Shared by the test files: a narrow LATUP-Net (and its float ONNX), and a few phantom cases generated once
-per session."""
+per session, and the benchmark scripts as modules."""
 
+import importlib.util
+import sys
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 from latup_edge.models import LATUPNet, LATUPNetConfig
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module; registered only while it loads (a dataclass looks its module up)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
+
 
 # What the tests run: the full network's code paths at base_filters=4.
 NARROW = LATUPNetConfig(base_filters=4)

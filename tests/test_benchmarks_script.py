@@ -1,30 +1,16 @@
 """benchmarks/latency_and_drift.py: its MONAI baseline is the network itself when one window covers the volume."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from conftest import narrow_network
+from conftest import benchmark_script, narrow_network
 
 pytest.importorskip("monai")
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_and_drift.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    """The script as a module (registered while loading: its dataclass looks its module up)."""
-    spec = importlib.util.spec_from_file_location("latency_and_drift", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
+    return benchmark_script("latency_and_drift")
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,12 @@
 """benchmarks/core_share_flag.py: a missed core is told from a found one, and the candidate's hits and false
 alarms are counted on the labels segment writes."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "core_share_flag.py"
+from conftest import benchmark_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("core_share_flag", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return benchmark_script("core_share_flag")
 
 
 def _case(predicted_core: bool) -> dict:

@@ -1,15 +1,10 @@
 """benchmarks/coreless_components.py: its cache never hands one bundle's or one folder's predictions to another."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "coreless_components.py"
+from conftest import benchmark_script
 
 
 def test_cached_predictions_are_kept_apart_by_bundle_precision_and_folder(tmp_path):
-    spec = importlib.util.spec_from_file_location("coreless_components", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("coreless_components")
     bundles = []
     for name in ("shipped", "candidate"):
         bundle = tmp_path / name

@@ -1,16 +1,11 @@
 """benchmarks/postprocess_rules.py: its cache of raw labels never hands one folder's case to another."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-from conftest import narrow_network
+from conftest import benchmark_script, narrow_network
 
 from latup_edge.data.cases import discover_cases, load_case_images
 from latup_edge.data.phantom import NARROW, write_phantoms
 from latup_edge.models.checkpoint import save_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "postprocess_rules.py"
 
 
 def fake_network(images, forward, **options) -> np.ndarray:
@@ -20,9 +15,7 @@ def fake_network(images, forward, **options) -> np.ndarray:
 
 
 def test_cached_labels_are_kept_apart_by_folder(two_phantoms, tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("postprocess_rules", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("postprocess_rules")
     monkeypatch.setattr(script, "predict_classes", fake_network)
     monkeypatch.setattr("latup_edge.deploy.export.export_onnx", lambda model, path: path)
     monkeypatch.setattr("latup_edge.runtime.openvino_backend.OpenVINOModel", lambda path, precision: None)

@@ -1,18 +1,15 @@
 """benchmarks/runtime_speed.py: stage tables and Dice from real segment runs, before/after from two checkouts."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-from conftest import narrow_network
+from conftest import benchmark_script, narrow_network
 from test_segment import write_case
 
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "runtime_speed.py"
 
 
 def test_the_runtime_benchmark_reads_its_stages_from_segment_logs(tmp_path, capsys):
@@ -20,9 +17,7 @@ def test_the_runtime_benchmark_reads_its_stages_from_segment_logs(tmp_path, caps
     bundle = compile_bundle(onnx, onnx, tmp_path / "bundle", probe_shape=(1, 3, 16, 16, 16), repeats=1)
     for index in (1, 2, 3):
         write_case(tmp_path / "cases", f"BraTS2021_0000{index}", seed=index)
-    spec = importlib.util.spec_from_file_location("runtime_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("runtime_speed")
     out = tmp_path / "speed.json"
     # "before" runs the same command from another checkout: this one, here, so it must agree.
     args = ["--bundle", str(bundle), "--cases", str(tmp_path / "cases"), "--precision", "fp32", "--threads", "1"]
@@ -38,4 +33,3 @@ def test_the_runtime_benchmark_reads_its_stages_from_segment_logs(tmp_path, caps
     assert rows[0]["agreement_with_first"] == {"WT": 1.0, "TC": 1.0, "ET": 1.0}  # its own labels
     assert rows[0]["shape_policy"] == "exact" and rows[0]["tree"] == str(ROOT)
     assert "| before |" in capsys.readouterr().out
-    sys.modules.pop("runtime_speed", None)

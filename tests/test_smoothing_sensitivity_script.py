@@ -1,18 +1,11 @@
 """benchmarks/smoothing_sensitivity.py: a thick-slice condition changes one modality, along one axis."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "smoothing_sensitivity.py"
+from conftest import benchmark_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("smoothing_sensitivity", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return benchmark_script("smoothing_sensitivity")
 
 
 def test_thick_changes_one_modality_along_one_axis():
