@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from test_cases import CLASSES, SHAPE, write_nifti
 
-from latup_edge.data.cases import CaseError, discover_cases, load_case_images, load_case_labels
+from latup_edge.data.cases import (
+    CaseError,
+    channel_order_warnings,
+    discover_cases,
+    load_case_images,
+    load_case_labels,
+)
 from latup_edge.data.dataset_json import DatasetJsonError, read_description
 from latup_edge.data.labels import CLASS_VALUES, detect_convention, from_classes, to_classes
 from latup_edge.runtime.segment import output_convention
@@ -147,9 +153,7 @@ def test_segment_gives_the_decathlon_sentence_too(tmp_path):
         discover_scans(root / "imagesTr")
 
 
-def test_segment_warns_where_the_channel_order_is_assumed(tmp_path):
-    from latup_edge.runtime.segment import channel_order_warnings
-
+def test_a_warning_names_each_folder_whose_channel_order_is_assumed(tmp_path):
     assumed = nnunet_dataset(tmp_path / "copied", None)
     described = nnunet_dataset(tmp_path / "Dataset001", DATASET001)
     (warning,) = channel_order_warnings(discover_cases(assumed, described))

@@ -255,7 +255,7 @@ def evaluate(
     Pass the standard held-out set and the independent set side by side, e.g.
     ``latup-edge evaluate heldout independent``.
     """
-    from latup_edge.data.cases import discover_cases
+    from latup_edge.data.cases import channel_order_warnings, discover_cases
     from latup_edge.models.checkpoint import load_model
     from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
     from latup_edge.runtime.volume import mirror_axes, mirror_name, mirrored, torch_forward
@@ -266,6 +266,8 @@ def evaluate(
         raise typer.BadParameter("must be torch or openvino", param_hint="--backend")
     axes = mirror_axes(mirror)  # an unknown mirroring is refused before any work
     folders = {str(folder): discover_cases(folder) for folder in data_dirs}
+    for warning in channel_order_warnings([case for cases in folders.values() for case in cases]):
+        err_console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
     model = load_model(weights)
     with tempfile.TemporaryDirectory(prefix="latup-evaluate-") as work:
         if backend == "openvino":

@@ -233,6 +233,19 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
     return sorted(cases, key=lambda case: (case.case_id, str(case.folder), case.naming))
 
 
+def channel_order_warnings(cases: Sequence[object]) -> list[str]:
+    """One warning per folder of nnU-Net channel files without a dataset.json: their order was assumed."""
+    folders = sorted(
+        {str(c.folder) for c in cases if isinstance(c, BratsCase) and c.naming == "nnunet" and not c.description}
+    )
+    return [
+        f"{folder} holds nnU-Net channel files but no dataset.json: read in Dataset137's order (0000 T1, 0001 T1ce, "
+        "0002 T2, 0003 FLAIR; labels 1 oedema, 2 necrosis, 3 ET); if the dataset has another, put its dataset.json "
+        "beside the files or above imagesTr"
+        for folder in folders
+    ]
+
+
 def _description(folder: Path, read: dict[Path, DatasetDescription | None]) -> DatasetDescription | None:
     """The dataset.json of an nnU-Net folder, read once per folder; CaseError if it cannot be used."""
     if folder not in read:

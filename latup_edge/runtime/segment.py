@@ -36,6 +36,7 @@ from nibabel.filebasedimages import ImageFileError
 from latup_edge.data.cases import (
     BratsCase,
     CaseError,
+    channel_order_warnings,
     image_on_grid,
     save_label_map,
     save_nifti,
@@ -178,19 +179,6 @@ def output_convention(case: Scan) -> LabelConvention:
         return detect_convention(np.asanyarray(nib.load(case.seg).dataobj), default=by_naming)
     except (OSError, EOFError, ValueError, ImageFileError):
         return by_naming
-
-
-def channel_order_warnings(cases: Sequence[Scan]) -> list[str]:
-    """One warning per folder of nnU-Net channel files without a dataset.json: their order was assumed."""
-    folders = sorted(
-        {str(c.folder) for c in cases if isinstance(c, BratsCase) and c.naming == "nnunet" and not c.description}
-    )
-    return [
-        f"{folder} holds nnU-Net channel files but no dataset.json: read in Dataset137's order (0000 T1, 0001 T1ce, "
-        "0002 T2, 0003 FLAIR; labels 1 oedema, 2 necrosis, 3 ET); if the dataset has another, put its dataset.json "
-        "beside the files or above imagesTr"
-        for folder in folders
-    ]
 
 
 def check_output_folder(folder: Path) -> None:
