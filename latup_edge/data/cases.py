@@ -269,12 +269,13 @@ def _decathlon_sentence(root: Path) -> str | None:
 
 
 def _missing_modalities(case: BratsCase, missing: Sequence[str]) -> CaseError:
+    remedy = "add the file or leave this case out"
     try:
         path = case.expected_path(missing[0])
     except ValueError:  # the dataset.json names no channel for it
-        path = case.description.path if case.description else None
+        path, remedy = case.description.path if case.description else None, "add that channel and name it there"
     return CaseError(
-        f"case {case.case_id}: {case.missing_sentence(missing)}: add the file or leave this case out",
+        f"case {case.case_id}: {case.missing_sentence(missing)}: {remedy}",
         case_id=case.case_id,
         path=path,
     )

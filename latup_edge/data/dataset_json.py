@@ -138,7 +138,8 @@ def _class_values(path: Path, labels: dict) -> tuple[int, ...]:
         if class_index is None or not isinstance(value, int):
             raise DatasetJsonError(
                 f"{path} declares the label {name!r} ({value!r}), which is none of background, necrosis or "
-                "non-enhancing tumour, oedema and enhancing tumour: latup-edge cannot score or write it"
+                "non-enhancing tumour, oedema and enhancing tumour: latup-edge cannot score or write it, so map it to "
+                "background (0) in the label files and drop it from the labels entry"
             )
         found[class_index] = value
     if sorted(found) != [0, 1, 2, 3]:
