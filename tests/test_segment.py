@@ -178,8 +178,14 @@ def test_a_case_without_labels_follows_its_naming(tmp_path):
     write_case(tmp_path, "BraTS-GLI-00009-000", "2023", seg=False)
     write_case(tmp_path, "BraTS2021_00009", "2021", seg=False)
     write_case(tmp_path, "BraTS2021_00010", "2021", seed=4)
+    write_case(tmp_path, "BraTS_00011", "nnunet", seg=False)  # nnU-Net's BraTS order: 1 oedema, 2 necrosis
     conventions = {case.case_id: output_convention(case) for case in discover_cases(tmp_path)}
-    assert conventions == {"BraTS-GLI-00009-000": "2023", "BraTS2021_00009": "2021", "BraTS2021_00010": "2021"}
+    assert conventions == {
+        "BraTS-GLI-00009-000": "2023",
+        "BraTS2021_00009": "2021",
+        "BraTS2021_00010": "2021",
+        "BraTS_00011": "nnunet",
+    }
 
 
 def test_the_real_phantom_grid_is_kept(bundle, two_phantoms, tmp_path):
