@@ -103,8 +103,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.work.exists() and any(args.work.iterdir()):
         parser.error(f"{args.work} is not empty")
-    cases = discover_cases(args.source)[: args.n]
-    layouts = {"BraTS": args.source if len(cases) == len(discover_cases(args.source)) else None}
+    found = discover_cases(args.source)
+    cases = found[: args.n]
+    layouts = {"BraTS": args.source if len(cases) == len(found) else None}
     if layouts["BraTS"] is None:  # only the first N: links to their folders
         (args.work / "brats").mkdir(parents=True)
         for case in cases:

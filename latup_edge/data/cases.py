@@ -86,17 +86,6 @@ class BratsCase:
         channels = self.description.channels if self.description else CHANNELS_NNUNET
         return self.folder / case_filename(self.case_id, key, self.naming, compressed, channels)
 
-    def missing_sentence(self, missing: Sequence[str]) -> str:
-        """What is missing, in words: the expected files, or that the dataset.json names no such channel."""
-        if self.description and self.naming == "nnunet":
-            absent = [key for key in missing if key not in self.description.channels.values()]
-            if absent:
-                return (
-                    f"{self.description.path} names no {' or '.join(MODALITY_NAMES[key] for key in absent)} channel "
-                    f"(it names {', '.join(MODALITY_NAMES[k] for k in self.description.channels.values()) or 'none'})"
-                )
-        return f"{', '.join(str(self.expected_path(key)) for key in missing)} not found ({', '.join(missing)} missing)"
-
     def default_labels(self) -> LabelConvention:
         """The label convention of this case's files where its label values alone cannot tell: the dataset.json's,
         else nnU-Net's BraTS order for nnU-Net names, BraTS 2023's for 2023 names, BraTS 2021's otherwise."""
@@ -269,15 +258,22 @@ def _decathlon_sentence(root: Path) -> str | None:
 
 
 def _missing_modalities(case: BratsCase, missing: Sequence[str]) -> CaseError:
-    remedy = "add the file or leave this case out"
-    try:
-        path = case.expected_path(missing[0])
-    except ValueError:  # the dataset.json names no channel for it
-        path, remedy = case.description.path if case.description else None, "add that channel and name it there"
+    described = case.description.channels.values() if case.description and case.naming == "nnunet" else None
+    absent = [key for key in missing if described is not None and key not in described]
+    if absent:  # no file could hold it: the dataset.json names no such channel
+        return CaseError(
+            f"case {case.case_id}: {case.description.path} names no {' or '.join(MODALITY_NAMES[k] for k in absent)} "
+            f"channel (it names {', '.join(MODALITY_NAMES[k] for k in described) or 'none'}): add that channel and "
+            "name it there",
+            case_id=case.case_id,
+            path=case.description.path,
+        )
+    expected = [case.expected_path(key) for key in missing]
     return CaseError(
-        f"case {case.case_id}: {case.missing_sentence(missing)}: {remedy}",
+        f"case {case.case_id}: {', '.join(map(str, expected))} not found ({', '.join(missing)} missing): add the "
+        "file or leave this case out",
         case_id=case.case_id,
-        path=path,
+        path=expected[0],
     )
 
 

@@ -20,7 +20,8 @@ CLASS_VALUES: dict[str, tuple[int, int, int, int]] = {
     "2023": (0, 1, 2, 3),
     "nnunet": (0, 2, 1, 3),
 }
-ET_LABEL: dict[str, int] = {"2021": 4, "2023": 3}  # the BraTS conventions, as the bundle's metadata records them
+# ET per BraTS convention, as the bundle's metadata records it.
+ET_LABEL: dict[str, int] = {convention: CLASS_VALUES[convention][3] for convention in ("2021", "2023")}
 
 
 def to_classes(labels: np.ndarray, convention: LabelConvention) -> np.ndarray:

@@ -128,15 +128,16 @@ def discover_scans(*roots: Path | str) -> list[Scan]:
         series = find_series(root) if root.is_dir() else []
         try:
             scans += discover_cases(root)
-        except CaseError as error:
-            if not series and not isinstance(error, NoCaseFound):
-                raise  # its own sentence: a missing folder, a dataset.json that cannot be used ...
+        except NoCaseFound:
             if not series:
                 raise CaseError(
                     f"no BraTS case or DICOM series found under {root}: expected BraTS-named NIfTI files "
                     "(BraTS2021_00000_flair.nii.gz ...) or DICOM files of an MR study",
                     path=root,
                 ) from None
+        except CaseError:
+            if not series:
+                raise  # its own sentence: a missing folder, a dataset.json that cannot be used ...
         scans += _studies(root, series)
     return sorted(scans, key=lambda scan: (scan.case_id, str(scan.folder)))
 
