@@ -7,7 +7,13 @@ import torch
 from safetensors.torch import save_file
 
 from latup_edge.models import LATUPNet, LATUPNetConfig
-from latup_edge.models.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from latup_edge.models.checkpoint import (
+    CheckpointError,
+    blend_checkpoints,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 NARROW = LATUPNetConfig(base_filters=4)
 
@@ -94,3 +100,60 @@ def test_missing_file_and_folder_are_refused(tmp_path):
         load_model(tmp_path / "nope.safetensors")
     with pytest.raises(CheckpointError, match="is a folder"):
         load_model(tmp_path)
+
+
+def _saved(tmp_path, name, seed, config=NARROW):
+    torch.manual_seed(seed)
+    return save_checkpoint(LATUPNet(config), tmp_path / name)
+
+
+def test_blend_is_the_weighted_sum_of_the_checkpoints(tmp_path):
+    a, b = _saved(tmp_path, "a", 0), _saved(tmp_path, "b", 1)
+    wa, wb = load_model(a).state_dict(), load_model(b).state_dict()
+    blended, provenance = blend_checkpoints([a, b], [0.25, 0.75])
+    for name, value in blended.state_dict().items():
+        torch.testing.assert_close(value, 0.25 * wa[name] + 0.75 * wb[name], rtol=1e-6, atol=1e-7)
+    assert [s["coefficient"] for s in provenance["blend"]] == [0.25, 0.75]
+    assert provenance["blend"][0]["sha256"] == read_checkpoint(a)[2]["sha256"]
+    # (1, 0) gives the first checkpoint back exactly; no coefficients means equal ones
+    first, _ = blend_checkpoints([a, b], [1.0, 0.0])
+    assert all(torch.equal(v, wa[k]) for k, v in first.state_dict().items())
+    mean, provenance = blend_checkpoints([a, b])
+    assert [s["coefficient"] for s in provenance["blend"]] == [0.5, 0.5]
+    torch.testing.assert_close(mean.state_dict()["head.weight"], (wa["head.weight"] + wb["head.weight"]) / 2)
+
+
+@pytest.mark.parametrize(
+    ("coefficients", "message"),
+    [([0.5], "1 coefficients for 2 checkpoints"), ([0.7, 0.7], "sum to 1"), ([1.5, -0.5], ">= 0")],
+)
+def test_blend_refuses_bad_coefficients(tmp_path, coefficients, message):
+    a, b = _saved(tmp_path, "a", 0), _saved(tmp_path, "b", 1)
+    with pytest.raises(CheckpointError, match=message):
+        blend_checkpoints([a, b], coefficients)
+
+
+def test_blend_refuses_one_checkpoint_and_two_networks(tmp_path):
+    a, wide = _saved(tmp_path, "a", 0), _saved(tmp_path, "wide", 0, LATUPNetConfig(base_filters=8))
+    with pytest.raises(CheckpointError, match="at least two"):
+        blend_checkpoints([a])
+    with pytest.raises(CheckpointError, match="another network"):
+        blend_checkpoints([a, wide])
+
+
+def test_blend_command_writes_a_loadable_checkpoint_with_its_sources(tmp_path):
+    from typer.testing import CliRunner
+
+    from latup_edge.cli import app
+
+    a, b = _saved(tmp_path, "a", 0), _saved(tmp_path, "b", 1)
+    out = tmp_path / "blend"
+    result = CliRunner().invoke(app, ["blend", str(a), str(b), "-o", str(out), "--coefficients", "0.75,0.25", "--json"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.stdout)
+    assert written["output"] == str(out / "blend.safetensors")
+    assert [s["coefficient"] for s in written["blend"]] == [0.75, 0.25]
+    assert read_checkpoint(out / "blend.safetensors")[2]["blend"] == written["blend"]
+    load_model(out / "blend.safetensors")
+    refused = CliRunner().invoke(app, ["blend", str(a), str(b), "-o", str(out), "--coefficients", "1,x"])
+    assert refused.exit_code != 0 and "separated by commas" in refused.output

@@ -234,6 +234,34 @@ def train(
     )
 
 
+@command("blend")
+def blend(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoints of one network, e.g. a model and its fine-tunes.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for blend.safetensors and its JSON.")],
+    coefficients: Annotated[
+        str, typer.Option(help="One weight per checkpoint, comma-separated, >= 0, summing to 1 (default: equal).")
+    ] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Average checkpoints in weight space (WiSE-FT, model soups): sum of coefficient x weights."""
+    from latup_edge.models.checkpoint import blend_checkpoints, save_checkpoint
+
+    try:
+        weights = [float(c) for c in coefficients.split(",")] if coefficients else None
+    except ValueError:
+        raise typer.BadParameter(f"must be numbers separated by commas, got {coefficients!r}") from None
+    model, provenance = blend_checkpoints(checkpoints, weights)
+    path = save_checkpoint(model, output / "blend", provenance)
+    result = {"output": str(path), **provenance}
+    if as_json:
+        print_json(result)
+        return
+    rows = [(source["path"], f"{source['coefficient']:.4f}", source["sha256"][:16]) for source in provenance["blend"]]
+    print_table(f"Blend written to {path}", ("checkpoint", "coefficient", "sha256"), rows)
+
+
 @command("evaluate")
 def evaluate(
     data_dirs: Annotated[

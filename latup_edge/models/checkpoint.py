@@ -114,3 +114,35 @@ def _config_from_dict(values: dict[str, Any], path: Path) -> LATUPNetConfig:
         return LATUPNetConfig(**values)
     except TypeError as error:
         raise CheckpointError(f"{path} has an invalid network config: {error}") from None
+
+
+def blend_checkpoints(paths: list[Path], coefficients: list[float] | None = None) -> tuple[LATUPNet, dict[str, Any]]:
+    """The weight-space blend sum_i c_i * theta_i of checkpoints of one network, and its provenance.
+
+    Blending a model with its own fine-tunes (WiSE-FT; "model soups", Wortsman et al. 2022) is meant
+    for checkpoints that share a starting point; ``coefficients`` (default: equal) are >= 0 and sum to 1.
+    """
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise CheckpointError("a blend needs at least two checkpoints")
+    coefficients = list(coefficients) if coefficients is not None else [1.0 / len(paths)] * len(paths)
+    if len(coefficients) != len(paths):
+        raise CheckpointError(f"{len(coefficients)} coefficients for {len(paths)} checkpoints: give one each")
+    if min(coefficients) < 0 or abs(sum(coefficients) - 1.0) > 1e-6:
+        raise CheckpointError(f"coefficients {coefficients} must be >= 0 and sum to 1")
+    models = [load_model(path) for path in paths]  # each checked against the network its config describes
+    for path, model in zip(paths[1:], models[1:], strict=True):
+        if model.config != models[0].config:
+            raise CheckpointError(f"{path} describes another network than {paths[0]}: blend only one network's weights")
+    states = [model.state_dict() for model in models]
+    blended = {
+        name: sum(c * state[name].double() for c, state in zip(coefficients, states, strict=True)).float()
+        for name in states[0]
+    }
+    model = LATUPNet(models[0].config)
+    model.load_state_dict(blended)
+    sources = [
+        {"path": str(path), "sha256": sha256_file(path), "coefficient": c}
+        for path, c in zip(paths, coefficients, strict=True)
+    ]
+    return model.eval(), {"blend": sources}
