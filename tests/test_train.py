@@ -1,5 +1,6 @@
 """Training: the paper's loss, and a narrow network that learns on two small phantoms."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -237,3 +238,38 @@ def test_activation_noise_perturbs_training_only_and_repeats_with_the_seed(two_p
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
     assert json.loads((loud / "last.json").read_text())["settings"]["activation_noise"] == 0.05
+
+
+def test_averaged_weights_are_the_mean_over_the_steps_after_average_from_and_survive_a_resume(two_phantoms, tmp_path):
+    settings = TrainingSettings(
+        patch=32,
+        steps_per_epoch=1,
+        lr=3e-3,
+        lr_schedule="constant",
+        l2=0.0,
+        val_cases=0,
+        seed=13,
+        base_filters=4,
+        precision="fp32",
+        average_from=1,
+    )
+    run, weights = tmp_path / "run", []
+    for step in (1, 2, 3, 4):  # one step at a time, each run resumed: the average must carry over
+        state = train(two_phantoms, run, dataclasses.replace(settings, epochs=step), resume=step > 1)
+        weights.append(load_model(run / "last.safetensors").state_dict())
+    assert (state.step, state.averaged) == (4, 3)
+
+    # The weights after steps 2, 3 and 4 are averaged, step 1's are not.
+    average = load_model(run / "average.safetensors").state_dict()
+    for name, value in average.items():
+        expected = torch.stack([w[name] for w in weights[1:]]).mean(0)
+        assert torch.allclose(value, expected, atol=1e-6, rtol=1e-5), name
+    assert any(not torch.allclose(average[k], weights[-1][k]) for k in average)
+    provenance = json.loads((run / "average.json").read_text())
+    assert provenance["averaged_steps"] == [2, 4] and provenance["settings"]["average_from"] == 1
+
+
+def test_without_average_from_no_average_is_written(two_phantoms, tmp_path):
+    settings = TrainingSettings(patch=32, epochs=1, steps_per_epoch=2, l2=0.0, val_cases=0, seed=13, base_filters=4)
+    state = train(two_phantoms, tmp_path / "run", settings)
+    assert state.averaged == 0 and not (tmp_path / "run" / "average.safetensors").exists()

@@ -101,6 +101,14 @@ def train(
     init_from: Annotated[
         Path | None, typer.Option(help="Start from this checkpoint's weights (fine-tuning), fresh optimizer.")
     ] = None,
+    average_from: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Also keep average.safetensors, the mean of the weights after every step past this one "
+            "(stochastic weight averaging; pair it with --lr-schedule constant).",
+        ),
+    ] = None,
     statistics: Annotated[
         str, typer.Option(help="InstanceNorm/SE statistics over the brain (default) or the whole input (paper).")
     ] = "brain",
@@ -193,6 +201,7 @@ def train(
         threads=threads or None,
         base_filters=base_filters,
         init_from=str(init_from) if init_from else None,
+        average_from=average_from,
         statistics=statistics,
         normalization=normalization,
         augmentation=augmentation,
@@ -232,6 +241,8 @@ def train(
         f"Done: {state.step} steps in {state.seconds / 60:.1f} min; best epoch {state.best_epoch} "
         f"-> {output / 'best.safetensors'}"
     )
+    if state.averaged:
+        console.print(f"Averaged over the last {state.averaged} steps -> {output / 'average.safetensors'}")
 
 
 @command("blend")

@@ -1,8 +1,9 @@
 """The training loop: Adam on the paper's loss, per-region validation Dice each epoch, checkpoints.
 
 A run folder holds ``last.safetensors`` (every epoch, and where a time limit stopped the run),
-``best.safetensors`` (best mean validation Dice), each with its JSON sidecar, ``optimizer.safetensors``
-and ``state.json`` for ``resume``. Every step seeds its own random streams from (seed, step)
+``best.safetensors`` (best mean validation Dice), ``average.safetensors`` when the run averages its
+weights (``average_from``), each with its JSON sidecar, ``optimizer.safetensors`` and ``state.json`` for
+``resume``. Every step seeds its own random streams from (seed, step)
 (``batches.py``), so a resumed run continues exactly as an uninterrupted one would, from an epoch's end
 or from the middle of one, and any number of sampling workers draws the same batches.
 """
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel
 
 from latup_edge.data.cases import discover_cases
 from latup_edge.data.labels import region_masks
@@ -35,6 +37,8 @@ from latup_edge.train.loss import cross_entropy, l2_penalty, weighted_dice_loss
 from latup_edge.train.noise import activation_noise
 from latup_edge.train.sampling import TrainingCase, load_training_case
 
+# oneDNN's 3-D convolutions train ~1.25x faster channels-last on the CPU (benchmarks/train_step.py).
+MEMORY_FORMAT = torch.channels_last_3d
 Precision = Literal["auto", "bf16", "fp32"]
 Schedule = Literal["poly", "constant"]
 Event = dict[str, Any]
@@ -62,6 +66,8 @@ class TrainingSettings:
     threads: int | None = None
     base_filters: int = 32
     init_from: str | None = None  # a checkpoint to fine-tune from (fresh optimizer)
+    # Stochastic weight averaging: the mean of the weights after every step past this one (None: off).
+    average_from: int | None = None
     # Brain-only InstanceNorm/SE statistics and z-scores inside the brain: docs/GENERALISATION.md.
     statistics: str = "brain"
     normalization: str = "zscore-brain"
@@ -75,6 +81,7 @@ class TrainingState:
     best_score: float = -1.0
     best_epoch: int = -1
     seconds: float = 0.0
+    averaged: int = 0  # weight sets in average.safetensors
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -165,13 +172,14 @@ def train(
     config = LATUPNetConfig(
         base_filters=settings.base_filters, statistics=settings.statistics, normalization=settings.normalization
     )
-    model = LATUPNet(config).to(device)
+    model = LATUPNet(config).to(device, memory_format=MEMORY_FORMAT)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
     if settings.init_from:
         model.load_state_dict(load_model(settings.init_from).state_dict())
     state = TrainingState()
     if resume:
         state = _restore(out_dir, model, optimizer, settings)
+    average = _restore_average(out_dir, model, state) if settings.average_from is not None else None
     provenance = {
         "data": str(Path(data_dir).resolve()),
         "train_cases": train_ids,
@@ -203,6 +211,9 @@ def train(
                 loss = _step(model, optimizer, *next(batches), settings, device, bf16)
                 losses.append(loss)
                 state.step += 1
+                if average is not None and state.step > settings.average_from:
+                    average.update_parameters(model)
+                    state.averaged += 1
                 report({"event": "step", "step": state.step, "total": total_steps, "loss": loss})
                 if deadline is not None and time.perf_counter() > deadline and state.step < total_steps:
                     state.seconds += time.perf_counter() - started
@@ -213,7 +224,7 @@ def train(
                         "train_seconds": round(state.seconds, 1),
                         "stopped": "time limit",
                     }
-                    _save_last(out_dir, model, optimizer, state, info)
+                    _save_last(out_dir, model, optimizer, state, info, average)
                     report({"event": "stopped", "step": state.step, "total": total_steps, "minutes": max_minutes})
                     return state
             metrics = validation_dice(model, val_set, bf16) if val_set else {}
@@ -240,7 +251,7 @@ def train(
                 "val_dice": metrics,
                 "history": state.history,
             }
-            _save_last(out_dir, model, optimizer, state, info)
+            _save_last(out_dir, model, optimizer, state, info, average)
             if improved:
                 save_checkpoint(model, out_dir / "best.safetensors", info)
             report(
@@ -257,7 +268,7 @@ def train(
 
 
 def _step(model, optimizer, images: np.ndarray, classes: np.ndarray, settings, device, bf16: bool) -> float:
-    x = torch.from_numpy(images).to(device)
+    x = torch.from_numpy(images).to(device, memory_format=MEMORY_FORMAT)
     y = torch.from_numpy(classes).to(device)
     optimizer.zero_grad(set_to_none=True)
     with (
@@ -275,9 +286,19 @@ def _step(model, optimizer, images: np.ndarray, classes: np.ndarray, settings, d
     return float(loss.detach())
 
 
-def _save_last(out_dir: Path, model: LATUPNet, optimizer: torch.optim.Adam, state: TrainingState, info: dict) -> None:
-    """What ``resume`` reads: the weights, the optimizer and the state, where the run is now."""
+def _save_last(
+    out_dir: Path,
+    model: LATUPNet,
+    optimizer: torch.optim.Adam,
+    state: TrainingState,
+    info: dict,
+    average: AveragedModel | None = None,
+) -> None:
+    """What ``resume`` reads: the weights, their average so far, the optimizer and the state, where the run is now."""
     save_checkpoint(model, out_dir / "last.safetensors", info)
+    if average is not None and state.averaged:
+        steps = [state.step - state.averaged + 1, state.step]
+        save_checkpoint(average.module, out_dir / "average.safetensors", {**info, "averaged_steps": steps})
     _save_optimizer(out_dir, optimizer, state)
 
 
@@ -308,3 +329,12 @@ def _restore(out_dir: Path, model: LATUPNet, optimizer: torch.optim.Adam, settin
     if state.epoch >= settings.epochs:
         raise LatupError(f"{out_dir} already finished {state.epoch} epochs; raise --epochs to train further")
     return state
+
+
+def _restore_average(out_dir: Path, model: LATUPNet, state: TrainingState) -> AveragedModel:
+    """The running weight average: a fresh one, or the saved one where a resumed run had started averaging."""
+    average = AveragedModel(model)
+    if state.averaged:
+        average.module.load_state_dict(load_model(out_dir / "average.safetensors").state_dict())
+        average.n_averaged.fill_(state.averaged)
+    return average
