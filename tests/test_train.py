@@ -273,3 +273,18 @@ def test_without_average_from_no_average_is_written(two_phantoms, tmp_path):
     settings = TrainingSettings(patch=32, epochs=1, steps_per_epoch=2, l2=0.0, val_cases=0, seed=13, base_filters=4)
     state = train(two_phantoms, tmp_path / "run", settings)
     assert state.averaged == 0 and not (tmp_path / "run" / "average.safetensors").exists()
+
+
+def test_the_train_command_keeps_the_average_it_is_asked_for(two_phantoms, tmp_path):
+    from typer.testing import CliRunner
+
+    from latup_edge.cli import app
+
+    run = tmp_path / "run"
+    flags = ["--patch", "32", "--epochs", "1", "--steps-per-epoch", "3", "--base-filters", "4", "--val-cases", "0"]
+    result = CliRunner().invoke(
+        app, ["train", str(two_phantoms), "-o", str(run), *flags, "--lr-schedule", "constant", "--average-from", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Averaged over the last 2 steps" in result.output
+    assert json.loads((run / "average.json").read_text())["averaged_steps"] == [2, 3]
