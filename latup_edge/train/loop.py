@@ -37,7 +37,7 @@ from latup_edge.train.loss import cross_entropy, l2_penalty, weighted_dice_loss
 from latup_edge.train.noise import activation_noise
 from latup_edge.train.sampling import TrainingCase, load_training_case
 
-# oneDNN's 3-D convolutions train ~1.25x faster channels-last on the CPU (benchmarks/train_step.py).
+# oneDNN's 3-D convolutions train ~1.2x faster channels-last on the CPU (benchmarks/train_step.py).
 MEMORY_FORMAT = torch.channels_last_3d
 Precision = Literal["auto", "bf16", "fp32"]
 Schedule = Literal["poly", "constant"]
