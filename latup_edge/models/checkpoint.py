@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from latup_edge.errors import LatupError
 from latup_edge.fileio import atomic_write, sha256_file
@@ -40,7 +40,8 @@ def save_checkpoint(model: LATUPNet, path: Path, provenance: dict[str, Any] | No
     path.parent.mkdir(parents=True, exist_ok=True)
     config = json.dumps(model.config.to_dict(), sort_keys=True)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "config": config}))
+    data = _canonical_safetensors(tensors, {"format": FORMAT, "config": config})
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
     sidecar = {
         "format": FORMAT,
         "weights": path.name,
@@ -52,6 +53,21 @@ def save_checkpoint(model: LATUPNet, path: Path, provenance: dict[str, Any] | No
     text = json.dumps(sidecar, indent=2, default=str) + "\n"
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
     return path
+
+
+def _canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the header's metadata keys sorted: the same weights always give the same sha256.
+
+    safetensors (0.8) writes ``__metadata__`` in a random order (safetensors#584), so two saves of one model
+    could differ in their hash; tensor offsets count from the end of the header, so reordering it is safe.
+    """
+    raw = save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the header's padding, as safetensors aligns it
+    return len(text).to_bytes(8, "little") + text + raw[8 + size :]
 
 
 def read_checkpoint(path: Path) -> tuple[LATUPNetConfig, dict[str, torch.Tensor], dict[str, Any]]:
