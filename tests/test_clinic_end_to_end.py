@@ -67,3 +67,20 @@ def test_a_dicom_study_segments_on_its_t1ce_grid_as_well_as_brats_ready(two_phan
     seg = read_dicom_seg(tmp_path / "out-dicom" / f"{entry['case_id']}_seg.dcm", t1ce)
     np.testing.assert_array_equal(seg.transpose(2, 1, 0), native)
     assert entry["volumes_ml"]["WT"] == pytest.approx((native > 0).sum() * 0.9 * 0.9 * 1.0 / 1000, abs=0.01)
+
+    # The same study as a scanner exporting enhanced files: T1ce and FLAIR one multi-frame file each, frames shuffled.
+    write_clinic_study(
+        images, labels, tmp_path / "scans-multiframe", seed=3, patient_id="P0042", multiframe=("t1ce", "flair")
+    )
+    enhanced = segment_cases(
+        [tmp_path / "scans-multiframe"], tmp_path / "out-multiframe", settings, predictor=predictor
+    )
+    assert enhanced["summary"]["ok"] == 1, json.dumps(enhanced["failures"])
+    same = to_classes(
+        np.asanyarray(nib.load(tmp_path / "out-multiframe" / f"{entry['case_id']}.nii.gz").dataobj), "2021"
+    )
+    np.testing.assert_array_equal(same, native)  # the frames decode to the very voxels of the single-frame files
+    t1ce = next(s for s in find_series(tmp_path / "scans-multiframe") if s.description.startswith("AX T1"))
+    assert t1ce.frames
+    seg = read_dicom_seg(tmp_path / "out-multiframe" / f"{entry['case_id']}_seg.dcm", t1ce)
+    np.testing.assert_array_equal(seg.transpose(2, 1, 0), native)

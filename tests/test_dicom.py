@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.uid import JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from latup_edge.scans.dicom import (
     DicomError,
@@ -22,7 +24,7 @@ from latup_edge.scans.dicom import (
     read_series,
     told_by_contrast_agent,
 )
-from latup_edge.scans.dicom_write import StudyInfo, write_localizer, write_series
+from latup_edge.scans.dicom_write import StudyInfo, compress_files, write_localizer, write_multiframe, write_series
 
 SIZE = (32, 30, 24)  # x (columns), y (rows), slices
 
@@ -343,3 +345,97 @@ def test_each_slice_keeps_its_own_rescale(tmp_path):
     rescaled.save_as(files[3])
     values = sitk.GetArrayFromImage(read_series(find_series(tmp_path)[0]))[:, 0, 0]
     assert values.tolist() == [100.0] * 3 + [205.0] + [100.0] * 8
+
+
+def _assert_same_volume(read: sitk.Image, expected: sitk.Image) -> None:
+    np.testing.assert_allclose(read.GetOrigin(), expected.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(read.GetSpacing(), expected.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(read.GetDirection(), expected.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(expected))
+
+
+@pytest.mark.parametrize("orientation", ["sagittal", "oblique"])
+def test_a_multiframe_file_in_any_frame_order_reads_as_its_single_frame_series(tmp_path, orientation):
+    image = _image(DIRECTIONS[orientation], (1.2, 0.8, 2.5))
+    study = StudyInfo.new("P", seed=1)
+    files = write_series(image, tmp_path / "single", description="T1 MPRAGE POST", series_number=7, study=study)
+    (tmp_path / "multi").mkdir()
+    write_multiframe(files, tmp_path / "multi" / "volume.dcm", seed=1, shuffle_seed=3)
+    (series,) = find_series(tmp_path / "multi")
+    assert series.skip_reason is None
+    assert (series.n_slices, series.rows, series.columns) == (SIZE[2], SIZE[1], SIZE[0])
+    assert list(series.frames) != sorted(series.frames)  # the file's frame order is not the slices' order
+    assert series.description.startswith("T1 MPRAGE POST")
+    _assert_same_volume(read_series(series), read_series(find_series(tmp_path / "single")[0]))
+
+
+def test_each_frame_keeps_its_own_rescale(tmp_path):
+    image = sitk.GetImageFromArray(np.full((12, 8, 8), 100, np.float32))
+    files = write_series(
+        image, tmp_path / "single", description="t2", series_number=2, study=StudyInfo.new("P", seed=6)
+    )
+    rescaled = pydicom.dcmread(files[3])
+    rescaled.RescaleSlope, rescaled.RescaleIntercept = "2", "5"
+    files[3].unlink()
+    rescaled.save_as(files[3])
+    (tmp_path / "multi").mkdir()
+    write_multiframe(files, tmp_path / "multi" / "volume.dcm", shuffle_seed=0)
+    values = sitk.GetArrayFromImage(read_series(find_series(tmp_path / "multi")[0]))[:, 0, 0]
+    assert values.tolist() == [100.0] * 3 + [205.0] + [100.0] * 8
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax", [RLELossless, JPEGLSLossless, JPEGLosslessSV1], ids=["RLE", "JPEG-LS", "JPEG-lossless"]
+)
+@pytest.mark.parametrize("form", ["single-frame", "multi-frame"])
+def test_a_losslessly_compressed_series_reads_as_the_uncompressed_one(tmp_path, transfer_syntax, form):
+    image = _image(DIRECTIONS["coronal"], (1.0, 1.0, 4.0))
+    files = write_series(
+        image, tmp_path / "plain", description="COR T2", series_number=3, study=StudyInfo.new("P", seed=2)
+    )
+    (tmp_path / "packed").mkdir()
+    if form == "multi-frame":
+        packed = [write_multiframe(files, tmp_path / "packed" / "volume.dcm", shuffle_seed=1)]
+    else:
+        packed = [Path(shutil.copy(file, tmp_path / "packed")) for file in files]
+    compress_files(packed, transfer_syntax)
+    assert pydicom.dcmread(packed[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == transfer_syntax
+    _assert_same_volume(
+        read_series(find_series(tmp_path / "packed")[0]), read_series(find_series(tmp_path / "plain")[0])
+    )
+
+
+def test_multiframe_files_that_cannot_be_one_volume_are_skipped_with_their_reason(tmp_path):
+    image = _image(DIRECTIONS["axial"], (1.0, 1.0, 3.0))
+    study = StudyInfo.new("P", seed=3)
+    first = write_series(image, tmp_path / "echo1", description="AX DUAL ECHO", series_number=5, study=study, seed=3)
+    second = write_series(image, tmp_path / "echo2", description="AX DUAL ECHO", series_number=5, study=study, seed=3)
+    for file in second:  # the same series, other instances
+        echo = pydicom.dcmread(file)
+        echo.SOPInstanceUID = echo.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        echo.save_as(file)
+    (tmp_path / "echoes").mkdir()
+    write_multiframe(first + second, tmp_path / "echoes" / "volume.dcm")  # two frames at every position
+    (series,) = find_series(tmp_path / "echoes")
+    assert series.skip_reason == "several slices at one position (multiple echoes, time points or duplicates)"
+
+    bare = pydicom.dcmread(write_multiframe(first, tmp_path / "volume.dcm"))
+    del bare.PerFrameFunctionalGroupsSequence  # an old-style multi-frame file: no frame positions
+    (tmp_path / "bare").mkdir()
+    bare.save_as(tmp_path / "bare" / "volume.dcm")
+    (series,) = find_series(tmp_path / "bare")
+    assert series.skip_reason.startswith("multi-frame files without per-frame positions")
+    with pytest.raises(DicomError, match="cannot be read as a volume: multi-frame files without per-frame positions"):
+        read_series(series)
+
+
+def test_an_undecodable_multiframe_file_is_one_sentence(tmp_path):
+    files = write_series(_image(DIRECTIONS["axial"]), tmp_path / "single", description="FLAIR", series_number=4,
+                         study=StudyInfo.new("P", seed=4))  # fmt: skip
+    (tmp_path / "multi").mkdir()
+    damaged = pydicom.dcmread(write_multiframe(files, tmp_path / "multi" / "volume.dcm"))
+    damaged.PixelData = damaged.PixelData[:1000]  # a truncated transfer
+    damaged.save_as(tmp_path / "multi" / "volume.dcm")
+    (series,) = find_series(tmp_path / "multi")
+    with pytest.raises(DicomError, match=r'pixel data of series 4 "FLAIR.*volume.dcm cannot be decoded .*re-export'):
+        read_series(series)

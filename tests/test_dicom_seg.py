@@ -9,18 +9,19 @@ import SimpleITK as sitk
 
 from latup_edge.scans.dicom import DicomError, find_series, read_series
 from latup_edge.scans.dicom_seg import read_dicom_seg, write_dicom_seg
-from latup_edge.scans.dicom_write import StudyInfo, write_series
+from latup_edge.scans.dicom_write import StudyInfo, write_multiframe, write_series
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An oblique series stored in descending instance order, 24 slices of 30 x 32."""
+@pytest.fixture(scope="module", params=["single-frame", "multi-frame"])
+def reference(tmp_path_factory, request):
+    """An oblique series stored in descending instance order, 24 slices of 30 x 32; or the same series as one
+    multi-frame file whose frames are shuffled."""
     folder = tmp_path_factory.mktemp("series")
     image = sitk.GetImageFromArray(np.random.default_rng(0).normal(300, 50, (24, 30, 32)).astype(np.float32))
     a = np.radians(6.0)
     image.SetDirection([1, 0, 0, 0, np.cos(a), -np.sin(a), 0, np.sin(a), np.cos(a)])
     image.SetSpacing((0.9, 0.9, 2.0))
-    write_series(
+    files = write_series(
         image,
         folder,
         description="AX T1 +C",
@@ -29,7 +30,11 @@ def reference(tmp_path_factory):
         seed=1,
         slice_order="descending",
     )
+    if request.param == "multi-frame":
+        folder = tmp_path_factory.mktemp("multiframe")
+        write_multiframe(files, folder / "volume.dcm", seed=1, shuffle_seed=5)
     (series,) = find_series(folder)
+    assert bool(series.frames) == (request.param == "multi-frame")
     return series
 
 
@@ -79,3 +84,16 @@ def test_an_empty_case_and_bad_input(tmp_path, reference):
     (tmp_path / "junk.dcm").write_bytes(b"not a dicom file")
     with pytest.raises(DicomError, match="junk.dcm cannot be read as a DICOM SEG"):
         read_dicom_seg(tmp_path / "junk.dcm", reference)
+
+
+def test_each_seg_frame_lies_on_the_slice_it_labels(tmp_path, reference):
+    classes = _classes()
+    seg = hd.seg.segread(write_dicom_seg(classes, reference, tmp_path / "seg.dcm"))
+    image = read_series(reference)
+    assert len(seg.PerFrameFunctionalGroupsSequence) > 10
+    for item, pixels in zip(seg.PerFrameFunctionalGroupsSequence, seg.pixel_array, strict=True):
+        position = tuple(float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient)
+        index = image.TransformPhysicalPointToIndex(position)
+        assert index[:2] == (0, 0)
+        number = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        np.testing.assert_array_equal(pixels, classes[index[2]] == number)  # by geometry alone, not by frame order

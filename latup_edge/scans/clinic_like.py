@@ -15,6 +15,7 @@ labels on T1ce's own grid. Test data and benchmarks only: it never feeds trainin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from latup_edge.data.cases import BratsCase, load_case_labels
-from latup_edge.scans.dicom_write import StudyInfo, write_localizer, write_series
+from latup_edge.scans.dicom_write import StudyInfo, write_localizer, write_multiframe, write_series
 from latup_edge.scans.geometry import classes_to_native, nifti_to_sitk
 
 # (spacing mm, direction cosines as columns, slice order, slice thickness averaged) per modality.
@@ -149,11 +150,14 @@ def write_clinic_study(
     seed: int,
     patient_id: str = "P0001",
     descriptions: dict[str, str] | None = None,
+    multiframe: Sequence[str] = (),
 ) -> ClinicTruth:
     """Write the clinic series of a case as one DICOM study under ``folder`` (one subfolder a series).
 
     ``descriptions`` replaces some series' SeriesDescription (a mix-up: ``{"t1": "AX T1 MPRAGE POST GD",
-    "t1ce": "SAG T1 MPRAGE"}`` names the pre-contrast series as the post-contrast one and the reverse)."""
+    "t1ce": "SAG T1 MPRAGE"}`` names the pre-contrast series as the post-contrast one and the reverse).
+    The series of the modalities in ``multiframe`` are written as one legacy-converted enhanced MR file
+    each, with shuffled frames, as many scanners and PACS export them."""
     names = {key: acquisition["description"] for key, acquisition in ACQUISITIONS.items()} | (descriptions or {})
     series, truth = clinic_series(images, labels, seed)
     study = StudyInfo.new(patient_id=patient_id, seed=seed)
@@ -161,7 +165,11 @@ def write_clinic_study(
     for number, (key, image) in enumerate(series.items(), start=2):
         acquisition = ACQUISITIONS[key]
         target = Path(folder) / f"{number:02d}_{key}"
-        write_series(image, target, description=names[key], series_number=number, study=study,
-                     slice_order=acquisition["order"])  # fmt: skip
+        files = write_series(image, target, description=names[key], series_number=number, study=study,
+                             slice_order=acquisition["order"])  # fmt: skip
+        if key in multiframe:
+            write_multiframe(files, target / "volume.dcm", seed=seed, shuffle_seed=seed + number)
+            for file in files:
+                file.unlink()
         truth.folders[key] = target
     return truth

@@ -8,6 +8,10 @@ file (``modality_rules.json`` by default) and refuses, with one sentence, a stud
 is missing or matched twice. ``read_series`` decodes a series into a float32 ``SimpleITK.Image`` in
 physical LPS coordinates, as DICOM has them.
 
+A series may also be enhanced or legacy-converted multi-frame files (the export of many current
+scanners): each frame is then a slice, with its position, orientation, spacing and rescale read
+from the file's functional groups, and sorted and checked like single-frame slices.
+
 >>> series = find_series(Path("clinic/PAT001"))                                    # doctest: +SKIP
 >>> chosen = assign_modalities(series, load_rules())                              # doctest: +SKIP
 >>> flair = read_series(chosen["flair"])                                          # doctest: +SKIP
@@ -18,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,9 @@ class DicomSeries:
     columns: int
     skip_reason: str | None = None  # why it cannot be a model input, None when it can
     contrast_agent: str = ""  # ContrastBolusAgent: set by the scanner on series acquired after an injection
+    # Per slice (aligned with ``files``), its frame in a multi-frame file, None for a single-frame file;
+    # empty when every file is single-frame.
+    frames: tuple[int | None, ...] = ()
 
     @property
     def label(self) -> str:
@@ -103,6 +110,7 @@ class _Header:
     orientation: tuple[float, ...] | None
     position: tuple[float, ...] | None
     contrast_agent: str
+    frame: int | None = None  # this slice's frame (0-based) in a multi-frame file; None for a single-frame file
 
 
 def find_series(*roots: Path) -> list[DicomSeries]:
@@ -116,8 +124,7 @@ def find_series(*roots: Path) -> list[DicomSeries]:
     for root in roots:
         paths = [Path(root)] if Path(root).is_file() else sorted(p for p in Path(root).rglob("*") if p.is_file())
         for path in paths:
-            header = _read_header(path)
-            if header is not None:
+            for header in _read_headers(path):
                 headers.setdefault(header.series_uid, []).append(header)
     series = [_series(members) for members in headers.values()]
     return sorted(series, key=lambda s: (s.study_date, s.study_uid, _number(s.series_number), s.series_uid))
@@ -251,6 +258,8 @@ def read_series(series: DicomSeries) -> sitk.Image:
     """
     if series.skip_reason:
         raise DicomError(f"{series.label} in {series.folder} cannot be read as a volume: {series.skip_reason}")
+    if series.frames:
+        return _read_frames(series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(path) for path in series.files])
     reader.SetOutputPixelType(sitk.sitkFloat32)
@@ -317,17 +326,18 @@ _GEOMETRY_TAGS = [
 ]
 
 
-def _read_header(path: Path) -> _Header | None:
-    """The header of one file, or None when it is not a DICOM image file (or is a DICOMDIR)."""
+def _read_headers(path: Path) -> list[_Header]:
+    """The header of one file, one per frame of a multi-frame file; none when it is not a DICOM image file
+    (or is a DICOMDIR)."""
     if path.name.upper() == "DICOMDIR":
-        return None
+        return []
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError):
-        return None  # not DICOM (a readme, a thumbnail) or not readable as DICOM: ignored as the docstring says
+        return []  # not DICOM (a readme, a thumbnail) or not readable as DICOM: ignored as the docstring says
     if "SeriesInstanceUID" not in ds or ds.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":
-        return None  # a DICOMDIR under another name, or no series at all
-    return _Header(
+        return []  # a DICOMDIR under another name, or no series at all
+    header = _Header(
         path=path,
         series_uid=str(ds.SeriesInstanceUID),
         study_uid=str(ds.get("StudyInstanceUID", "")),
@@ -347,6 +357,102 @@ def _read_header(path: Path) -> _Header | None:
         position=_floats(ds.get("ImagePositionPatient"), 3),
         contrast_agent=str(ds.get("ContrastBolusAgent", "") or "").strip(),
     )
+    if header.frames == 1 or "PerFrameFunctionalGroupsSequence" not in ds:
+        return [header]  # a multi-frame file without functional groups has no frame positions: skipped as such
+    return [
+        replace(header, frame=index, orientation=frame.orientation, position=frame.position)
+        for index, frame in enumerate(_frame_geometry(ds))
+    ]
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """What a multi-frame file's functional groups say of one frame's geometry and values."""
+
+    orientation: tuple[float, ...] | None
+    position: tuple[float, ...] | None
+    pixel_spacing: tuple[float, ...] | None
+    rescale: tuple[float, float]  # slope, intercept
+
+
+def _frame_geometry(ds: pydicom.Dataset) -> list[_Frame]:
+    """Per frame: its own functional group, else the shared one, else the file's top-level attribute."""
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+
+    def find(item: Any, group: str, attribute: str) -> Any:
+        for source in (item, shared):
+            if source is not None and source.get(group):
+                value = source.get(group)[0].get(attribute)
+                if value is not None:
+                    return value
+        return ds.get(attribute)
+
+    frames = []
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        slope = find(item, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = find(item, "PixelValueTransformationSequence", "RescaleIntercept")
+        frames.append(
+            _Frame(
+                orientation=_floats(find(item, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+                position=_floats(find(item, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                pixel_spacing=_floats(find(item, "PixelMeasuresSequence", "PixelSpacing"), 2),
+                rescale=(
+                    1.0 if slope in (None, "") else float(slope),
+                    0.0 if intercept in (None, "") else float(intercept),
+                ),
+            )
+        )
+    return frames
+
+
+def _read_frames(series: DicomSeries) -> sitk.Image:
+    """A series with multi-frame files as a float32 image: each frame decoded by pydicom, rescaled by its own
+    functional group, and placed by its own position (the slices are already sorted along the normal)."""
+    decoded: dict[Path, tuple[np.ndarray, list[_Frame]]] = {}
+    slices, frames = [], []
+    for path, index in zip(series.files, series.frames, strict=True):
+        if path not in decoded:
+            try:
+                ds = pydicom.dcmread(path)
+                pixels = np.asarray(ds.pixel_array)
+            except Exception as error:  # pydicom's decoders raise many kinds of error; each becomes one sentence
+                raise DicomError(
+                    f"the pixel data of {series.label} in {path} cannot be decoded ({type(error).__name__}: "
+                    f"{str(error)[:160]}): re-export the series uncompressed (explicit VR little endian) from the "
+                    "PACS or scanner"
+                ) from None
+            geometry = _frame_geometry(ds) if "PerFrameFunctionalGroupsSequence" in ds else [_single_frame(ds)]
+            decoded[path] = (pixels.reshape(len(geometry), *pixels.shape[-2:]), geometry)
+        pixels, geometry = decoded[path]
+        frame = geometry[index or 0]
+        # In double, then float32: the values SimpleITK gives a single-frame series of the same pixels.
+        slices.append((pixels[index or 0].astype(np.float64) * frame.rescale[0] + frame.rescale[1]).astype(np.float32))
+        frames.append(frame)
+    spacings = {frame.pixel_spacing for frame in frames}
+    if len(spacings) != 1 or None in spacings:
+        raise DicomError(
+            f"{series.label} in {series.folder} has frames with different or missing pixel spacings "
+            f"({', '.join(sorted(str(s) for s in spacings))}): re-export the series as one volume"
+        )
+    row, column = np.asarray(frames[0].orientation[:3]), np.asarray(frames[0].orientation[3:])
+    normal = np.cross(row, column)
+    positions = np.array([frame.position for frame in frames])
+    (pixel_spacing,) = spacings
+    image = sitk.GetImageFromArray(np.stack(slices))
+    image.SetOrigin(tuple(float(v) for v in positions[0]))
+    image.SetSpacing((pixel_spacing[1], pixel_spacing[0], float(np.median(np.diff(positions @ normal)))))
+    image.SetDirection(tuple(float(v) for v in np.column_stack([row, column, normal]).flatten()))
+    return image
+
+
+def _single_frame(ds: pydicom.Dataset) -> _Frame:
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    return _Frame(
+        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        position=_floats(ds.get("ImagePositionPatient"), 3),
+        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
+        rescale=(1.0 if slope in (None, "") else float(slope), 0.0 if intercept in (None, "") else float(intercept)),
+    )
 
 
 def _series(members: list[_Header]) -> DicomSeries:
@@ -356,9 +462,9 @@ def _series(members: list[_Header]) -> DicomSeries:
     if first.orientation is not None:
         normal = np.cross(first.orientation[:3], first.orientation[3:])
     if normal is not None and all(m.position is not None for m in members):
-        members = sorted(members, key=lambda m: (float(np.dot(m.position, normal)), m.instance))
+        members = sorted(members, key=lambda m: (float(np.dot(m.position, normal)), m.instance, m.frame or 0))
     else:
-        members = sorted(members, key=lambda m: (m.instance, m.path))
+        members = sorted(members, key=lambda m: (m.instance, m.path, m.frame or 0))
     return DicomSeries(
         series_uid=first.series_uid,
         study_uid=first.study_uid,
@@ -375,6 +481,7 @@ def _series(members: list[_Header]) -> DicomSeries:
         columns=first.columns or 0,
         skip_reason=_skip_reason(members),
         contrast_agent=first.contrast_agent,
+        frames=tuple(m.frame for m in members) if any(m.frame is not None for m in members) else (),
     )
 
 
@@ -387,8 +494,8 @@ def _skip_reason(members: list[_Header]) -> str | None:
         return "a localizer"
     if first.image_type and first.image_type[0] in DERIVED_TYPES:
         return f"derived or secondary images (ImageType {'/'.join(first.image_type)})"
-    if any(m.frames > 1 for m in members):
-        return "a multi-frame (enhanced) file, which is not read yet: export the series as single-frame images"
+    if any(m.frames > 1 and m.frame is None for m in members):
+        return "multi-frame files without per-frame positions (no functional groups): export single-frame images"
     if len(members) < MIN_SLICES:
         return f"2-D, {len(members)} slice{'s' if len(members) != 1 else ''} (a volume needs {MIN_SLICES} or more)"
     if len({(m.rows, m.columns) for m in members}) > 1:

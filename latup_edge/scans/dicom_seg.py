@@ -68,7 +68,13 @@ def write_dicom_seg(
         raise ValueError(f"the class map has shape {classes.shape}, but {reference.label} has {expected}")
     if classes.size and (classes.min() < 0 or classes.max() > len(TUMOUR_SEGMENTS)):
         raise ValueError(f"the class map holds values outside 0-{len(TUMOUR_SEGMENTS)}")
-    sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in reference.files]
+    if reference.frames:  # a multi-frame reference: the SEG's frames follow the file's frame order
+        sources = [pydicom.dcmread(_one_multiframe_file(reference), stop_before_pixels=True)]
+        in_file_order = np.zeros_like(classes)
+        in_file_order[list(reference.frames)] = classes
+        classes = in_file_order
+    else:
+        sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in reference.files]
     algorithm = hd.AlgorithmIdentificationSequence(
         name="LATUP-Net", family=codes.cid7162.ArtificialIntelligence, version=__version__, source="latup-edge"
     )
@@ -125,17 +131,37 @@ def read_dicom_seg(path: Path, reference: DicomSeries) -> np.ndarray:
         lookup[number] = values[label]
     uids = [
         str(pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
-        for file in reference.files
+        for file in dict.fromkeys(reference.files)
     ]
     try:
-        numbers = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids,
-            combine_segments=True,
-            assert_missing_frames_are_empty=True,
-            dtype=np.uint16,
-        )
+        if reference.frames:
+            numbers = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=uids[0],
+                source_frame_numbers=[frame + 1 for frame in reference.frames],
+                combine_segments=True,
+                assert_missing_frames_are_empty=True,
+                dtype=np.uint16,
+            )
+        else:
+            numbers = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=uids,
+                combine_segments=True,
+                assert_missing_frames_are_empty=True,
+                dtype=np.uint16,
+            )
     except (ValueError, KeyError, RuntimeError) as error:
         raise DicomError(
             f"{path} does not segment {reference.label} ({error}): pass the series the SEG was made on"
         ) from None
     return lookup[numbers]
+
+
+def _one_multiframe_file(reference: DicomSeries) -> Path:
+    """The one file of a multi-frame reference; a SEG can reference the frames of one multi-frame image only."""
+    files = list(dict.fromkeys(reference.files))
+    if len(files) != 1 or None in reference.frames:
+        raise DicomError(
+            f"{reference.label} spans {len(files)} files, some multi-frame: a DICOM SEG can reference the frames "
+            "of one multi-frame image only; write the labels as NIfTI (without --dicom-seg)"
+        )
+    return files[0]

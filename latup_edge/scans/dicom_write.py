@@ -12,6 +12,7 @@ sets. UIDs are derived from ``seed`` when one is given, so the same call writes 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, MRImageStorage, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 ORIGINAL_IMAGE_TYPE: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND")
@@ -271,6 +273,64 @@ def _slice_dataset(
     ds.RescaleType = "US"
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
     return ds
+
+
+def write_multiframe(
+    files: Sequence[Path], path: Path, *, seed: int | None = None, shuffle_seed: int | None = None
+) -> Path:
+    """Join a single-frame series (``write_series``'s files) into one Legacy Converted Enhanced MR file at ``path``.
+
+    This is how many scanners and PACS export a volume: one file, each frame's position, orientation,
+    spacing and rescale in its functional groups. ``shuffle_seed`` shuffles the frames (pixels and
+    functional groups together), so that a reader cannot rely on the file's frame order. Raises
+    FileExistsError rather than overwrite a file.
+    """
+    import highdicom as hd  # test data only: the reader needs none of highdicom's conversion code
+
+    datasets = [pydicom.dcmread(file) for file in files]
+    first = datasets[0]
+    converted = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy_datasets=datasets,
+        series_instance_uid=_uid(seed, "multiframe", first.SeriesInstanceUID),
+        series_number=int(first.SeriesNumber),
+        sop_instance_uid=_uid(seed, "multiframe-instance", first.SeriesInstanceUID),
+        instance_number=1,
+    )
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(datasets))
+        groups = list(converted.PerFrameFunctionalGroupsSequence)
+        converted.PerFrameFunctionalGroupsSequence = [groups[i] for i in order]
+        converted.PixelData = np.ascontiguousarray(converted.pixel_array[order]).tobytes()
+    return _save_new(converted, Path(path))
+
+
+def compress_files(files: Sequence[Path], transfer_syntax: str) -> list[Path]:
+    """Re-encode DICOM files in place with a lossless ``transfer_syntax``, as a PACS may export them: RLE (pydicom),
+    JPEG-LS (pyjpegls) or JPEG lossless, first-order prediction (GDCM's encoder, through SimpleITK)."""
+    for file in files:
+        ds = pydicom.dcmread(file)
+        if transfer_syntax == JPEGLosslessSV1:  # pydicom has no encoder for it
+            frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
+            ds.PixelData = encapsulate([_gdcm_jpeg_lossless(frame) for frame in frames])
+            ds["PixelData"].VR = "OB"
+            ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        else:
+            ds.compress(transfer_syntax)
+        ds.save_as(file, enforce_file_format=True)
+    return list(files)
+
+
+def _gdcm_jpeg_lossless(frame: np.ndarray) -> bytes:
+    """One frame's JPEG lossless (process 14, selection value 1) bitstream, encoded by GDCM."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = str(Path(scratch) / "frame.dcm")
+        writer = sitk.ImageFileWriter()
+        writer.SetFileName(path)
+        writer.SetUseCompression(True)
+        writer.SetCompressor("JPEG")
+        writer.Execute(sitk.GetImageFromArray(frame[None]))
+        (encoded,) = generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1)
+    return encoded
 
 
 def _save_new(ds: Dataset, path: Path) -> Path:
