@@ -376,7 +376,8 @@ class _Frame:
 
 
 def _frame_geometry(ds: pydicom.Dataset) -> list[_Frame]:
-    """Per frame: its own functional group, else the shared one, else the file's top-level attribute."""
+    """Per frame: its own functional group, else the shared one, else the file's top-level attribute (so a
+    single-frame file is one frame of its top-level attributes)."""
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
 
     def find(item: Any, group: str, attribute: str) -> Any:
@@ -388,7 +389,7 @@ def _frame_geometry(ds: pydicom.Dataset) -> list[_Frame]:
         return ds.get(attribute)
 
     frames = []
-    for item in ds.PerFrameFunctionalGroupsSequence:
+    for item in ds.get("PerFrameFunctionalGroupsSequence") or [None]:
         slope = find(item, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = find(item, "PixelValueTransformationSequence", "RescaleIntercept")
         frames.append(
@@ -421,7 +422,7 @@ def _read_frames(series: DicomSeries) -> sitk.Image:
                     f"{str(error)[:160]}): re-export the series uncompressed (explicit VR little endian) from the "
                     "PACS or scanner"
                 ) from None
-            geometry = _frame_geometry(ds) if "PerFrameFunctionalGroupsSequence" in ds else [_single_frame(ds)]
+            geometry = _frame_geometry(ds)
             decoded[path] = (pixels.reshape(len(geometry), *pixels.shape[-2:]), geometry)
         pixels, geometry = decoded[path]
         frame = geometry[index or 0]
@@ -443,16 +444,6 @@ def _read_frames(series: DicomSeries) -> sitk.Image:
     image.SetSpacing((pixel_spacing[1], pixel_spacing[0], float(np.median(np.diff(positions @ normal)))))
     image.SetDirection(tuple(float(v) for v in np.column_stack([row, column, normal]).flatten()))
     return image
-
-
-def _single_frame(ds: pydicom.Dataset) -> _Frame:
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    return _Frame(
-        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
-        position=_floats(ds.get("ImagePositionPatient"), 3),
-        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
-        rescale=(1.0 if slope in (None, "") else float(slope), 0.0 if intercept in (None, "") else float(intercept)),
-    )
 
 
 def _series(members: list[_Header]) -> DicomSeries:
