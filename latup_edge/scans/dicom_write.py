@@ -4,6 +4,8 @@
 with a rescale that keeps the float range, explicit VR little endian), with the geometry of the
 image for any direction cosine matrix (axial, sagittal, coronal, oblique) and the tags a scanner
 sets. UIDs are derived from ``seed`` when one is given, so the same call writes the same files.
+``write_multiframe`` joins such a series into one enhanced (legacy-converted) multi-frame file and
+``compress_files`` re-encodes files losslessly, as scanners and PACS also export them.
 
 >>> study = StudyInfo.new("PAT001", seed=7)                                            # doctest: +SKIP
 >>> files = write_series(image, Path("dicom/flair"), description="AX T2 FLAIR",
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
@@ -285,8 +288,6 @@ def write_multiframe(
     functional groups together), so that a reader cannot rely on the file's frame order. Raises
     FileExistsError rather than overwrite a file.
     """
-    import highdicom as hd  # test data only: the reader needs none of highdicom's conversion code
-
     datasets = [pydicom.dcmread(file) for file in files]
     first = datasets[0]
     converted = hd.legacy.LegacyConvertedEnhancedMRImage(
