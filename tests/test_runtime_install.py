@@ -3,7 +3,8 @@
 The project is pip-installed, without extras and not editable, into a new venv (no system site
 packages); a narrow bundle and a small case are made with the dev environment; then the venv's
 `latup-edge segment` and `bundle-info` run, and `segment_cases` runs in a venv interpreter that
-checks torch was never imported.
+checks torch was never imported; last, the venv reads an enhanced multi-frame JPEG-lossless DICOM series
+with its own decoders.
 """
 
 import os
@@ -13,11 +14,16 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
 from conftest import narrow_network
+from pydicom.uid import JPEGLosslessSV1
 from test_segment import SHAPE, write_case
 
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.export import export_onnx
+from latup_edge.scans.dicom import find_series, read_series
+from latup_edge.scans.dicom_write import StudyInfo, compress_files, write_multiframe, write_series
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the wheel is built from (pyproject's readme, packages and package-dir).
@@ -93,3 +99,18 @@ def test_a_bundle_segments_a_case_with_the_runtime_install_alone(tmp_path):
     )
     run([python, "-c", code], tmp_path)
     assert nib.load(tmp_path / "out-api" / "BraTS2021_00001.nii.gz").shape == SHAPE
+
+    # A scanner's enhanced export, JPEG-lossless compressed: the runtime's own decoders read it to the same voxels.
+    image = sitk.GetImageFromArray(np.random.default_rng(2).normal(500, 80, (12, 20, 24)).astype(np.float32))
+    files = write_series(image, tmp_path / "single", description="T1 POST", series_number=5, study=StudyInfo.new("P"))
+    (tmp_path / "enhanced").mkdir()
+    compress_files([write_multiframe(files, tmp_path / "enhanced" / "volume.dcm", shuffle_seed=0)], JPEGLosslessSV1)
+    code = (
+        "import numpy, SimpleITK\n"
+        "from latup_edge.scans.dicom import find_series, read_series\n"
+        f"(series,) = find_series({str(tmp_path / 'enhanced')!r})\n"
+        f"numpy.save({str(tmp_path / 'read.npy')!r}, SimpleITK.GetArrayFromImage(read_series(series)))\n"
+    )
+    run([python, "-c", code], tmp_path)
+    expected = sitk.GetArrayFromImage(read_series(find_series(tmp_path / "single")[0]))
+    np.testing.assert_array_equal(np.load(tmp_path / "read.npy"), expected)
