@@ -117,3 +117,40 @@ def test_headless_chromium_renders_a_non_blank_page(page, tmp_path):
     assert pixels.std() > 20, "the screenshot is blank"
     colours = pixels.reshape(-1, 3)
     assert np.any((colours[:, 1] > 150) & (colours[:, 0] < 120) & (colours[:, 2] < 120)), "no oedema overlay visible"
+
+
+# Loads the review page in a frame, clicks column headers as a user would, and writes the row order after each.
+CLICKER = """<!DOCTYPE html><html><body><pre id="orders"></pre><iframe id="page" src="review.html"></iframe><script>
+document.getElementById("page").addEventListener("load", function () {
+  var doc = this.contentDocument, orders = [];
+  function order() {
+    return Array.prototype.map.call(doc.querySelectorAll("#cases tbody tr"), function (row) {
+      return row.getAttribute("data-case");
+    }).join(",");
+  }
+  orders.push(order());
+  [0, 0, 2].forEach(function (column) {
+    doc.querySelector('th[data-column="' + column + '"]').click();
+    orders.push(order());
+  });
+  document.getElementById("orders").textContent = orders.join(";");
+});
+</script></body></html>"""
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not on PATH (apt-get install chromium)")
+def test_clicking_a_header_in_chromium_sorts_the_rows(page):
+    path, _ = page
+    clicker = path.with_name("clicker.html")
+    clicker.write_text(CLICKER)
+    done = subprocess.run(
+        ["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--allow-file-access-from-files",
+         "--virtual-time-budget=10000", "--dump-dom", clicker.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    orders = re.search(r'<pre id="orders">([^<]*)</pre>', done.stdout)[1].split(";")
+    first, by_case, by_case_down, by_flags = ([case[-5:] for case in order.split(",")] for order in orders)
+    assert first == ["00000", "00009", "00001"]  # as written: flagged and failed first
+    assert by_case == ["00000", "00001", "00009"]  # one click: ascending
+    assert by_case_down == ["00009", "00001", "00000"]  # the same header again: descending
+    assert by_flags[0] == "00001"  # the flags column, ascending: the case without flags first
