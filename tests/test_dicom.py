@@ -221,6 +221,10 @@ DESCRIPTIONS = [
     ("SWI_Images", None),
     ("T1 MAP", None),
     ("ep2d_perf", None),
+    # A legacy-converted enhanced file's description: the converter's suffix is not contrast enhancement.
+    ("SAG T1 MPRAGE (enhanced conversion)", "t1"),
+    ("AX T1 MPRAGE POST GD (enhanced conversion)", "t1ce"),
+    ("AX T2 FLAIR 5mm (enhanced conversion)", "flair"),
 ]
 
 

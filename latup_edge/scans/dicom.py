@@ -47,6 +47,9 @@ SPACING_TOLERANCE = 0.01
 # Direction cosines of one series may differ by this much (they are stored as 16-character decimals).
 ORIENTATION_TOLERANCE = 1e-4
 RULES_FILE = "modality_rules.json"
+# Legacy-to-enhanced converters (highdicom) append this to SeriesDescription; it says nothing of the contrast, and
+# its "enhanced" would otherwise read as contrast-enhanced.
+CONVERSION_SUFFIX = re.compile(r"\s*\(enhanced conversion\)\s*$", re.IGNORECASE)
 
 
 class DicomError(LatupError):
@@ -149,7 +152,7 @@ class ModalityRules:
 
     def modality_of(self, series: DicomSeries) -> str | None:
         """The modality key of a series by its description (then its protocol), or None when no rule fits."""
-        for text in (series.description, series.protocol):
+        for text in (CONVERSION_SUFFIX.sub("", series.description), series.protocol):
             if not text:
                 continue
             if any(pattern.search(text) for pattern in self.exclude_all):
