@@ -109,12 +109,16 @@ def test_the_metric_samples_the_reference_brain_box_not_its_zero_field_of_view(i
     assert registration_error_mm(truth, registration.transform, fixed > 0) <= 1.0
 
 
-def test_registration_is_deterministic(images):
+def test_registration_is_deterministic_bit_for_bit(images):
+    """Seeded sampling and one ITK thread for the metric: the same transform and figures, to the last bit. With the
+    default 2 threads the metric's sums varied in their last bits, the optimiser carried that to ~1e-8, and a full
+    clinic study's network input, then ~100 of its label voxels, changed from run to run."""
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() > 1  # the process's other work keeps its threads
     moving, _ = _moved(images, *CASES[2])
-    first, second = (register_rigid(images["t1ce"], moving, seed=0) for _ in range(2))
-    # Seeded sampling: the same samples each run. ITK's threaded sums differ in their last bits, which the
-    # optimiser's iterations carry up to ~1e-8 (measured); another seed moves them by 1e-4 to 1e-2.
-    np.testing.assert_allclose(first.transform.GetParameters(), second.transform.GetParameters(), rtol=0, atol=1e-6)
+    runs = [register_rigid(images["t1ce"], moving, seed=0) for _ in range(3)]
+    assert len({tuple(run.transform.GetParameters()) for run in runs}) == 1
+    assert len({(run.metric_after, run.mask_dice_after, run.iterations) for run in runs}) == 1
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() > 1  # restored after each registration
 
 
 def test_implausible_motion_is_refused(images):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -153,6 +155,19 @@ def _method(seed: int, sampling: float, pyramid: Pyramid = PYRAMID) -> sitk.Imag
     return method
 
 
+@contextmanager
+def _one_itk_thread() -> Iterator[None]:
+    """ITK's threaded metric sums its samples in an order that varies from run to run: with 2 threads, four runs
+    of one pair gave four transforms (equal to ~1e-9 mm, yet flipping ~100 label voxels of a case). One thread
+    repeats exactly. The registration method's own thread count does not reach its metric; the global one does."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
 def _fov_centre(image: sitk.Image) -> tuple[float, float, float]:
     centre_index = [(s - 1) / 2 for s in image.GetSize()]
     return image.TransformContinuousIndexToPhysicalPoint(centre_index)
@@ -164,7 +179,8 @@ def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, se
     method.SetShrinkFactorsPerLevel([1])
     method.SetSmoothingSigmasPerLevel([0.0])
     method.SetInitialTransform(transform, inPlace=False)
-    return float(method.MetricEvaluate(fixed, moving))
+    with _one_itk_thread():
+        return float(method.MetricEvaluate(fixed, moving))
 
 
 def register_rigid(
@@ -180,11 +196,13 @@ def register_rigid(
 
     Starts from the headers (identity about the reference's centre), never from image moments, which
     jump by centimetres when one series covers less of the head than the other. Random sampling with
-    ``seed`` makes it deterministic. Measured on BraTS-like phantoms of 160 x 190 x 145 at 1 mm on 2
-    cores (tests/test_registration.py) with a sampling of 0.1: about 1 s per pair with its quality
-    figures (0.4 s of it the registration itself); 2.4-2.6 s for a 267 x 267 x 155 T1ce against a
-    5 mm FLAIR or a 3 mm sagittal T2 (the quality figures on the 2 mm working copies), and 0.1-0.3 mm
-    error on shifts of 4-7 mm with rotations of 3-5 degrees, across contrasts and from 5 mm slices.
+    ``seed``, and the metric on one ITK thread, make it deterministic: the same pair gives the same
+    transform, bit for bit. Measured on BraTS-like phantoms of 160 x 190 x 145 at 1 mm on 2 cores
+    (tests/test_registration.py) with a sampling of 0.1: about 1 s per pair with its quality figures
+    (0.4 s of it the registration itself); for a 267 x 267 x 155 T1ce against a 5 mm FLAIR or a 3 mm
+    sagittal T2 (the quality figures on the 2 mm working copies) 2.4-2.6 s on two threads, about 4 s on
+    one (2026-12-07), and 0.1-0.3 mm error on shifts of 4-7 mm with rotations of 3-5 degrees, across
+    contrasts and from 5 mm slices.
     The metric samples the reference's brain box plus ``margin_mm`` (None: its whole field of view) at
     ``sampling`` of its voxels. On the 60 moved series of 20 independent-generator clinic studies,
     against the whole field of view at 0.3 (before): 10-17 % less time a pair, error mean 0.21-0.23 mm
@@ -201,7 +219,8 @@ def register_rigid(
 
     method = _method(seed, sampling, pyramid)
     method.SetInitialTransform(initial, inPlace=False)
-    found = sitk.Euler3DTransform(method.Execute(fixed_box, moving_small).GetNthTransform(0))
+    with _one_itk_thread():
+        found = sitk.Euler3DTransform(method.Execute(fixed_box, moving_small).GetNthTransform(0))
 
     # The quality figures on the working copies too: a mask Dice at 2 mm judges a rigid fit as well, 5x cheaper.
     # It compares whole fields of view, so that a brain moved out of the box still counts against the fit.
