@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import nibabel as nib
@@ -119,6 +120,11 @@ def test_registration_is_deterministic_bit_for_bit(images):
     assert len({tuple(run.transform.GetParameters()) for run in runs}) == 1
     assert len({(run.metric_after, run.mask_dice_after, run.iterations) for run in runs}) == 1
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() > 1  # restored after each registration
+
+    with ThreadPoolExecutor(2) as pool:  # two reader threads at once: each gets what it gets alone, bit for bit
+        beside = list(pool.map(lambda _: register_rigid(images["t1ce"], moving, seed=0), range(2)))
+    assert {tuple(run.transform.GetParameters()) for run in beside} == {tuple(runs[0].transform.GetParameters())}
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() > 1
 
 
 def test_implausible_motion_is_refused(images):

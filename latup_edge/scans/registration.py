@@ -15,6 +15,7 @@ after registration is a modality-independent check of the result for skull-strip
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -155,17 +156,23 @@ def _method(seed: int, sampling: float, pyramid: Pyramid = PYRAMID) -> sitk.Imag
     return method
 
 
+# One registration at a time in a process: two at once (two reader threads) would each save and restore the
+# global thread count, and one could leave it at 1 for the whole process, or at 2 under the other's metric.
+_ONE_AT_A_TIME = threading.Lock()
+
+
 @contextmanager
 def _one_itk_thread() -> Iterator[None]:
     """ITK's threaded metric sums its samples in an order that varies from run to run: with 2 threads, four runs
     of one pair gave four transforms (equal to ~1e-9 mm, yet flipping ~100 label voxels of a case). One thread
     repeats exactly. The registration method's own thread count does not reach its metric; the global one does."""
-    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    with _ONE_AT_A_TIME:
+        before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
 
 def _fov_centre(image: sitk.Image) -> tuple[float, float, float]:
