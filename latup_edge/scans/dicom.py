@@ -283,6 +283,16 @@ def read_series(series: DicomSeries) -> sitk.Image:
     return image
 
 
+def _stack_geometry(
+    positions: np.ndarray, orientation: Sequence[float], pixel_spacing: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...], np.ndarray]:
+    """Origin, spacing (column, row, slice) and direction columns of slices sorted along their normal, by their tags."""
+    row, column = np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:], dtype=float)
+    direction = np.column_stack([row, column, np.cross(row, column)])
+    step = float(np.mean(np.diff(positions @ direction[:, 2])))
+    return tuple(float(v) for v in positions[0]), (float(pixel_spacing[1]), float(pixel_spacing[0]), step), direction
+
+
 def _check_geometry(series: DicomSeries, image: sitk.Image) -> None:
     """Refuse an image whose origin, spacing or direction disagree with its files' positions and orientation,
     or whose files hold less uncompressed pixel data than their rows and columns need (GDCM pads it silently)."""
@@ -296,16 +306,12 @@ def _check_geometry(series: DicomSeries, image: sitk.Image) -> None:
                 f"{ds.Rows} x {ds.Columns} pixels need {needed}: the file is damaged, re-export the series"
             )
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])
-    orientation = np.array([float(v) for v in headers[0].ImageOrientationPatient])
-    row, column = orientation[:3], orientation[3:]
-    direction = np.column_stack([row, column, np.cross(row, column)])
-    spacing = (
-        *(float(v) for v in reversed(headers[0].PixelSpacing)),
-        float(np.mean(np.diff(positions @ direction[:, 2]))),
+    origin, spacing, direction = _stack_geometry(
+        positions, [float(v) for v in headers[0].ImageOrientationPatient], headers[0].PixelSpacing
     )
     problems = []
-    if not np.allclose(image.GetOrigin(), positions[0], atol=1e-3):
-        problems.append(f"origin {np.round(image.GetOrigin(), 3)} is not the first slice's {np.round(positions[0], 3)}")
+    if not np.allclose(image.GetOrigin(), origin, atol=1e-3):
+        problems.append(f"origin {np.round(image.GetOrigin(), 3)} is not the first slice's {np.round(origin, 3)}")
     if not np.allclose(image.GetSpacing(), spacing, rtol=1e-3):
         problems.append(f"spacing {np.round(image.GetSpacing(), 4)} is not {np.round(spacing, 4)}")
     if not np.allclose(np.reshape(image.GetDirection(), (3, 3)), direction, atol=1e-3):
@@ -438,14 +444,14 @@ def _read_frames(series: DicomSeries) -> sitk.Image:
             f"{series.label} in {series.folder} has frames with different or missing pixel spacings "
             f"({', '.join(sorted(str(s) for s in spacings))}): re-export the series as one volume"
         )
-    row, column = np.asarray(frames[0].orientation[:3]), np.asarray(frames[0].orientation[3:])
-    normal = np.cross(row, column)
-    positions = np.array([frame.position for frame in frames])
     (pixel_spacing,) = spacings
+    origin, spacing, direction = _stack_geometry(
+        np.array([frame.position for frame in frames]), frames[0].orientation, pixel_spacing
+    )
     image = sitk.GetImageFromArray(np.stack(slices))
-    image.SetOrigin(tuple(float(v) for v in positions[0]))
-    image.SetSpacing((pixel_spacing[1], pixel_spacing[0], float(np.median(np.diff(positions @ normal)))))
-    image.SetDirection(tuple(float(v) for v in np.column_stack([row, column, normal]).flatten()))
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(tuple(float(v) for v in direction.flatten()))
     return image
 
 
