@@ -8,17 +8,14 @@ when that is NCR or ET, and ED otherwise; then the ET-voxel rule runs again.
 Scores, fp32 OpenVINO with the default sliding tiling, per set: A alone and B alone (labels as ``segment`` writes
 them), the composition, and the classical ensemble (A's and B's softmax averaged, then post-processed):
 
-    python benchmarks/region_composition.py screen runs/blind3 runs/indep19 \\
+    python benchmarks/region_composition.py runs/blind3 runs/indep19 \\
         --core-weights runs/ft14/average.safetensors --cache runs/composition-cache \\
         --json benchmarks/stage15_screen.json
 
 Each case's four class maps are cached (``--cache``), so a second look at the same networks costs no inference.
 
-The INT8 gate of the composition (``gate``): both networks' bundles at their default precisions against both at
-fp32, composed labels scored as ``drift`` scores a bundle's, on the build's held-out cases:
-
-    python benchmarks/region_composition.py gate runs/build20 --whole-bundle models/bundle \\
-        --core-bundle runs/bundle14 --json benchmarks/stage15_gate.json
+The composition itself is the product's (``latup_edge.runtime.postprocess.compose_regions``); ``latup-edge
+compose`` makes a bundle of the two networks and measures its INT8 gate.
 """
 
 from __future__ import annotations
@@ -34,26 +31,9 @@ import numpy as np
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import region_metrics, summarise
 from latup_edge.fileio import atomic_write_json
-from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, ET, NCR, Postprocessing, postprocess
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, compose_regions, postprocess
 
-ED = 2
-ET_RULE_ONLY = Postprocessing(
-    min_et_voxels=DEFAULT_POSTPROCESSING.min_et_voxels,
-    min_component_fraction=0.0,
-    drop_coreless=False,
-    min_core_fraction=0.0,
-    clear_outside_brain=False,
-)
 VARIANTS = ("A", "B", "composition", "ensemble")
-
-
-def compose_regions(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
-    """``whole``'s tumour, its voxels labelled by ``core`` where that says NCR or ET and ED elsewhere (uint8 0-3)."""
-    tumour = whole > 0
-    composed = np.where(tumour, np.uint8(ED), np.uint8(0))
-    inner = tumour & ((core == NCR) | (core == ET))
-    composed[inner] = core[inner]
-    return postprocess(composed, ET_RULE_ONLY)
 
 
 def _sha(path: Path) -> str:
@@ -137,77 +117,13 @@ def score(sets: dict, variant: str) -> float:
     return round(float(np.mean(means)), 4)
 
 
-def composed_forward(whole, core):
-    """A box Forward whose one-hot scores are the composition of two predictors' box forwards (``drift``'s form)."""
-
-    def forward(box: np.ndarray) -> np.ndarray:
-        whole_classes = np.argmax(whole.forward(box)[0], axis=0).astype(np.uint8)
-        whole_classes = postprocess(whole_classes, whole.postprocessing, box[0])
-        core_classes = np.argmax(core.forward(box)[0], axis=0).astype(np.uint8)
-        composed = compose_regions(whole_classes, core_classes)
-        return (composed[None] == np.arange(4, dtype=np.uint8)[:, None, None, None]).astype(np.float32)[None]
-
-    return forward
-
-
-def gate(data: Path, whole_bundle: Path, core_bundle: Path) -> dict:
-    """The composition at both bundles' default precisions against both at fp32, on ``whole_bundle``'s held-out
-    cases of ``data`` (the build's split)."""
-    from latup_edge.data.cases import discover_cases
-    from latup_edge.evaluate.drift import measure_drift, prepare_case
-    from latup_edge.runtime.bundle import load_bundle
-    from latup_edge.runtime.predictor import Predictor
-
-    bundles = {"whole": load_bundle(whole_bundle), "core": load_bundle(core_bundle)}
-    held_out = set(bundles["core"].manifest["build"]["held_out"])
-    opened = {
-        (role, precision): Predictor.from_bundle(bundle, precision, allow_failed=True)
-        for role, bundle in bundles.items()
-        for precision in ("fp32", None)
-    }
-    forwards = {
-        "fp32": composed_forward(opened["whole", "fp32"], opened["core", "fp32"]),
-        "default": composed_forward(opened["whole", None], opened["core", None]),
-    }
-    cases = [case for case in discover_cases(data) if case.case_id in held_out]
-    prepared = (prepare_case(case, normalization=bundles["whole"].normalization) for case in cases)
-    result = measure_drift(prepared, forwards, progress=lambda case_id: print(case_id, file=sys.stderr))
-    return {
-        "data": str(data),
-        "held_out": sorted(held_out),
-        "whole_bundle": str(whole_bundle),
-        "core_bundle": str(core_bundle),
-        "precisions": {role: opened[role, None].precision for role in bundles},
-        "tiling": opened["whole", None].tiling,
-        **result,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    screen = commands.add_parser("screen", help="score A, B, the composition and the ensemble at fp32")
-    screen.add_argument("folders", nargs="+", type=Path)
-    screen.add_argument("--core-weights", type=Path, required=True, help="network B: core and enhancing parts")
-    screen.add_argument("--cache", type=Path, required=True)
-    screen.add_argument("--json", type=Path, help="write the result here")
-    drift = commands.add_parser("gate", help="the composition's default precisions against fp32")
-    drift.add_argument("data", type=Path)
-    drift.add_argument("--whole-bundle", type=Path, required=True)
-    drift.add_argument("--core-bundle", type=Path, required=True)
-    drift.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--core-weights", type=Path, required=True, help="network B: core and enhancing parts")
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args()
-    if args.command == "gate":
-        result = gate(args.data, args.whole_bundle, args.core_bundle)
-        print(f"precisions {result['precisions']}, {result['tiling']} tiling, {len(result['cases'])} cases")
-        for region, row in result["summary"]["default"]["regions"].items():
-            print(
-                f"{region}: fp32 Dice {row['dice_fp32']:.4f}, default {row['dice']:.4f}, ratio {row['ratio']:.4f}, "
-                f"agreement mean {row['agreement_mean']:.4f} (min {row['agreement_min']:.4f})"
-            )
-        if args.json:
-            atomic_write_json(args.json, result)
-        return
     result = run(args.folders, args.core_weights, args.cache)
     print(f"{'variant':<12} " + "  ".join(f"{Path(name).name:>26}" for name in result["sets"]) + "   score")
     for variant in VARIANTS:

@@ -1,4 +1,5 @@
-"""`latup-edge compile`: OpenVINO IR per precision and a verified bundle; `latup-edge bundle-info`."""
+"""`latup-edge compile`: OpenVINO IR per precision and a verified bundle; `latup-edge compose`: a bundle with
+a core network; `latup-edge bundle-info`."""
 
 from __future__ import annotations
 
@@ -39,6 +40,39 @@ def compile_command(
         progress=lambda message: err_console.print(f"[dim]{message}[/]"),
     )
     show_bundle(load_bundle(path).manifest, path, as_json)
+
+
+@command("compose")
+def compose_command(
+    whole: Annotated[Path, typer.Argument(help="The bundle whose network finds the whole tumour.")],
+    core: Annotated[Path, typer.Argument(help="The bundle whose network labels the tumour's parts (NCR, ED, ET).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The two-network bundle folder to write.")],
+    gate_data: Annotated[
+        Path,
+        typer.Option(help="Labelled cases for the composition's INT8 gate (those the core build held out are used)."),
+    ],
+    allow_failed_gate: Annotated[
+        bool, typer.Option(help="Write the bundle even when the composition fails its gate (the manifest says so).")
+    ] = False,
+    threads: Annotated[int, typer.Option(help="Inference threads (0: OpenVINO's default).")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Put CORE's network into a copy of WHOLE, as its core network: WHOLE finds the tumour, CORE labels its parts.
+
+    The composition is gated as a build is: its labels at both networks' default precisions against both at fp32.
+    """
+    from latup_edge.deploy.compose import compose_bundle
+    from latup_edge.runtime.bundle import load_bundle
+
+    gate = compose_bundle(
+        whole, core, output, gate_data, allow_failed_gate, threads or None,
+        progress=lambda message: err_console.print(f"[dim]{message}[/]"),
+    )  # fmt: skip
+    if not as_json:
+        console.print(
+            f"composition gate ({', '.join(f'{k} {v}' for k, v in gate['precisions'].items())}): {gate['verdict']}"
+        )
+    show_bundle(load_bundle(output).manifest, output, as_json)
 
 
 @command("bundle-info")
@@ -90,3 +124,9 @@ def show_bundle(manifest: dict[str, Any], path: Path, as_json: bool) -> None:
         f"normalisation: {network_normalization(network)}; "
         f"InstanceNorm/SE statistics: {network.get('statistics', 'volume')}"
     )
+    core = manifest.get("core")
+    if core:
+        gate = (core.get("gate") or {}).get("verdict", "not gated")
+        console.print(
+            f"core network: {core['path']}/ labels the tumour's parts ({core['rule']}); composition gate: {gate}"
+        )

@@ -48,6 +48,14 @@ def segment(
     ] = False,
     tiling: TilingOption = DEFAULT_TILING,
     mirror: MirrorOption = "none",
+    core_network: Annotated[
+        bool,
+        typer.Option(
+            help="A bundle with a core network (the shipped one) runs it to label the tumour's parts; "
+            "--no-core-network runs the whole-tumour network alone: about half the network time, and cores that "
+            "hold less well on scans unlike the training data (docs/GENERALISATION.md section 28).",
+        ),
+    ] = True,
     window: Annotated[
         int,
         typer.Option(help="--tiling sliding: windows hold at most WINDOW^3 voxels (a positive multiple of 8)."),
@@ -128,7 +136,7 @@ def segment(
         threads=threads, allow_failed_precision=allow_failed_precision, log=log, shape_policy=shape_policy,
         postprocessing=DEFAULT_POSTPROCESSING if postprocess else Postprocessing.none(), modality_rules=rules,
         dicom_seg=dicom_seg, audit_every=audit, audit_fraction=audit_fraction, audit_seed=audit_seed,
-        mirror=mirror,
+        mirror=mirror, core_network=core_network,
     )  # fmt: skip
     with progress_bar(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("segmenting", total=None, status="loading the model")

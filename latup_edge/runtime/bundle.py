@@ -7,6 +7,11 @@ tool versions, build provenance, and per precision its kernels, latency, drift v
 it may be the default. ``compile_bundle`` (``latup_edge.deploy.compile``) writes it;
 ``load_bundle`` refuses any bundle whose files do not match the manifest.
 
+A bundle may hold a second network in ``core/``, itself a complete bundle (``compose_bundle`` in
+``latup_edge.deploy.compose`` puts it there): the bundle's own network gives the whole tumour and the core
+network labels its parts (``latup_edge.runtime.postprocess.compose_regions``). The manifest's ``core`` entry
+names it, with its manifest's checksum and the composition's own INT8 gate; both manifests are verified.
+
 Part of the runtime: imports only numpy and openvino (no torch, no onnx package).
 
 >>> bundle = load_bundle(Path("bundle"))       # doctest: +SKIP
@@ -102,6 +107,7 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
+    core: Bundle | None = None  # the network that labels the parts of the whole tumour, when there is one
 
     @property
     def precisions(self) -> dict[str, dict[str, Any]]:
@@ -214,7 +220,22 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
         raise BundleError(f"bundle {path}: {MANIFEST} is not a {FORMAT} manifest: {FIX}")
     if verify:
         _verify(path, manifest)
-    return Bundle(path=path, manifest=manifest)
+    core = _load_core(path, manifest, verify) if manifest.get("core") else None
+    return Bundle(path=path, manifest=manifest, core=core)
+
+
+def _load_core(path: Path, manifest: dict[str, Any], verify: bool) -> Bundle:
+    """The core network's bundle inside ``path``, checked against the ``core`` entry of ``manifest``."""
+    entry = manifest["core"]
+    core = load_bundle(path / entry["path"], verify)
+    if core.manifest.get("checksum") != entry.get("checksum"):
+        raise BundleError(
+            f"bundle {path}: its core network ({entry['path']}/) is not the one it was composed with "
+            f"(its manifest's checksum differs): {FIX}"
+        )
+    if core.core is not None:
+        raise BundleError(f"bundle {path}: its core network ({entry['path']}/) has a core network of its own: {FIX}")
+    return core
 
 
 def _verify(path: Path, manifest: dict[str, Any]) -> None:

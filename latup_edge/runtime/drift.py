@@ -51,6 +51,17 @@ class _Recorded:
         return scores
 
 
+def labels_forward(predictor: Predictor) -> Forward:
+    """A box Forward whose scores are one-hot of the labels ``predictor`` writes (``Predictor.box_labels``):
+    how drift scores a bundle with a core network, whose labels come from two networks' argmax."""
+
+    def forward(box: np.ndarray) -> np.ndarray:
+        labels = predictor.box_labels(box)
+        return (labels[None] == np.arange(4, dtype=np.uint8)[:, None, None, None]).astype(np.float32)[None]
+
+    return forward
+
+
 def reduced_precisions(bundle: Bundle, precisions: Sequence[str] | None = None) -> list[str]:
     """The precisions to compare with fp32: those asked for, or every one the bundle has and this CPU runs."""
     if precisions is None:
@@ -71,6 +82,7 @@ def drift_predictors(
     opened: Mapping[str, Predictor] | None = None,
     tiling: Tiling = DEFAULT_TILING,
     mirror: str = "",
+    postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
 ) -> dict[str, Predictor]:
     """One Predictor per precision in ``names``, reusing those in ``opened``; the bundle is not re-read.
     ``mirror``: test-time mirroring for each (``Predictor``'s).
@@ -84,7 +96,9 @@ def drift_predictors(
         return {
             name: opened[name]
             if name in opened
-            else Predictor.from_bundle(bundle, name, threads, tiling, allow_failed=True, mirror=mirror)
+            else Predictor.from_bundle(
+                bundle, name, threads, tiling, allow_failed=True, mirror=mirror, postprocessing=postprocessing
+            )
             for name in names
         }
 
@@ -119,9 +133,13 @@ def run_drift(
     """
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
     names = [REFERENCE, *reduced_precisions(loaded, precisions)]
-    predictors = drift_predictors(loaded, names, threads, opened, tiling, mirror)
-    recorded = {name: _Recorded(predictor.forward) for name, predictor in predictors.items()}
-    labels = delivered_labels(postprocessing)
+    predictors = drift_predictors(loaded, names, threads, opened, tiling, mirror, postprocessing)
+    if loaded.core is None:
+        recorded = {name: _Recorded(predictor.forward) for name, predictor in predictors.items()}
+        labels = delivered_labels(postprocessing)
+    else:  # two networks: score the composed labels, at each precision for both networks
+        recorded = {name: _Recorded(labels_forward(predictor)) for name, predictor in predictors.items()}
+        labels = None
     compared = OVERLAY_PRECISION if OVERLAY_PRECISION in names else names[1]
     per_case: dict[str, Any] = {}
     slices: list[CaseSlice] = []
@@ -151,9 +169,16 @@ def run_drift(
         },
         "postprocessing": postprocessing.to_dict(),
         "cases": per_case,
-        "summary": summarise_drift(per_case, names),
+        "summary": _labelled(summarise_drift(per_case, names), loaded),
         "report": str(report) if report is not None else None,
     }
     if report is not None:
         write_report(result, slices, report)
     return result
+
+
+def _labelled(summary: dict[str, Any], bundle: Bundle) -> dict[str, Any]:
+    """The summary, saying which labels were scored when a core network composed them."""
+    if bundle.core is None:
+        return summary
+    return {name: row | {"labels": "composed, as segment writes them"} for name, row in summary.items()}

@@ -51,7 +51,7 @@ from scipy import ndimage
 
 from latup_edge.runtime.input_stats import brain_mask
 
-NCR, ET = 1, 3
+NCR, ED, ET = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,29 @@ def postprocess(
         if 0 < np.count_nonzero(et) < rules.min_et_voxels:
             classes = np.where(et, np.uint8(NCR), classes)
     return classes
+
+
+def compose_regions(whole: np.ndarray, core: np.ndarray, rules: Postprocessing = DEFAULT_POSTPROCESSING) -> np.ndarray:
+    """Two networks, one per region (a bundle with a core network, ``latup_edge.runtime.bundle``): ``whole``'s
+    tumour (its labels as written), each of its voxels labelled by ``core`` (a raw argmax) where that says NCR or
+    ET and ED elsewhere; background outside. The ET-voxel rule of ``rules`` then runs again. WT is ``whole``'s."""
+    tumour = whole > 0
+    composed = np.where(tumour, np.uint8(ED), np.uint8(0))
+    inner = tumour & ((core == NCR) | (core == ET))
+    composed[inner] = core[inner]
+    if 0 < np.count_nonzero(composed == ET) < rules.min_et_voxels:
+        composed[composed == ET] = NCR
+    return composed
+
+
+def compose_probabilities(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """The softmax of two networks composed as ``compose_regions`` composes their labels: background from
+    ``whole``, the tumour's share split among NCR, ED and ET by ``core``'s odds among them ((K, ...) each)."""
+    parts = core[1:] + np.float32(1e-6) * (np.arange(1, core.shape[0]) == ED)[:, None, None, None]
+    composed = np.empty_like(whole, dtype=np.float32)
+    composed[0] = whole[0]
+    composed[1:] = (1 - whole[0]) * parts / parts.sum(axis=0)
+    return composed
 
 
 def largest_removed_and_kept(raw: np.ndarray, kept: np.ndarray, inputs: np.ndarray | None = None) -> tuple[int, int]:

@@ -14,6 +14,7 @@ policy is resolved here, once, from the network config (see ``resolve_shape_poli
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from latup_edge.errors import LatupError
 from latup_edge.runtime.backends import Backend, BackendName, open_backend
 from latup_edge.runtime.bundle import Bundle, load_bundle, resolve_bundle
 from latup_edge.runtime.openvino_backend import PerformanceHint, Precision
-from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, compose_regions, postprocess
 from latup_edge.runtime.volume import (
     BUCKETS,
     DEFAULT_OVERLAP,
@@ -87,6 +88,8 @@ class Predictor:
         bundle: the bundle the backend runs, if any (its manifest names the modalities).
         postprocessing: the label rules after the network (``latup_edge.runtime.postprocess``).
         mirror: test-time mirroring, axis letters (``""``: none; ``"x"``: left-right, 2 passes; ``"xyz"``: 8).
+        core: a second backend that labels the parts of this one's whole tumour (a bundle's core network,
+            ``Bundle.core``; ``postprocess.compose_regions``), run on each box as this one is; None: one network.
     """
 
     def __init__(
@@ -101,8 +104,10 @@ class Predictor:
         bundle: Bundle | None = None,
         postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
         mirror: str = "",
+        core: Backend | None = None,
     ) -> None:
         self.backend = backend
+        self.core = core
         self.postprocessing = postprocessing
         self.mirror_axes = mirror_axes(mirror)
         self.normalization = normalization or backend.normalization
@@ -132,14 +137,17 @@ class Predictor:
         allow_failed: bool = False,
         postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
         mirror: str = "",
+        use_core: bool = True,
     ) -> Predictor:
         """Open a bundle (a path: read and verified here; a ``Bundle``: as loaded) and compile ``precision``.
 
-        ``precision`` None runs the bundle's default; ``backend`` may also be ``onnxruntime`` (fp32.onnx).
+        ``precision`` None runs the bundle's default (each network's own, with a core network); ``backend`` may
+        also be ``onnxruntime`` (fp32.onnx).
         """
         return cls.open(
             backend, precision, bundle, None, threads, tiling, window, overlap, shape_policy=shape_policy,
             hint=hint, cache_dir=cache_dir, allow_failed=allow_failed, postprocessing=postprocessing, mirror=mirror,
+            use_core=use_core,
         )  # fmt: skip
 
     @classmethod
@@ -160,11 +168,13 @@ class Predictor:
         allow_failed: bool = False,
         postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
         mirror: str = "",
+        use_core: bool = True,
     ) -> Predictor:
         """Any backend, as ``open_backend`` opens it: openvino and onnxruntime run ``bundle`` (None: the bundle
         shipped in the package, built from the shipped weights), torch runs
         ``weights`` (None: the shipped ones). A bundle path is read and verified here, once; a bundle
-        given with torch only names the modalities."""
+        given with torch only names the modalities. A bundle with a core network (``Bundle.core``) opens it
+        too, unless ``use_core`` is False (then its whole-tumour network labels every region, alone)."""
         if bundle is None and backend != "torch":  # the bundle shipped inside the package
             bundle = resolve_bundle(None)
         loaded = bundle if bundle is None or isinstance(bundle, Bundle) else load_bundle(Path(bundle))
@@ -176,14 +186,24 @@ class Predictor:
         opened = open_backend(
             backend, precision, loaded if runs_bundle else None, weights, threads, hint, cache_dir, allow_failed
         )
-        return cls(opened, None, network, tiling, window, overlap, shape_policy, loaded, postprocessing, mirror)
+        core = None
+        if runs_bundle and loaded.core is not None and use_core:  # each network at its own default, or as asked
+            core = open_backend(backend, precision, loaded.core, None, threads, hint, cache_dir, allow_failed)
+            gate = loaded.manifest["core"].get("gate") or {}
+            if not gate.get("passed"):
+                warnings.warn(
+                    f"bundle {loaded.path}: its two networks' composition "
+                    f"{'failed its gate (' + gate['verdict'] + ')' if gate else 'was never gated'}",
+                    stacklevel=2,
+                )
+        return cls(opened, None, network, tiling, window, overlap, shape_policy, loaded, postprocessing, mirror, core)
 
     def with_precision(self, precision: Precision, threads: int | None = None) -> Predictor:
         """The same bundle, tiling, shape policy and post-processing at another precision (the audit's fp32)."""
         return Predictor.open(
             self.backend.name, precision, self.bundle, None, threads, self.tiling, self.window, self.overlap,
             shape_policy=self.requested_shape_policy, allow_failed=True, postprocessing=self.postprocessing,
-            mirror=self.mirror,
+            mirror=self.mirror, use_core=self.core is not None,
         )  # fmt: skip
 
     @property
@@ -211,6 +231,22 @@ class Predictor:
         """The backend as the predictor feeds it a normalised brain box: its tiling, windows or bucket."""
         return box_forward(self.backend, self.tiling, self.window, self.overlap, self.bucket, self.mirror_axes)
 
+    @property
+    def core_forward(self) -> Forward | None:
+        """The core network as the predictor feeds it a brain box (as ``forward``), or None with one network."""
+        if self.core is None:
+            return None
+        return box_forward(self.core, self.tiling, self.window, self.overlap, self.bucket, self.mirror_axes)
+
+    def box_labels(self, box: np.ndarray) -> np.ndarray:
+        """The labels ``predict`` writes for a normalised ``(1, C, D, H, W)`` brain box, on the box's grid:
+        the network's argmax after the post-processing, composed with the core network's when there is one."""
+        classes = postprocess(np.argmax(self.forward(box)[0], axis=0).astype(np.uint8), self.postprocessing, box[0])
+        if self.core is None:
+            return classes
+        core = np.argmax(self.core_forward(box)[0], axis=0).astype(np.uint8)
+        return compose_regions(classes, core, self.postprocessing)
+
     def input_shape(self, box_shape: Sequence[int]) -> tuple[int, ...]:
         """The network input's spatial shape for a brain box of ``box_shape`` (whole tiling)."""
         return bucket_shape(box_shape, self.bucket) if self.bucket else tuple(box_shape)
@@ -220,7 +256,7 @@ class Predictor:
         return predict_volume(
             images, self.backend, self.tiling, self.window, self.overlap, probabilities,
             normalization=self.normalization, bucket=self.bucket, postprocessing=self.postprocessing,
-            mirror=self.mirror_axes,
+            mirror=self.mirror_axes, core=self.core,
         )  # fmt: skip
 
     def segment(
@@ -259,6 +295,7 @@ class Predictor:
             "shape_policy": self.shape_policy,
             "shape_policy_requested": self.requested_shape_policy,
             "mirror": self.mirror or None,
+            "core": self.core.resolved() if self.core is not None else None,
         }
 
     def describe(self) -> str:
@@ -266,7 +303,8 @@ class Predictor:
         threads = self.backend.resolved().get("threads")
         tiling = "whole box" if self.tiling == "whole" else f"sliding windows of at most {self.window}^3 voxels"
         mirror = f", mirrored along {self.mirror} ({2 ** len(self.mirror)} passes)" if self.mirror else ""
+        core = f", core network {self.core.precision}" if self.core is not None else ""
         return (
             f"{self.backend.name} {self.precision}, {threads or 'default'} threads, {tiling}, "
-            f"shape policy {self.shape_policy}, {self.normalization}{mirror}"
+            f"shape policy {self.shape_policy}, {self.normalization}{mirror}{core}"
         )

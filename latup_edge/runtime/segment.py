@@ -128,6 +128,7 @@ class SegmentSettings:
     audit_fraction: float = 0.0  # ... and on a seeded random fraction of the cases
     audit_seed: int = 0
     mirror: str = ""  # test-time mirroring: axis letters ("" or "none": off; "x": left-right, 2 passes; "xyz": 8)
+    core_network: bool = True  # run a bundle's core network, when it has one, to label the tumour's parts
 
     @property
     def audit(self) -> AuditPlan:
@@ -244,7 +245,7 @@ def segment_cases(
                 settings.backend, settings.precision, settings.bundle, settings.weights, settings.threads,
                 settings.tiling, settings.window, settings.overlap, shape_policy=settings.shape_policy,
                 allow_failed=settings.allow_failed_precision, postprocessing=settings.postprocessing,
-                mirror=settings.mirror,
+                mirror=settings.mirror, use_core=settings.core_network,
             )  # fmt: skip
     modalities = predictor.modalities or MODEL_MODALITIES
     trust = RunTrust.open(predictor, settings)

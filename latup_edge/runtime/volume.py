@@ -60,7 +60,14 @@ from latup_edge.data.preprocess import (
     undo_crop,
 )
 from latup_edge.errors import LatupError
-from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, largest_removed_and_kept, postprocess
+from latup_edge.runtime.postprocess import (
+    DEFAULT_POSTPROCESSING,
+    Postprocessing,
+    compose_probabilities,
+    compose_regions,
+    largest_removed_and_kept,
+    postprocess,
+)
 from latup_edge.runtime.qa import low_confidence_fraction
 from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
 
@@ -208,6 +215,7 @@ def predict_volume(
     bucket: int | None = None,
     postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
     mirror: Sequence[int] = (),
+    core: Forward | None = None,
 ) -> Prediction:
     """Predict raw (C, X, Y, Z) modality images: classes and, with ``probabilities``, the softmax.
 
@@ -219,8 +227,11 @@ def predict_volume(
     ``bucket`` (see the module docstring: only for brain-statistics networks). The classes then
     go through ``postprocessing`` (``latup_edge.runtime.postprocess``); probabilities do not.
     ``mirror`` (spatial axes) averages the network over mirror images of the box (module docstring).
+    ``core``: a second network, run on the same box in the same way, that labels the parts of ``forward``'s
+    whole tumour (``postprocess.compose_regions``); the probabilities are then composed too.
     """
     run_box = box_forward(forward, tiling, window, overlap, bucket, mirror)
+    run_core = box_forward(core, tiling, window, overlap, bucket, mirror) if core is not None else None
     clock = _Clock()
     if normalization in BRAIN_ONLY_NORMALIZATIONS:  # the box holds the whole brain: normalise the box only
         crop = brain_box(images, multiple=SIZE_MULTIPLE)
@@ -232,11 +243,14 @@ def predict_volume(
         del normalized  # a full-size copy of the images: drop it before the network's activations
     clock.lap("pre")
     scores = run_box(box)[0]
+    core_scores = run_core(box)[0] if run_core is not None else None
     clock.lap("network")
     # Softmax is monotone: the argmax of logits (whole) and of probabilities (sliding) agree.
     raw_classes = np.argmax(scores, axis=0).astype(np.uint8)
     box_classes = postprocess(raw_classes, postprocessing, box[0])
     removed_and_kept = largest_removed_and_kept(raw_classes, box_classes, box[0])
+    if core_scores is not None:  # the core network labels the parts of the whole tumour
+        box_classes = compose_regions(box_classes, np.argmax(core_scores, axis=0).astype(np.uint8), postprocessing)
     del box, raw_classes
     # QA: the share of the tumour whose top class is under 0.5, from the box's scores (no full-size copy).
     confidence = round(low_confidence_fraction(scores, box_classes, logits=tiling == "whole"), 4)
@@ -246,6 +260,9 @@ def predict_volume(
         clock.lap("post")
         return Prediction(classes, None, clock.seconds, confidence, removed_and_kept)
     box_probabilities = softmax(scores, axis=0) if tiling == "whole" else scores
+    if core_scores is not None:
+        core_probabilities = softmax(core_scores, axis=0) if tiling == "whole" else core_scores
+        box_probabilities = compose_probabilities(box_probabilities, core_probabilities)
     full = undo_crop(box_probabilities, crop)
     full[0] = undo_crop(box_probabilities[0], crop, fill=1)  # outside the brain box is background
     clock.lap("post")

@@ -47,6 +47,7 @@ def open_predictor(settings: SegmentSettings, predictor_class: type[Predictor] =
         require_bundle(settings), settings.precision, settings.threads, settings.tiling, settings.window,
         settings.overlap, backend=settings.backend, shape_policy=settings.shape_policy,
         allow_failed=settings.allow_failed_precision, postprocessing=settings.postprocessing, mirror=settings.mirror,
+        use_core=settings.core_network,
     )  # fmt: skip
 
 

@@ -1,0 +1,143 @@
+"""A bundle with a core network: one network finds the whole tumour, the other labels its parts."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import BRAIN, narrow_network
+from test_benchmark import make_narrow_bundle
+from test_predictor import raw_images
+from typer.testing import CliRunner
+
+from latup_edge.cli import app
+from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
+from latup_edge.deploy import compose as compose_module
+from latup_edge.deploy.compile import compile_bundle
+from latup_edge.deploy.compose import compose_bundle
+from latup_edge.deploy.export import export_onnx
+from latup_edge.evaluate.metrics import region_metrics
+from latup_edge.runtime.bundle import BundleError, load_bundle
+from latup_edge.runtime.drift import run_drift
+from latup_edge.runtime.openvino_backend import cpu_supports_bf16
+from latup_edge.runtime.postprocess import Postprocessing, compose_probabilities, compose_regions
+from latup_edge.runtime.predictor import Predictor
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def networks(tmp_path_factory) -> dict[str, Path]:
+    """Two fp32 bundles of different narrow brain-statistics networks."""
+    root = tmp_path_factory.mktemp("networks")
+    bundles = {}
+    for name, seed in (("whole", 1), ("core", 2)):
+        onnx = export_onnx(narrow_network(BRAIN, seed), root / f"{name}.onnx")
+        bundles[name] = compile_bundle(onnx, None, root / name, probe_shape=(1, 3, 16, 16, 16), repeats=1)
+    return bundles
+
+
+@pytest.fixture(scope="module")
+def composed(networks, two_phantoms, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("composed") / "bundle"
+    compose_bundle(networks["whole"], networks["core"], out, two_phantoms)
+    return out
+
+
+def test_the_whole_tumour_is_one_networks_and_its_parts_the_others():
+    whole = np.zeros((30, 30, 30), np.uint8)
+    whole[5:25, 5:25, 5:25] = 2
+    whole[10:14, 10:14, 10:14] = 3  # the whole network's own core: the core network sees none there, so ED
+    core = np.zeros_like(whole)
+    core[15:22, 15:22, 15:22] = 3  # the core network's ET inside the tumour: kept
+    core[18:20, 18:20, 18:20] = 1
+    core[0:4, 0:4, 0:4] = 3  # ... and outside it: not a tumour
+    composed = compose_regions(whole, core)
+    np.testing.assert_array_equal(composed > 0, whole > 0)
+    assert np.all(composed[10:14, 10:14, 10:14] == 2)
+    np.testing.assert_array_equal(composed[15:22, 15:22, 15:22], core[15:22, 15:22, 15:22])
+    assert not composed[0:4, 0:4, 0:4].any()
+    few = np.zeros_like(whole)
+    few[10:15, 10:15, 10:15] = 3  # 125 ET voxels: under the ET-voxel rule's 200, so necrosis
+    assert np.all(compose_regions(whole, few)[10:15, 10:15, 10:15] == 1)
+
+
+def test_composed_probabilities_keep_the_background_and_split_the_tumour_by_the_cores_odds():
+    rng = np.random.default_rng(0)
+    whole, core = (rng.dirichlet(np.ones(4), size=(6, 5, 4)).transpose(3, 0, 1, 2).astype(np.float32) for _ in "ab")
+    composed = compose_probabilities(whole, core)
+    np.testing.assert_allclose(composed.sum(axis=0), 1, atol=1e-5)
+    np.testing.assert_array_equal(composed[0], whole[0])
+    np.testing.assert_allclose(composed[1] / composed[3], core[1] / core[3], rtol=1e-4)
+
+
+def test_the_predictor_composes_the_two_networks_labels(networks, composed):
+    images = raw_images()
+    got = Predictor.from_bundle(composed, threads=1).predict(images, probabilities=True)
+    whole = Predictor.from_bundle(networks["whole"], threads=1).predict(images).classes
+    core = Predictor.from_bundle(networks["core"], threads=1, postprocessing=Postprocessing.none()).predict(images)
+    assert np.isin(core.classes[whole > 0], (1, 3)).any() and (core.classes[whole > 0] == 2).any()  # not trivial
+    np.testing.assert_array_equal(got.classes, compose_regions(whole, core.classes))
+    assert not np.array_equal(got.classes, whole)
+    np.testing.assert_allclose(got.probabilities.sum(axis=0), 1, atol=1e-5)
+    alone = Predictor.from_bundle(composed, threads=1, use_core=False)
+    assert alone.core is None
+    np.testing.assert_array_equal(alone.predict(images).classes, whole)
+
+
+def test_the_composition_is_gated_and_recorded(composed, networks):
+    manifest = json.loads((composed / "manifest.json").read_text())
+    core = manifest["core"]
+    assert core["path"] == "core" and core["checksum"] == load_bundle(networks["core"]).manifest["checksum"]
+    assert core["gate"]["passed"] and core["gate"]["verdict"].startswith("pass")
+    assert core["gate"]["precisions"] == {"whole": "fp32", "core": "fp32"}
+    loaded = load_bundle(composed)
+    assert loaded.core is not None and loaded.core.path == composed / "core"
+    assert "core network fp32" in Predictor.from_bundle(loaded, threads=1).describe()
+
+
+def test_a_changed_or_swapped_core_network_is_refused(composed, networks, tmp_path):
+    changed = shutil.copytree(composed, tmp_path / "changed")
+    with (changed / "core" / "fp32.bin").open("r+b") as file:
+        file.seek(1000)
+        byte = file.read(1)
+        file.seek(1000)
+        file.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(BundleError, match=r"core/?\b.*fp32.bin does not match"):
+        load_bundle(changed)
+    swapped = shutil.copytree(composed, tmp_path / "swapped")
+    shutil.rmtree(swapped / "core")
+    shutil.copytree(networks["whole"], swapped / "core")
+    with pytest.raises(BundleError, match="not the one it was composed with"):
+        load_bundle(swapped)
+
+
+def test_compose_refuses_bundles_that_do_not_fit_and_writes_nothing(networks, two_phantoms, tmp_path, monkeypatch):
+    volume = make_narrow_bundle(tmp_path / "volume")  # min-max and volume statistics: another preprocessing
+    out = tmp_path / "out"
+    with pytest.raises(BundleError, match="differ in their preprocessing"):
+        compose_bundle(networks["whole"], volume, out, two_phantoms)
+    with pytest.raises(BundleError, match="is one of the bundles being composed"):
+        compose_bundle(networks["whole"], networks["core"], networks["whole"], two_phantoms)
+    failed = {"passed": False, "verdict": "fail: TC agreement with fp32 0.9800 < 0.9900"}
+    monkeypatch.setattr(compose_module, "composition_gate", lambda *args, **kwargs: failed)
+    arguments = [str(networks["whole"]), str(networks["core"]), "-o", str(out), "--gate-data", str(two_phantoms)]
+    result = runner.invoke(app, ["compose", *arguments])
+    assert result.exit_code != 0
+    assert "fails its INT8 gate" in " ".join(result.output.split()) and "nothing was written" in result.output
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    assert not load_bundle(networks["whole"]).manifest.get("core")  # the inputs are untouched
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="drift compares a reduced precision; this CPU has no bf16")
+def test_drift_scores_the_labels_segment_writes_from_both_networks(composed, two_phantoms):
+    result = run_drift(two_phantoms, composed, precisions=["bf16"], threads=1)
+    assert result["summary"]["fp32"]["labels"] == "composed, as segment writes them"
+    case = discover_cases(two_phantoms)[0]
+    images, _ = load_case_images(case)
+    predictor = Predictor.from_bundle(composed, "fp32", threads=1)
+    expected = region_metrics(predictor.predict(images).classes, load_case_labels(case)[0])
+    scored = result["cases"][case.case_id]["precisions"]["fp32"]["metrics"]
+    for region in ("WT", "TC", "ET"):
+        assert scored[region]["dice"] == pytest.approx(expected[region]["dice"])
