@@ -1,0 +1,80 @@
+"""Bundles side by side on labelled folders, each at its default precision, scored on the labels `segment` writes.
+
+For each bundle and folder: mean Dice per region (WT, TC, ET), their mean, the cases with WT under 0.7, and the
+seconds a case took to predict (network and post-processing; on a shared CPU, a rough figure). A bundle with a core
+network runs both networks, as `segment` does.
+
+    python benchmarks/judge_bundles.py runs/blind5 runs/indep21 --bundles models/bundle runs/bundle15 \\
+        --json benchmarks/stage15_judge.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
+from latup_edge.data.naming import MODEL_MODALITIES
+from latup_edge.evaluate.metrics import region_metrics, summarise
+from latup_edge.fileio import atomic_write_json
+from latup_edge.runtime.predictor import Predictor
+
+REGIONS = ("WT", "TC", "ET")
+POOR_WT = 0.7
+
+
+def judge(folders: list[Path], bundles: list[Path]) -> dict:
+    result: dict = {"bundles": {}}
+    for bundle in bundles:
+        predictor = Predictor.from_bundle(bundle)
+        sets = {}
+        for folder in folders:
+            cases, seconds = {}, []
+            for case in discover_cases(folder):
+                images, reference = load_case_images(case, predictor.modalities or MODEL_MODALITIES)
+                started = time.perf_counter()
+                classes = predictor.predict(images).classes
+                seconds.append(time.perf_counter() - started)
+                truth, _ = load_case_labels(case, reference)
+                cases[case.case_id] = region_metrics(classes, truth, spacing=reference.header.get_zooms()[:3])
+                dice = "/".join(f"{cases[case.case_id][r]['dice']:.3f}" for r in REGIONS)
+                print(f"{bundle} {folder.name} {case.case_id}: {dice}", file=sys.stderr)
+            summary = summarise(cases)
+            means = [summary[r]["dice"]["mean"] for r in REGIONS]
+            sets[str(folder)] = {
+                "cases": cases,
+                "summary": summary,
+                "mean_dice": dict(zip(REGIONS, means, strict=True)),
+                "mean_over_regions": float(np.mean(means)),
+                "cases_wt_below_0.7": sorted(c for c, m in cases.items() if m["WT"]["dice"] < POOR_WT),
+                "seconds_per_case_mean": float(np.mean(seconds)),
+            }
+        result["bundles"][str(bundle)] = {"described": predictor.describe(), "sets": sets}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--bundles", nargs="+", type=Path, required=True)
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args()
+    result = judge(args.folders, args.bundles)
+    print(f"{'bundle':<20} {'set':<14} {'WT / TC / ET':>26} {'mean':>7} {'WT<0.7':>7} {'s/case':>7}")
+    for bundle, entry in result["bundles"].items():
+        for folder, one in entry["sets"].items():
+            dice = " / ".join(f"{one['mean_dice'][r]:.4f}" for r in REGIONS)
+            print(
+                f"{bundle:<20} {Path(folder).name:<14} {dice:>26} {one['mean_over_regions']:>7.4f} "
+                f"{len(one['cases_wt_below_0.7']):>7} {one['seconds_per_case_mean']:>7.1f}"
+            )
+    if args.json:
+        atomic_write_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
