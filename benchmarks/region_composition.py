@@ -14,8 +14,10 @@ them), the composition, and the classical ensemble (A's and B's softmax averaged
 
 Each case's four class maps are cached (``--cache``), so a second look at the same networks costs no inference.
 
-The composition itself is the product's (``latup_edge.runtime.postprocess.compose_regions``); ``latup-edge
-compose`` makes a bundle of the two networks and measures its INT8 gate.
+The composition is the product's (``latup_edge.runtime.postprocess.compose_regions``, stage 15b's rule: WT and ET
+from A, the rest NCR where B sees a core); ``latup-edge compose`` makes a bundle of the two networks and measures its
+INT8 gate. ``benchmarks/stage15_screen.json`` was written under stage 15's rule (B's NCR and ET both taken, then the
+ET-voxel rule again), ``benchmarks/stage15b_screen.json`` under 15b's, from the same cache.
 """
 
 from __future__ import annotations

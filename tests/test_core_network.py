@@ -45,31 +45,30 @@ def composed(networks, two_phantoms, tmp_path_factory) -> Path:
     return out
 
 
-def test_the_whole_tumour_is_one_networks_and_its_parts_the_others():
+def test_the_whole_tumour_and_its_et_are_one_networks_and_the_core_the_others():
     whole = np.zeros((30, 30, 30), np.uint8)
     whole[5:25, 5:25, 5:25] = 2
-    whole[10:14, 10:14, 10:14] = 3  # the whole network's own core: the core network sees none there, so ED
+    whole[10:14, 10:14, 10:14] = 3  # the whole network's ET: kept, whatever the core network says there
+    whole[6:9, 6:9, 6:9] = 1  # ... its necrosis: the core network sees none there, so oedema
     core = np.zeros_like(whole)
-    core[15:22, 15:22, 15:22] = 3  # the core network's ET inside the tumour: kept
+    core[15:22, 15:22, 15:22] = 3  # the core network's ET inside the tumour: core, but not enhancing
     core[18:20, 18:20, 18:20] = 1
     core[0:4, 0:4, 0:4] = 3  # ... and outside it: not a tumour
     composed = compose_regions(whole, core)
     np.testing.assert_array_equal(composed > 0, whole > 0)
-    assert np.all(composed[10:14, 10:14, 10:14] == 2)
-    np.testing.assert_array_equal(composed[15:22, 15:22, 15:22], core[15:22, 15:22, 15:22])
+    np.testing.assert_array_equal(composed == 3, whole == 3)
+    assert np.all(composed[15:22, 15:22, 15:22] == 1) and np.all(composed[6:9, 6:9, 6:9] == 2)
     assert not composed[0:4, 0:4, 0:4].any()
-    few = np.zeros_like(whole)
-    few[10:15, 10:15, 10:15] = 3  # 125 ET voxels: under the ET-voxel rule's 200, so necrosis
-    assert np.all(compose_regions(whole, few)[10:15, 10:15, 10:15] == 1)
+    assert np.count_nonzero(composed == 2) == np.count_nonzero(whole > 0) - 4**3 - 7**3
 
 
-def test_composed_probabilities_keep_the_background_and_split_the_tumour_by_the_cores_odds():
+def test_composed_probabilities_keep_background_and_et_and_split_the_rest_by_the_cores_odds():
     rng = np.random.default_rng(0)
     whole, core = (rng.dirichlet(np.ones(4), size=(6, 5, 4)).transpose(3, 0, 1, 2).astype(np.float32) for _ in "ab")
     composed = compose_probabilities(whole, core)
     np.testing.assert_allclose(composed.sum(axis=0), 1, atol=1e-5)
-    np.testing.assert_array_equal(composed[0], whole[0])
-    np.testing.assert_allclose(composed[1] / composed[3], core[1] / core[3], rtol=1e-4)
+    np.testing.assert_array_equal(composed[[0, 3]], whole[[0, 3]])
+    np.testing.assert_allclose(composed[1] / composed[2], (core[1] + core[3]) / core[2], rtol=1e-4)
 
 
 def test_the_predictor_composes_the_two_networks_labels(networks, composed):

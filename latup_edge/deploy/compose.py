@@ -1,11 +1,11 @@
 """A bundle with two networks, one per region: ``compose_bundle``.
 
-The whole bundle's network says where the tumour is; the core bundle's network says which parts of it are
-necrotic core, oedema and enhancing (``latup_edge.runtime.postprocess.compose_regions``). Each is a complete
-bundle with its own INT8 gate. The composition gets a gate of its own, because it is what ``segment`` writes: its
-labels with both networks at their default precisions against both at fp32, on held-out cases, by the build's
-bar (Dice ratio within 0.001 of fp32 and mean agreement >= 0.99 in every region). A composition that fails it is
-not written unless asked for, and then the manifest says so.
+The whole bundle's network says where the tumour is and what of it enhances; the core bundle's network says
+which of the rest is tumour core and which oedema (``latup_edge.runtime.postprocess.compose_regions``).
+Each is a complete bundle with its own INT8 gate. The composition gets a gate of its own, because it is what
+``segment`` writes: its labels with both networks at their default precisions against both at fp32, on held-out
+cases, by the build's bar (Dice ratio within 0.001 of fp32 and mean agreement >= 0.99 in every region). A
+composition that fails it is not written unless asked for, and then the manifest says so.
 
 >>> compose_bundle(Path("bundle"), Path("bundle-core"), Path("bundle-two"), Path("BraTS-held-out"))  # doctest: +SKIP
 """
@@ -30,8 +30,8 @@ from latup_edge.runtime.predictor import Predictor
 
 CORE_FOLDER = "core"
 RULE = (
-    "the whole tumour is this bundle's network's labels as written; inside it, each voxel takes the core "
-    "network's argmax where that is NCR or ET, and ED elsewhere; then the ET-voxel rule again"
+    "the whole tumour and its ET are this bundle's network's labels as written; every other voxel of the whole "
+    "tumour is NCR where the core network's argmax says NCR or ET, and ED elsewhere"
 )
 # What must agree between the two networks for one preprocessing path to serve both.
 SHARED = ("preprocessing", "modalities", "labels")

@@ -134,26 +134,28 @@ def postprocess(
     return classes
 
 
-def compose_regions(whole: np.ndarray, core: np.ndarray, rules: Postprocessing = DEFAULT_POSTPROCESSING) -> np.ndarray:
+def compose_regions(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
     """Two networks, one per region (a bundle with a core network, ``latup_edge.runtime.bundle``): ``whole``'s
-    tumour (its labels as written), each of its voxels labelled by ``core`` (a raw argmax) where that says NCR or
-    ET and ED elsewhere; background outside. The ET-voxel rule of ``rules`` then runs again. WT is ``whole``'s."""
+    labels as written give the whole tumour and its ET, unchanged; every other voxel of the whole tumour is NCR
+    where ``core`` (a raw argmax) says NCR or ET, and ED elsewhere. Only the tumour core can differ from ``whole``'s.
+    """
     tumour = whole > 0
     composed = np.where(tumour, np.uint8(ED), np.uint8(0))
-    inner = tumour & ((core == NCR) | (core == ET))
-    composed[inner] = core[inner]
-    if 0 < np.count_nonzero(composed == ET) < rules.min_et_voxels:
-        composed[composed == ET] = NCR
+    composed[tumour & ((core == NCR) | (core == ET))] = NCR
+    composed[whole == ET] = ET
     return composed
 
 
 def compose_probabilities(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
-    """The softmax of two networks composed as ``compose_regions`` composes their labels: background from
-    ``whole``, the tumour's share split among NCR, ED and ET by ``core``'s odds among them ((K, ...) each)."""
-    parts = core[1:] + np.float32(1e-6) * (np.arange(1, core.shape[0]) == ED)[:, None, None, None]
+    """The softmax of two networks composed as ``compose_regions`` composes their labels (``(K, ...)`` each):
+    background and ET from ``whole``; the rest split between NCR and ED by ``core``'s odds of a core (NCR or ET)."""
+    tumour = core[NCR] + core[ED] + core[ET]
+    core_share = np.divide(core[NCR] + core[ET], tumour, out=np.zeros_like(tumour), where=tumour > 0)
+    rest = np.clip(1 - whole[0] - whole[ET], 0, None)
     composed = np.empty_like(whole, dtype=np.float32)
-    composed[0] = whole[0]
-    composed[1:] = (1 - whole[0]) * parts / parts.sum(axis=0)
+    composed[0], composed[ET] = whole[0], whole[ET]
+    composed[NCR] = rest * core_share
+    composed[ED] = rest * (1 - core_share)
     return composed
 
 

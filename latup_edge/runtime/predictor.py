@@ -245,7 +245,7 @@ class Predictor:
         if self.core is None:
             return classes
         core = np.argmax(self.core_forward(box)[0], axis=0).astype(np.uint8)
-        return compose_regions(classes, core, self.postprocessing)
+        return compose_regions(classes, core)
 
     def input_shape(self, box_shape: Sequence[int]) -> tuple[int, ...]:
         """The network input's spatial shape for a brain box of ``box_shape`` (whole tiling)."""

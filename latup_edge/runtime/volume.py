@@ -250,7 +250,7 @@ def predict_volume(
     box_classes = postprocess(raw_classes, postprocessing, box[0])
     removed_and_kept = largest_removed_and_kept(raw_classes, box_classes, box[0])
     if core_scores is not None:  # the core network labels the parts of the whole tumour
-        box_classes = compose_regions(box_classes, np.argmax(core_scores, axis=0).astype(np.uint8), postprocessing)
+        box_classes = compose_regions(box_classes, np.argmax(core_scores, axis=0).astype(np.uint8))
     del box, raw_classes
     # QA: the share of the tumour whose top class is under 0.5, from the box's scores (no full-size copy).
     confidence = round(low_confidence_fraction(scores, box_classes, logits=tiling == "whole"), 4)
