@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from latup_edge.models.checkpoint import shipped_weights
+from latup_edge.models.checkpoint import shipped_core_weights, shipped_weights
 from latup_edge.runtime.bundle import load_bundle, resolve_bundle, shipped_bundle
 
 
@@ -53,3 +53,15 @@ def test_a_head_bias_shifted_by_a_tenth_of_a_logit_paints_no_label_outside_the_b
     assert np.count_nonzero(raw[~inside]) > 100_000  # the trap is real: the box around the brain turns necrosis
     delivered = predict_classes(images, shifted, "whole", normalization=bundle.normalization)
     assert not delivered[~inside].any()
+
+
+def test_the_shipped_core_network_is_built_from_the_shipped_core_weights_and_its_composition_is_gated():
+    bundle = load_bundle(shipped_bundle())
+    assert bundle.core is not None, "the shipped bundle has no core network (docs/GENERALISATION.md section 28)"
+    weights = hashlib.sha256(shipped_core_weights().read_bytes()).hexdigest()
+    assert bundle.core.manifest["source"]["metadata"]["weights_sha256"] == weights, (
+        "the shipped core weights changed but the shipped bundle's core network did not: recompose models/bundle"
+    )
+    gate = bundle.manifest["core"]["gate"]
+    assert gate["passed"] and gate["precisions"] == {"whole": "int8", "core": "int8"}
+    assert len(gate["cases"]) == 8 and gate["tiling"] == "sliding"

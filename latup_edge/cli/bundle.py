@@ -57,7 +57,7 @@ def compose_command(
     threads: Annotated[int, typer.Option(help="Inference threads (0: OpenVINO's default).")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Put CORE's network into a copy of WHOLE, as its core network: WHOLE finds the tumour, CORE labels its parts.
+    """Put CORE's network into a copy of WHOLE, as its core network: WHOLE finds the tumour and its ET, CORE its core.
 
     The composition is gated as a build is: its labels at both networks' default precisions against both at fp32.
     """
@@ -127,6 +127,4 @@ def show_bundle(manifest: dict[str, Any], path: Path, as_json: bool) -> None:
     core = manifest.get("core")
     if core:
         gate = (core.get("gate") or {}).get("verdict", "not gated")
-        console.print(
-            f"core network: {core['path']}/ labels the tumour's parts ({core['rule']}); composition gate: {gate}"
-        )
+        console.print(f"core network: {core['path']}/ ({core['rule']}); composition gate: {gate}")

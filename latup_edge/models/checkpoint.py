@@ -23,6 +23,7 @@ from latup_edge.models.latup_net import LATUPNet, LATUPNetConfig
 
 FORMAT = "latup-edge-checkpoint/1"
 SHIPPED_NAME = "latup-demo.safetensors"
+SHIPPED_CORE_NAME = "latup-core.safetensors"
 
 
 class CheckpointError(LatupError):
@@ -32,6 +33,11 @@ class CheckpointError(LatupError):
 def shipped_weights() -> Path:
     """Path of the demo weights that ship with the package."""
     return Path(str(resources.files("latup_edge.shipped") / SHIPPED_NAME))
+
+
+def shipped_core_weights() -> Path:
+    """Path of the weights of the shipped bundle's core network (they label the non-enhancing tumour core)."""
+    return Path(str(resources.files("latup_edge.shipped") / SHIPPED_CORE_NAME))
 
 
 def save_checkpoint(model: LATUPNet, path: Path, provenance: dict[str, Any] | None = None) -> Path:
