@@ -167,9 +167,7 @@ def compile_bundle(
             "default_precision": default,
             "build": extra,
         }
-        manifest = json.loads(json.dumps(manifest, default=str))
-        manifest["checksum"] = manifest_checksum(manifest)
-        atomic_write_json(work / MANIFEST, manifest)
+        write_manifest(work, json.loads(json.dumps(manifest, default=str)))
         _move_into_place(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -229,6 +227,12 @@ def _measure(
         )
     entry["eligible"] = entry["status"] == "ok" and verdict_passes(verdict)
     return entry
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """``manifest`` given its checksum and written atomically as ``folder``/manifest.json."""
+    manifest["checksum"] = manifest_checksum(manifest)
+    atomic_write_json(folder / MANIFEST, manifest)
 
 
 def verdict_passes(verdict: str | None) -> bool:

@@ -21,10 +21,9 @@ from typing import Any
 
 from latup_edge.data.cases import discover_cases
 from latup_edge.deploy.build import verdict
-from latup_edge.deploy.compile import _check_destination, _move_into_place, verdict_passes
+from latup_edge.deploy.compile import _check_destination, _move_into_place, verdict_passes, write_manifest
 from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_AGREEMENT, measure_drift, prepare_case
-from latup_edge.fileio import atomic_write_json
-from latup_edge.runtime.bundle import MANIFEST, Bundle, BundleError, load_bundle, manifest_checksum
+from latup_edge.runtime.bundle import Bundle, BundleError, load_bundle
 from latup_edge.runtime.drift import labels_forward
 from latup_edge.runtime.predictor import Predictor
 
@@ -109,8 +108,7 @@ def compose_bundle(
             "rule": RULE,
             "source": str(core),
         }
-        manifest["checksum"] = manifest_checksum(manifest)
-        atomic_write_json(work / MANIFEST, manifest)
+        write_manifest(work, manifest)
         progress(f"gating the composition on the held-out cases of {gate_data}")
         gate = composition_gate(load_bundle(work), gate_data, threads, lambda case_id: progress(case_id))
         if not gate["passed"] and not allow_failed:
@@ -119,8 +117,7 @@ def compose_bundle(
                 "nothing was written; rebuild the core network, or pass --allow-failed-gate to record the failure"
             )
         manifest["core"]["gate"] = gate
-        manifest["checksum"] = manifest_checksum(manifest)
-        atomic_write_json(work / MANIFEST, manifest)
+        write_manifest(work, manifest)
         _move_into_place(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
