@@ -37,7 +37,8 @@ def test_wheel_contains_every_module_the_shipped_weights_and_model_card(tmp_path
     for shipped in ("latup-demo.safetensors", "latup-demo.json", "MODEL_CARD.md"):
         assert f"latup_edge/shipped/{shipped}" in names
     # The bundle built from them: a runtime-only install segments with nothing built locally.
-    bundle = {path.name for path in (ROOT / "models" / "bundle").iterdir()}
+    shipped_bundle = ROOT / "models" / "bundle"  # its files, core/ network included
+    bundle = {path.relative_to(shipped_bundle).as_posix() for path in shipped_bundle.rglob("*") if path.is_file()}
     assert bundle >= {"manifest.json", "int8.xml", "int8.bin", "fp32.xml", "fp32.bin"}
     assert {f"latup_edge/shipped/bundle/{name}" for name in bundle} <= names
     # An explicit package list forgets new subpackages; an editable install would not notice.
