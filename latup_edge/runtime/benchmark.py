@@ -262,10 +262,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
         )  # fmt: skip
     backend = predictor.backend
     # Each brain box through the network as the predictor runs it: its windows, or one pass padded to its bucket.
-    run_box = predictor.forward
-    if predictor.core is not None:  # a bundle with a core network: both networks on each box
-        whole_box, core_box = predictor.forward, predictor.core_forward
-        run_box = lambda tile: (whole_box(tile), core_box(tile))[0]  # noqa: E731
+    run_box = predictor.box_scores  # with a core network, both networks on each box
     tiles = [prepare_case(case, normalization=predictor.normalization).inputs for case in cases]
     first_ms = _timed_ms(lambda: run_box(tiles[0]))
     for _ in range(spec.warmup):

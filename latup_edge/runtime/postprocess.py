@@ -146,6 +146,15 @@ def compose_regions(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
     return composed
 
 
+def delivered_classes(
+    raw: np.ndarray, rules: Postprocessing, inputs: np.ndarray | None, core: np.ndarray | None = None
+) -> np.ndarray:
+    """The labels ``segment`` writes from a network's raw argmax: ``rules`` applied, then, with a core network's
+    raw argmax ``core``, the tumour's parts taken from it (``compose_regions``). One place for the order."""
+    classes = postprocess(raw, rules, inputs)
+    return classes if core is None else compose_regions(classes, core)
+
+
 def compose_probabilities(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
     """The softmax of two networks composed as ``compose_regions`` composes their labels (``(K, ...)`` each):
     background and ET from ``whole``; the rest split between NCR and ED by ``core``'s odds of a core (NCR or ET)."""

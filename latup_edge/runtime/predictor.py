@@ -26,7 +26,7 @@ from latup_edge.errors import LatupError
 from latup_edge.runtime.backends import Backend, BackendName, open_backend
 from latup_edge.runtime.bundle import Bundle, load_bundle, resolve_bundle
 from latup_edge.runtime.openvino_backend import PerformanceHint, Precision
-from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, compose_regions, postprocess
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, delivered_classes
 from latup_edge.runtime.volume import (
     BUCKETS,
     DEFAULT_OVERLAP,
@@ -238,14 +238,16 @@ class Predictor:
             return None
         return box_forward(self.core, self.tiling, self.window, self.overlap, self.bucket, self.mirror_axes)
 
+    def box_scores(self, box: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each network's scores for a normalised ``(1, C, D, H, W)`` brain box: the network's, and the core
+        network's (None with one network)."""
+        return self.forward(box), (self.core_forward(box) if self.core is not None else None)
+
     def box_labels(self, box: np.ndarray) -> np.ndarray:
-        """The labels ``predict`` writes for a normalised ``(1, C, D, H, W)`` brain box, on the box's grid:
-        the network's argmax after the post-processing, composed with the core network's when there is one."""
-        classes = postprocess(np.argmax(self.forward(box)[0], axis=0).astype(np.uint8), self.postprocessing, box[0])
-        if self.core is None:
-            return classes
-        core = np.argmax(self.core_forward(box)[0], axis=0).astype(np.uint8)
-        return compose_regions(classes, core)
+        """The labels ``predict`` writes for a normalised ``(1, C, D, H, W)`` brain box, on the box's grid."""
+        scores, core_scores = self.box_scores(box)
+        core = np.argmax(core_scores[0], axis=0).astype(np.uint8) if core_scores is not None else None
+        return delivered_classes(np.argmax(scores[0], axis=0).astype(np.uint8), self.postprocessing, box[0], core)
 
     def input_shape(self, box_shape: Sequence[int]) -> tuple[int, ...]:
         """The network input's spatial shape for a brain box of ``box_shape`` (whole tiling)."""

@@ -64,9 +64,8 @@ from latup_edge.runtime.postprocess import (
     DEFAULT_POSTPROCESSING,
     Postprocessing,
     compose_probabilities,
-    compose_regions,
+    delivered_classes,
     largest_removed_and_kept,
-    postprocess,
 )
 from latup_edge.runtime.qa import low_confidence_fraction
 from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
@@ -247,10 +246,9 @@ def predict_volume(
     clock.lap("network")
     # Softmax is monotone: the argmax of logits (whole) and of probabilities (sliding) agree.
     raw_classes = np.argmax(scores, axis=0).astype(np.uint8)
-    box_classes = postprocess(raw_classes, postprocessing, box[0])
+    core_classes = np.argmax(core_scores, axis=0).astype(np.uint8) if core_scores is not None else None
+    box_classes = delivered_classes(raw_classes, postprocessing, box[0], core_classes)
     removed_and_kept = largest_removed_and_kept(raw_classes, box_classes, box[0])
-    if core_scores is not None:  # the core network labels the parts of the whole tumour
-        box_classes = compose_regions(box_classes, np.argmax(core_scores, axis=0).astype(np.uint8))
     del box, raw_classes
     # QA: the share of the tumour whose top class is under 0.5, from the box's scores (no full-size copy).
     confidence = round(low_confidence_fraction(scores, box_classes, logits=tiling == "whole"), 4)
