@@ -4,6 +4,11 @@ For each bundle and folder: mean Dice per region (WT, TC, ET), their mean, the c
 seconds a case took to predict (network and post-processing; on a shared CPU, a rough figure). A bundle with a core
 network runs both networks, as `segment` does.
 
+Each network's raw argmax is computed once and the labels are made from it by ``delivered_classes``, the function
+`segment` uses: so ``--rule-orders`` judges one bundle under both orders of the rules and the composition
+(``Postprocessing.rules_see_core``) from one inference, each row named ``BUNDLE [rules-see-core]`` or
+``BUNDLE [rules-then-core]``.
+
     python benchmarks/judge_bundles.py runs/blind5 runs/indep21 --bundles models/bundle runs/bundle15 \\
         --json benchmarks/stage15_judge.json
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,55 +27,78 @@ from latup_edge.data.cases import discover_cases, load_case_images, load_case_la
 from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.evaluate.metrics import region_metrics, summarise
 from latup_edge.fileio import atomic_write_json
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, delivered_classes
 from latup_edge.runtime.predictor import Predictor
 
 REGIONS = ("WT", "TC", "ET")
 POOR_WT = 0.7
 
 
-def judge(folders: list[Path], bundles: list[Path]) -> dict:
+def judge(folders: list[Path], bundles: list[Path], rule_orders: bool = False) -> dict:
+    rules = {"": DEFAULT_POSTPROCESSING}
+    if rule_orders:
+        rules = {
+            " [rules-then-core]": replace(DEFAULT_POSTPROCESSING, rules_see_core=False),
+            " [rules-see-core]": replace(DEFAULT_POSTPROCESSING, rules_see_core=True),
+        }
     result: dict = {"bundles": {}}
     for bundle in bundles:
-        predictor = Predictor.from_bundle(bundle)
-        sets = {}
+        # Each network alone and unprocessed: the labels are made below, as segment makes them.
+        whole = Predictor.from_bundle(bundle, postprocessing=Postprocessing.none(), use_core=False)
+        core = (
+            Predictor.from_bundle(bundle / "core", postprocessing=Postprocessing.none()) if whole.bundle.core else None
+        )
+        scored: dict[str, dict] = {name: {} for name in rules}
         for folder in folders:
-            cases, seconds = {}, []
+            cases: dict[str, dict] = {name: {} for name in rules}
+            seconds = []
             for case in discover_cases(folder):
-                images, reference = load_case_images(case, predictor.modalities or MODEL_MODALITIES)
+                images, reference = load_case_images(case, whole.modalities or MODEL_MODALITIES)
                 started = time.perf_counter()
-                classes = predictor.predict(images).classes
+                raw = whole.predict(images).classes
+                core_raw = core.predict(images).classes if core is not None else None
+                labels = {name: delivered_classes(raw, one, images, core_raw) for name, one in rules.items()}
                 seconds.append(time.perf_counter() - started)
                 truth, _ = load_case_labels(case, reference)
-                cases[case.case_id] = region_metrics(classes, truth, spacing=reference.header.get_zooms()[:3])
-                dice = "/".join(f"{cases[case.case_id][r]['dice']:.3f}" for r in REGIONS)
-                print(f"{bundle} {folder.name} {case.case_id}: {dice}", file=sys.stderr)
-            summary = summarise(cases)
-            means = [summary[r]["dice"]["mean"] for r in REGIONS]
-            sets[str(folder)] = {
-                "cases": cases,
-                "summary": summary,
-                "mean_dice": dict(zip(REGIONS, means, strict=True)),
-                "mean_over_regions": float(np.mean(means)),
-                "cases_wt_below_0.7": sorted(c for c, m in cases.items() if m["WT"]["dice"] < POOR_WT),
-                "seconds_per_case_mean": float(np.mean(seconds)),
-            }
-        result["bundles"][str(bundle)] = {"described": predictor.describe(), "sets": sets}
+                for name, classes in labels.items():
+                    metrics = region_metrics(classes, truth, spacing=reference.header.get_zooms()[:3])
+                    cases[name][case.case_id] = metrics
+                    dice = "/".join(f"{metrics[r]['dice']:.3f}" for r in REGIONS)
+                    print(f"{bundle}{name} {folder.name} {case.case_id}: {dice}", file=sys.stderr)
+            for name in rules:
+                scored[name][str(folder)] = _summary(cases[name], seconds)
+        for name in rules:
+            result["bundles"][f"{bundle}{name}"] = {"described": whole.describe(), "sets": scored[name]}
     return result
+
+
+def _summary(cases: dict, seconds: list[float]) -> dict:
+    summary = summarise(cases)
+    means = [summary[r]["dice"]["mean"] for r in REGIONS]
+    return {
+        "cases": cases,
+        "summary": summary,
+        "mean_dice": dict(zip(REGIONS, means, strict=True)),
+        "mean_over_regions": float(np.mean(means)),
+        "cases_wt_below_0.7": sorted(c for c, m in cases.items() if m["WT"]["dice"] < POOR_WT),
+        "seconds_per_case_mean": float(np.mean(seconds)),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--bundles", nargs="+", type=Path, required=True)
+    parser.add_argument("--rule-orders", action="store_true", help="judge each bundle under both rule orders")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args()
-    result = judge(args.folders, args.bundles)
-    print(f"{'bundle':<20} {'set':<14} {'WT / TC / ET':>26} {'mean':>7} {'WT<0.7':>7} {'s/case':>7}")
+    result = judge(args.folders, args.bundles, args.rule_orders)
+    print(f"{'bundle':<36} {'set':<14} {'WT / TC / ET':>26} {'mean':>7} {'WT<0.7':>7} {'s/case':>7}")
     for bundle, entry in result["bundles"].items():
         for folder, one in entry["sets"].items():
             dice = " / ".join(f"{one['mean_dice'][r]:.4f}" for r in REGIONS)
             print(
-                f"{bundle:<20} {Path(folder).name:<14} {dice:>26} {one['mean_over_regions']:>7.4f} "
+                f"{bundle:<36} {Path(folder).name:<14} {dice:>26} {one['mean_over_regions']:>7.4f} "
                 f"{len(one['cases_wt_below_0.7']):>7} {one['seconds_per_case_mean']:>7.1f}"
             )
     if args.json:

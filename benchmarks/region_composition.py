@@ -29,13 +29,29 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import region_metrics, summarise
 from latup_edge.fileio import atomic_write_json
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, compose_regions, postprocess
 
-VARIANTS = ("A", "B", "composition", "ensemble")
+VARIANTS = ("A", "B", "composition", "ensemble", "core-aware", "both-see")
+
+
+def core_aware(a_raw: np.ndarray, b_raw: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Compose the raw class maps first, then post-process: the coreless rule sees B's core (stage 16's screen)."""
+    return postprocess(compose_regions(a_raw, b_raw), DEFAULT_POSTPROCESSING, images)
+
+
+def both_see(a_raw: np.ndarray, b_raw: np.ndarray, images: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """As ``core_aware``, after dropping each of A's tumour components that B calls tumour in under ``share`` of it."""
+    components, count = ndimage.label(a_raw > 0)
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    seen = np.bincount(components[b_raw > 0], minlength=count + 1)
+    keep = seen >= share * sizes
+    keep[0] = True
+    return core_aware(np.where(keep[components], a_raw, np.uint8(0)), b_raw, images)
 
 
 def _sha(path: Path) -> str:
@@ -51,8 +67,8 @@ def _forward(weights: Path | None, work: Path, name: str):
     return OpenVINOModel(export_onnx(model, work / f"{name}.onnx"), "fp32"), model.config.normalization
 
 
-def class_maps(images: np.ndarray, networks: dict) -> dict[str, np.ndarray]:
-    """A's and B's labels as written, B's raw argmax, and the post-processed softmax average."""
+def class_maps(images: np.ndarray, networks: dict, ensemble: bool = True) -> dict[str, np.ndarray]:
+    """Each network's labels as written and raw argmax, and the post-processed softmax average."""
     from latup_edge.runtime.volume import predict_volume
 
     out, softmax = {}, {}
@@ -60,9 +76,11 @@ def class_maps(images: np.ndarray, networks: dict) -> dict[str, np.ndarray]:
         prediction = predict_volume(images, forward, probabilities=True, normalization=normalization)
         out[name] = prediction.classes
         softmax[name] = prediction.probabilities
-    out["B_raw"] = np.argmax(softmax["B"], axis=0).astype(np.uint8)
-    average = np.argmax(softmax["A"] + softmax["B"], axis=0).astype(np.uint8)
-    out["ensemble"] = postprocess(average, DEFAULT_POSTPROCESSING, images)
+    for name in softmax:
+        out[f"{name}_raw"] = np.argmax(softmax[name], axis=0).astype(np.uint8)
+    if ensemble:
+        average = np.argmax(softmax["A"] + softmax["B"], axis=0).astype(np.uint8)
+        out["ensemble"] = postprocess(average, DEFAULT_POSTPROCESSING, images)
     return out
 
 
@@ -76,15 +94,23 @@ def run(folders: list[Path], core_weights: Path, cache: Path) -> dict:
             for case in discover_cases(folder):
                 stored = cache / key / folder.name / f"{case.case_id}.npz"
                 images, reference = load_case_images(case)
-                if stored.exists():
-                    maps = dict(np.load(stored))
-                else:
+                maps = dict(np.load(stored)) if stored.exists() else {}
+                if maps and "A_raw" not in maps:  # a cache from before A's raw argmax was kept: run A alone
+                    if networks is None:
+                        networks = {"A": _forward(None, Path(work), "A"), "B": _forward(core_weights, Path(work), "B")}
+                    maps.update(class_maps(images, {"A": networks["A"]}, ensemble=False))
+                    np.savez_compressed(stored, **maps)
+                if not maps:
                     if networks is None:
                         networks = {"A": _forward(None, Path(work), "A"), "B": _forward(core_weights, Path(work), "B")}
                     maps = class_maps(images, networks)
                     stored.parent.mkdir(parents=True, exist_ok=True)
                     np.savez_compressed(stored, **maps)
+                if not np.array_equal(postprocess(maps["A_raw"], DEFAULT_POSTPROCESSING, images), maps["A"]):
+                    raise RuntimeError(f"{case.case_id}: A's cached labels are not its raw argmax post-processed")
                 maps["composition"] = compose_regions(maps["A"], maps["B_raw"])
+                maps["core-aware"] = core_aware(maps["A_raw"], maps["B_raw"], images)
+                maps["both-see"] = both_see(maps["A_raw"], maps["B_raw"], images)
                 truth, _ = load_case_labels(case, reference)
                 spacing = reference.header.get_zooms()[:3]
                 for variant in VARIANTS:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BRAIN, narrow_network
+from conftest import BRAIN, benchmark_script, narrow_network
 from test_benchmark import make_narrow_bundle
 from test_predictor import raw_images
 from typer.testing import CliRunner
@@ -21,7 +21,13 @@ from latup_edge.evaluate.metrics import region_metrics
 from latup_edge.runtime.bundle import BundleError, load_bundle
 from latup_edge.runtime.drift import run_drift
 from latup_edge.runtime.openvino_backend import cpu_supports_bf16
-from latup_edge.runtime.postprocess import Postprocessing, compose_probabilities, compose_regions
+from latup_edge.runtime.postprocess import (
+    Postprocessing,
+    compose_probabilities,
+    compose_regions,
+    delivered_classes,
+    postprocess,
+)
 from latup_edge.runtime.predictor import Predictor
 
 runner = CliRunner()
@@ -60,6 +66,23 @@ def test_the_whole_tumour_and_its_et_are_one_networks_and_the_core_the_others():
     assert np.all(composed[15:22, 15:22, 15:22] == 1) and np.all(composed[6:9, 6:9, 6:9] == 2)
     assert not composed[0:4, 0:4, 0:4].any()
     assert np.count_nonzero(composed == 2) == np.count_nonzero(whole > 0) - 4**3 - 7**3
+
+
+def test_the_rules_see_the_core_networks_core_only_when_asked():
+    raw = np.zeros((40, 40, 40), np.uint8)
+    raw[2:12, 2:12, 2:12] = 2  # a tumour the whole network reads as oedema only (no enhancement) ...
+    raw[25:33, 25:33, 25:33] = 2  # ... beside a smaller false spot that has some core
+    raw[28:30, 28:30, 28:30] = 3
+    core = np.zeros_like(raw)
+    core[4:9, 4:9, 4:9] = 1  # the core network sees the first tumour's core
+    before = delivered_classes(raw, Postprocessing(), None, core)  # the rules judge the whole network's core
+    after = delivered_classes(raw, Postprocessing(rules_see_core=True), None, core)  # ... or the composed one
+    assert not before[2:12, 2:12, 2:12].any() and (before[25:33, 25:33, 25:33] > 0).all()
+    assert (after[4:9, 4:9, 4:9] == 1).all() and (after[2:12, 2:12, 2:12] > 0).all()
+    assert (after[25:33, 25:33, 25:33] > 0).all()  # both components have a core now: both stay
+    np.testing.assert_array_equal(after[28:30, 28:30, 28:30], 1)  # 8 ET voxels, under 200: necrosis ...
+    np.testing.assert_array_equal(before[28:30, 28:30, 28:30], 2)  # ... or, composed after, the core network's call
+    np.testing.assert_array_equal(delivered_classes(raw, Postprocessing(), None), postprocess(raw, Postprocessing()))
 
 
 def test_composed_probabilities_keep_background_and_et_and_split_the_rest_by_the_cores_odds():
@@ -140,3 +163,16 @@ def test_drift_scores_the_labels_segment_writes_from_both_networks(composed, two
     scored = result["cases"][case.case_id]["precisions"]["fp32"]["metrics"]
     for region in ("WT", "TC", "ET"):
         assert scored[region]["dice"] == pytest.approx(expected[region]["dice"])
+
+
+def test_the_judge_scores_both_rule_orders_as_the_predictor_writes_them(composed, two_phantoms):
+    result = benchmark_script("judge_bundles").judge([two_phantoms], [composed], rule_orders=True)
+    case = discover_cases(two_phantoms)[0]
+    images, _ = load_case_images(case)
+    truth = load_case_labels(case)[0]
+    for name, rules_see_core in (("rules-then-core", False), ("rules-see-core", True)):
+        rules = Postprocessing(rules_see_core=rules_see_core)
+        expected = region_metrics(Predictor.from_bundle(composed, postprocessing=rules).predict(images).classes, truth)
+        scored = result["bundles"][f"{composed} [{name}]"]["sets"][str(two_phantoms)]["cases"][case.case_id]
+        for region in ("WT", "TC", "ET"):
+            assert scored[region]["dice"] == expected[region]["dice"]

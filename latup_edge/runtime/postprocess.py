@@ -64,6 +64,8 @@ class Postprocessing:
     # The coreless rule's licence, a credible core somewhere: judged, not adopted, off (module docstring).
     min_credible_core: int = 0
     max_core_share: float = 1.0
+    # With a core network: the rules run on the composed labels, so the coreless rule sees its core (stage 16).
+    rules_see_core: bool = False
 
     def __post_init__(self) -> None:
         for name in ("min_core_fraction", "max_core_share"):
@@ -150,9 +152,14 @@ def delivered_classes(
     raw: np.ndarray, rules: Postprocessing, inputs: np.ndarray | None, core: np.ndarray | None = None
 ) -> np.ndarray:
     """The labels ``segment`` writes from a network's raw argmax: ``rules`` applied, then, with a core network's
-    raw argmax ``core``, the tumour's parts taken from it (``compose_regions``). One place for the order."""
-    classes = postprocess(raw, rules, inputs)
-    return classes if core is None else compose_regions(classes, core)
+    raw argmax ``core``, the tumour's parts taken from it (``compose_regions``); or, with ``rules.rules_see_core``,
+    composed first and the rules applied to that, so a component whose only core is the core network's stays.
+    One place for the order."""
+    if core is None:
+        return postprocess(raw, rules, inputs)
+    if rules.rules_see_core:
+        return postprocess(compose_regions(raw, core), rules, inputs)
+    return compose_regions(postprocess(raw, rules, inputs), core)
 
 
 def compose_probabilities(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
