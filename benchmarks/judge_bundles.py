@@ -5,9 +5,11 @@ seconds a case took to predict (network and post-processing; on a shared CPU, a 
 network runs both networks, as `segment` does.
 
 Each network's raw argmax is computed once and the labels are made from it by ``delivered_classes``, the function
-`segment` uses: so ``--rule-orders`` judges one bundle under both orders of the rules and the composition
-(``Postprocessing.rules_see_core``) from one inference, each row named ``BUNDLE [rules-see-core]`` or
-``BUNDLE [rules-then-core]``.
+`segment` uses: so ``--variant NAME:FIELD=VALUE,...`` judges one bundle under several label rules
+(``Postprocessing`` fields changed from the default) from one inference, each row named ``BUNDLE [NAME]``:
+
+    python benchmarks/judge_bundles.py runs/blind7 --bundles models/bundle --variant shipped: \
+        --variant stage16:rules_see_core=true --json out.json
 
     python benchmarks/judge_bundles.py runs/blind5 runs/indep21 --bundles models/bundle runs/bundle15 \\
         --json benchmarks/stage15_judge.json
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +36,8 @@ REGIONS = ("WT", "TC", "ET")
 POOR_WT = 0.7
 
 
-def judge(folders: list[Path], bundles: list[Path], rule_orders: bool = False) -> dict:
-    rules = {"": DEFAULT_POSTPROCESSING}
-    if rule_orders:
-        rules = {
-            " [rules-then-core]": replace(DEFAULT_POSTPROCESSING, rules_see_core=False),
-            " [rules-see-core]": replace(DEFAULT_POSTPROCESSING, rules_see_core=True),
-        }
+def judge(folders: list[Path], bundles: list[Path], variants: dict[str, Postprocessing] | None = None) -> dict:
+    named = {f" [{name}]": rules for name, rules in variants.items()} if variants else {"": DEFAULT_POSTPROCESSING}
     result: dict = {"bundles": {}}
     for bundle in bundles:
         # Each network alone and unprocessed: the labels are made below, as segment makes them.
@@ -48,16 +45,16 @@ def judge(folders: list[Path], bundles: list[Path], rule_orders: bool = False) -
         core = (
             Predictor.from_bundle(bundle / "core", postprocessing=Postprocessing.none()) if whole.bundle.core else None
         )
-        scored: dict[str, dict] = {name: {} for name in rules}
+        scored: dict[str, dict] = {name: {} for name in named}
         for folder in folders:
-            cases: dict[str, dict] = {name: {} for name in rules}
+            cases: dict[str, dict] = {name: {} for name in named}
             seconds = []
             for case in discover_cases(folder):
                 images, reference = load_case_images(case, whole.modalities or MODEL_MODALITIES)
                 started = time.perf_counter()
                 raw = whole.predict(images).classes
                 core_raw = core.predict(images).classes if core is not None else None
-                labels = {name: delivered_classes(raw, one, images, core_raw) for name, one in rules.items()}
+                labels = {name: delivered_classes(raw, one, images, core_raw) for name, one in named.items()}
                 seconds.append(time.perf_counter() - started)
                 truth, _ = load_case_labels(case, reference)
                 for name, classes in labels.items():
@@ -65,11 +62,23 @@ def judge(folders: list[Path], bundles: list[Path], rule_orders: bool = False) -
                     cases[name][case.case_id] = metrics
                     dice = "/".join(f"{metrics[r]['dice']:.3f}" for r in REGIONS)
                     print(f"{bundle}{name} {folder.name} {case.case_id}: {dice}", file=sys.stderr)
-            for name in rules:
+            for name in named:
                 scored[name][str(folder)] = _summary(cases[name], seconds)
-        for name in rules:
+        for name in named:
             result["bundles"][f"{bundle}{name}"] = {"described": whole.describe(), "sets": scored[name]}
     return result
+
+
+def parse_variant(text: str) -> tuple[str, Postprocessing]:
+    """``NAME:FIELD=VALUE,...`` -> the default ``Postprocessing`` with those fields changed (``NAME:`` for none)."""
+    name, _, changes = text.partition(":")
+    types = {field.name: type(getattr(DEFAULT_POSTPROCESSING, field.name)) for field in fields(Postprocessing)}
+    changed = {}
+    for change in filter(None, changes.split(",")):
+        field, _, value = change.partition("=")
+        kind = types[field]
+        changed[field] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return name, replace(DEFAULT_POSTPROCESSING, **changed)
 
 
 def _summary(cases: dict, seconds: list[float]) -> dict:
@@ -89,10 +98,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--bundles", nargs="+", type=Path, required=True)
-    parser.add_argument("--rule-orders", action="store_true", help="judge each bundle under both rule orders")
+    parser.add_argument("--variant", action="append", default=[], help="NAME:FIELD=VALUE,... label rules to judge")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args()
-    result = judge(args.folders, args.bundles, args.rule_orders)
+    result = judge(args.folders, args.bundles, dict(map(parse_variant, args.variant)))
     print(f"{'bundle':<36} {'set':<14} {'WT / TC / ET':>26} {'mean':>7} {'WT<0.7':>7} {'s/case':>7}")
     for bundle, entry in result["bundles"].items():
         for folder, one in entry["sets"].items():

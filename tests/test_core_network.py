@@ -165,13 +165,15 @@ def test_drift_scores_the_labels_segment_writes_from_both_networks(composed, two
         assert scored[region]["dice"] == pytest.approx(expected[region]["dice"])
 
 
-def test_the_judge_scores_both_rule_orders_as_the_predictor_writes_them(composed, two_phantoms):
-    result = benchmark_script("judge_bundles").judge([two_phantoms], [composed], rule_orders=True)
+def test_the_judge_scores_each_rule_variant_as_the_predictor_writes_it(composed, two_phantoms):
+    script = benchmark_script("judge_bundles")
+    variants = dict(map(script.parse_variant, ["shipped:", "stage16:rules_see_core=true,min_core_density=0.05"]))
+    assert variants["stage16"] == Postprocessing(rules_see_core=True, min_core_density=0.05)
+    result = script.judge([two_phantoms], [composed], variants)
     case = discover_cases(two_phantoms)[0]
     images, _ = load_case_images(case)
     truth = load_case_labels(case)[0]
-    for name, rules_see_core in (("rules-then-core", False), ("rules-see-core", True)):
-        rules = Postprocessing(rules_see_core=rules_see_core)
+    for name, rules in variants.items():
         expected = region_metrics(Predictor.from_bundle(composed, postprocessing=rules).predict(images).classes, truth)
         scored = result["bundles"][f"{composed} [{name}]"]["sets"][str(two_phantoms)]["cases"][case.case_id]
         for region in ("WT", "TC", "ET"):

@@ -64,11 +64,13 @@ class Postprocessing:
     # The coreless rule's licence, a credible core somewhere: judged, not adopted, off (module docstring).
     min_credible_core: int = 0
     max_core_share: float = 1.0
+    # A component's core counts only when it is at least this share of the component (stage 17; off by default).
+    min_core_density: float = 0.0
     # With a core network: the rules run on the composed labels, so the coreless rule sees its core (stage 16).
     rules_see_core: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("min_core_fraction", "max_core_share"):
+        for name in ("min_core_fraction", "max_core_share", "min_core_density"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.min_credible_core < 0:
@@ -120,6 +122,7 @@ def postprocess(
                 core = np.bincount(components[(classes == NCR) | (classes == ET)], minlength=count + 1)
                 core[0] = 0
                 cored = (core > 0) & (core >= rules.min_core_fraction * core.max())
+                cored &= core >= rules.min_core_density * sizes
                 credible = (core >= max(rules.min_credible_core, 1)) & (core <= rules.max_core_share * sizes)
                 if cored[1:].any() and credible[1:].any():
                     keep &= cored
