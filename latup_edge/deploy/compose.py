@@ -25,6 +25,7 @@ from latup_edge.deploy.compile import _check_destination, _move_into_place, verd
 from latup_edge.evaluate.drift import DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_AGREEMENT, measure_drift, prepare_case
 from latup_edge.runtime.bundle import Bundle, BundleError, load_bundle
 from latup_edge.runtime.drift import labels_forward
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING
 from latup_edge.runtime.predictor import Predictor
 
 CORE_FOLDER = "core"
@@ -60,6 +61,7 @@ def composition_gate(
         "cases": [case.case_id for case in chosen],
         "precisions": {"whole": predictors["default"].precision, "core": predictors["default"].core.precision},
         "tiling": predictors["default"].tiling,
+        "postprocessing": DEFAULT_POSTPROCESSING.to_dict(),  # the label rules the gate judged (segment's default)
         "summary": summary,
         "verdict": said,
         "passed": verdict_passes(said),
