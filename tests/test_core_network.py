@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,9 @@ def test_the_rules_see_the_core_networks_core_only_when_asked():
     raw[28:30, 28:30, 28:30] = 3
     core = np.zeros_like(raw)
     core[4:9, 4:9, 4:9] = 1  # the core network sees the first tumour's core
-    before = delivered_classes(raw, Postprocessing(), None, core)  # the rules judge the whole network's core
-    after = delivered_classes(raw, Postprocessing(rules_see_core=True), None, core)  # ... or the composed one
+    then_core = Postprocessing(rules_see_core=False, min_core_density=0)  # the rules judge the whole network's core
+    before = delivered_classes(raw, then_core, None, core)
+    after = delivered_classes(raw, replace(then_core, rules_see_core=True), None, core)  # ... or the composed one
     assert not before[2:12, 2:12, 2:12].any() and (before[25:33, 25:33, 25:33] > 0).all()
     assert (after[4:9, 4:9, 4:9] == 1).all() and (after[2:12, 2:12, 2:12] > 0).all()
     assert (after[25:33, 25:33, 25:33] > 0).all()  # both components have a core now: both stay

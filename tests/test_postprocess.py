@@ -1,5 +1,7 @@
 """Label post-processing: small WT components removed, too little ET relabelled as necrosis."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -50,7 +52,7 @@ def test_coreless_components_go_even_when_larger_than_the_tumour_but_never_the_o
     assert (postprocess(oedema_only, Postprocessing(min_component_fraction=0, drop_coreless=True)) == oedema_only).all()
     two_lesions = classes.copy()
     two_lesions[38:42, 38:42, 38:42] = 3  # the big component gets an enhancing core: it stays
-    coreless_only = Postprocessing(min_component_fraction=0, drop_coreless=True, min_et_voxels=0)
+    coreless_only = Postprocessing(min_component_fraction=0, drop_coreless=True, min_et_voxels=0, min_core_density=0)
     assert (postprocess(two_lesions, coreless_only) == two_lesions).all()
 
 
@@ -72,9 +74,9 @@ def test_a_component_with_a_speck_of_core_counts_as_coreless_under_min_core_frac
     classes[8:16, 8:16, 8:16] = 1  # ... around a core of 512 voxels
     classes[25:55, 25:55, 25:55] = 2  # false oedema far larger than the lesion ...
     classes[40:43, 40:43, 40:43] = 3  # ... with a speck of core: 27 voxels, 5 % of the lesion's
-    specks_count = Postprocessing(min_component_fraction=0, min_et_voxels=0, min_core_fraction=0)
+    specks_count = Postprocessing(min_component_fraction=0, min_et_voxels=0, min_core_fraction=0, min_core_density=0)
     assert (postprocess(classes, specks_count) == classes).all()  # any core voxel keeps a component
-    relative = Postprocessing(min_component_fraction=0, min_et_voxels=0, min_core_fraction=0.1)
+    relative = Postprocessing(min_component_fraction=0, min_et_voxels=0, min_core_fraction=0.1, min_core_density=0)
     out = postprocess(classes, relative)
     assert not out[25:55, 25:55, 25:55].any()  # 27 < 0.1 x 512: coreless, so it goes
     assert (out[5:20, 5:20, 5:20] == classes[5:20, 5:20, 5:20]).all()  # the lesion with the largest core stays
@@ -83,6 +85,23 @@ def test_a_component_with_a_speck_of_core_counts_as_coreless_under_min_core_frac
     assert (postprocess(satellite, relative) == satellite).all()
     with pytest.raises(ValueError, match="min_core_fraction"):
         Postprocessing(min_core_fraction=1.5)
+
+
+def test_a_core_under_min_core_density_of_its_component_does_not_save_it():
+    classes = np.zeros((60, 60, 60), np.uint8)
+    classes[5:20, 5:20, 5:20] = 2  # the lesion: 3,375 voxels ...
+    classes[8:16, 8:16, 8:16] = 1  # ... whose core is 512 of them, 15 %
+    classes[25:55, 25:55, 25:55] = 2  # false oedema, 27,000 voxels ...
+    classes[40:46, 40:46, 40:46] = 3  # ... with 216 voxels of core: 42 % of the lesion's core, 0.8 % of its own
+    rules = Postprocessing(min_component_fraction=0, min_et_voxels=0, min_core_density=0.02)
+    out = postprocess(classes, rules)
+    assert not out[25:55, 25:55, 25:55].any() and (out[5:20, 5:20, 5:20] == classes[5:20, 5:20, 5:20]).all()
+    assert (postprocess(classes, replace(rules, min_core_density=0)) == classes).all()
+    sparse = np.where(classes[..., :] == 1, np.uint8(2), classes)
+    sparse[8:10, 8:10, 8:10] = 1  # no component reaches the density: the rule does nothing
+    assert (postprocess(sparse, rules) == sparse).all()
+    with pytest.raises(ValueError, match="min_core_density"):
+        Postprocessing(min_core_density=-0.1)
 
 
 def test_the_credible_core_licence_spares_a_tumour_without_enhancement_from_spots_and_specks():

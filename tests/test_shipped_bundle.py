@@ -6,6 +6,7 @@ import hashlib
 
 from latup_edge.models.checkpoint import shipped_core_weights, shipped_weights
 from latup_edge.runtime.bundle import load_bundle, resolve_bundle, shipped_bundle
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING
 
 
 def test_the_shipped_bundle_is_built_from_the_shipped_weights():
@@ -65,3 +66,6 @@ def test_the_shipped_core_network_is_built_from_the_shipped_core_weights_and_its
     gate = bundle.manifest["core"]["gate"]
     assert gate["passed"] and gate["precisions"] == {"whole": "int8", "core": "int8"}
     assert len(gate["cases"]) == 8 and gate["tiling"] == "sliding"
+    assert gate["postprocessing"] == DEFAULT_POSTPROCESSING.to_dict(), (
+        "segment's label rules changed since the shipped composition was gated: recompose models/bundle"
+    )

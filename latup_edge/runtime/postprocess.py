@@ -20,6 +20,13 @@ Four rules, applied to the class map of the brain box (``predict_volume``), in t
   component, so that a speck of enhancement or an enhancing spot without oedema (choroid plexus, a vessel)
   cannot make a tumour without enhancement go. On a fresh blind set it changed no label: false enhancement
   with false oedema around it passes any such test (GENERALISATION section 23; kept to repeat that result).
+  With a core network (a bundle's ``core/``), the rules run on the composed labels (``rules_see_core``, default on,
+  stage 16): a component's core is then the core the user is given, the core network's NCR and the whole network's
+  ET, so a tumour without enhancement whose core only the core network sees is not removed as coreless (it was on a
+  development set: WT 0.000 -> 0.921). Off: the rules judge the whole network's own labels, then the core is taken.
+  A density licence judged and not adopted, so off (``min_core_density``, stage 17): a core counts only at that share
+  of its component. It removed large false blobs with a speck of core on the development sets and changed nothing on
+  two fresh ones (docs/PREREGISTERED.md).
 - **Small WT components go** (``min_component_fraction``, default 0.1): components smaller than this
   fraction of the largest one are set to background. A true satellite lesion smaller than that
   fraction of the main lesion is removed too: pass ``Postprocessing.none()`` (``--no-postprocess``)
@@ -64,10 +71,10 @@ class Postprocessing:
     # The coreless rule's licence, a credible core somewhere: judged, not adopted, off (module docstring).
     min_credible_core: int = 0
     max_core_share: float = 1.0
-    # A component's core counts only when it is at least this share of the component (stage 17; off by default).
+    # A core counts only at this share of its component: judged, not adopted, off (module docstring).
     min_core_density: float = 0.0
     # With a core network: the rules run on the composed labels, so the coreless rule sees its core (stage 16).
-    rules_see_core: bool = False
+    rules_see_core: bool = True
 
     def __post_init__(self) -> None:
         for name in ("min_core_fraction", "max_core_share", "min_core_density"):
