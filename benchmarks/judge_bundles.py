@@ -8,7 +8,7 @@ Each network's raw argmax is computed once and the labels are made from it by ``
 `segment` uses: so ``--variant NAME:FIELD=VALUE,...`` judges one bundle under several label rules
 (``Postprocessing`` fields changed from the default) from one inference, each row named ``BUNDLE [NAME]``:
 
-    python benchmarks/judge_bundles.py runs/blind7 --bundles models/bundle --variant shipped: \
+    python benchmarks/judge_bundles.py runs/blind7 --bundles models/bundle --variant shipped: \\
         --variant stage16:rules_see_core=true --json out.json
 
     python benchmarks/judge_bundles.py runs/blind5 runs/indep21 --bundles models/bundle runs/bundle15 \\
@@ -65,7 +65,8 @@ def judge(folders: list[Path], bundles: list[Path], variants: dict[str, Postproc
             for name in named:
                 scored[name][str(folder)] = _summary(cases[name], seconds)
         for name in named:
-            result["bundles"][f"{bundle}{name}"] = {"described": whole.describe(), "sets": scored[name]}
+            described = whole.describe() + (f"; core network {core.describe()}" if core is not None else "")
+            result["bundles"][f"{bundle}{name}"] = {"described": described, "sets": scored[name]}
     return result
 
 
@@ -76,6 +77,8 @@ def parse_variant(text: str) -> tuple[str, Postprocessing]:
     changed = {}
     for change in filter(None, changes.split(",")):
         field, _, value = change.partition("=")
+        if field not in types:
+            raise SystemExit(f"--variant {text}: {field!r} is not a Postprocessing field ({', '.join(types)})")
         kind = types[field]
         changed[field] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return name, replace(DEFAULT_POSTPROCESSING, **changed)

@@ -12,7 +12,10 @@ them), the composition, and the classical ensemble (A's and B's softmax averaged
         --core-weights runs/ft14/average.safetensors --cache runs/composition-cache \\
         --json benchmarks/stage15_screen.json
 
-Each case's four class maps are cached (``--cache``), so a second look at the same networks costs no inference.
+Each case's class maps (each network's labels as written and raw argmax, the ensemble's labels) are cached
+(``--cache``), so a second look at the same networks costs no inference; ``benchmarks/rule_variants.py`` scores any
+label rules from that cache. Two more variants: ``core-aware`` composes the raw maps first and then applies the rules
+(stage 16, shipped), ``both-see`` also drops A's components that B calls tumour in under a tenth of (reported only).
 
 The composition is the product's (``latup_edge.runtime.postprocess.compose_regions``, stage 15b's rule: WT and ET
 from A, the rest NCR where B sees a core); ``latup-edge compose`` makes a bundle of the two networks and measures its
