@@ -125,6 +125,8 @@ def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_p
         "clear_outside_brain": False,
         "min_credible_core": 0,
         "max_core_share": 1.0,
+        "min_core_density": 0.0,
+        "rules_see_core": True,
     }
     assert log["backend"]["name"] == "openvino" and log["backend"]["precision"] == "fp32"
     assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()
@@ -483,9 +485,11 @@ def test_segment_post_processes_its_labels_by_default(bundle, tmp_path, monkeypa
 
     write_case(tmp_path / "data", "BraTS2021_00001", seed=1)
     seen = []
-    original = volume.postprocess
+    original = volume.delivered_classes
     monkeypatch.setattr(
-        volume, "postprocess", lambda classes, rules, inputs: seen.append(rules) or original(classes, rules, inputs)
+        volume,
+        "delivered_classes",
+        lambda raw, rules, inputs, core=None: seen.append(rules) or original(raw, rules, inputs, core),
     )
     monkeypatch.setattr(segment_module, "exchange_check", lambda *args: None)  # its second passes post-process too
     log = segment_cases([tmp_path / "data"], tmp_path / "out", SegmentSettings(bundle=bundle))
