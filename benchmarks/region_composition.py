@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +38,14 @@ from scipy import ndimage
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
 from latup_edge.evaluate.metrics import region_metrics, summarise
 from latup_edge.fileio import atomic_write_json
-from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, compose_regions, postprocess
+from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, compose_regions, delivered_classes, postprocess
 
 VARIANTS = ("A", "B", "composition", "ensemble", "core-aware", "both-see")
 
 
 def core_aware(a_raw: np.ndarray, b_raw: np.ndarray, images: np.ndarray) -> np.ndarray:
     """Compose the raw class maps first, then post-process: the coreless rule sees B's core (stage 16's screen)."""
-    return postprocess(compose_regions(a_raw, b_raw), DEFAULT_POSTPROCESSING, images)
+    return delivered_classes(a_raw, replace(DEFAULT_POSTPROCESSING, rules_see_core=True), images, b_raw)
 
 
 def both_see(a_raw: np.ndarray, b_raw: np.ndarray, images: np.ndarray, share: float = 0.1) -> np.ndarray:
