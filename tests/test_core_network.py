@@ -1,7 +1,9 @@
 """A bundle with a core network: one network finds the whole tumour, the other labels its parts."""
 
+import itertools
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 
 from latup_edge.cli import app
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
+from latup_edge.data.preprocess import SIZE_MULTIPLE, brain_box
 from latup_edge.deploy import compose as compose_module
 from latup_edge.deploy.compile import compile_bundle
 from latup_edge.deploy.compose import compose_bundle
@@ -23,6 +26,8 @@ from latup_edge.runtime.bundle import BundleError, load_bundle
 from latup_edge.runtime.drift import run_drift
 from latup_edge.runtime.openvino_backend import cpu_supports_bf16
 from latup_edge.runtime.postprocess import (
+    ED,
+    NCR,
     Postprocessing,
     compose_probabilities,
     compose_regions,
@@ -30,6 +35,8 @@ from latup_edge.runtime.postprocess import (
     postprocess,
 )
 from latup_edge.runtime.predictor import Predictor
+from latup_edge.runtime.tiling import fitted_windows
+from latup_edge.runtime.volume import predict_volume
 
 runner = CliRunner()
 
@@ -108,6 +115,70 @@ def test_the_predictor_composes_the_two_networks_labels(networks, composed):
     alone = Predictor.from_bundle(composed, threads=1, use_core=False)
     assert alone.core is None
     np.testing.assert_array_equal(alone.predict(images).classes, whole)
+
+
+def test_without_probabilities_the_core_network_runs_only_over_the_tumour_with_the_same_labels(
+    networks, composed, monkeypatch
+):
+    images = raw_images()
+    predictor = Predictor.from_bundle(composed, threads=1, window=16)
+    everywhere = predictor.predict(images, probabilities=True).classes  # the core network on every voxel
+    calls = []
+    for network, name in ((predictor.backend, "whole"), (predictor.core, "core")):
+        monkeypatch.setattr(network, "model", Spy(network.model, name, calls))
+    np.testing.assert_array_equal(predictor.predict(images).classes, everywhere)
+    windows = len(fitted_windows_of(predictor, images))
+    assert calls[: windows + 1] == [("whole", "window")] * windows + [("whole", "release")]
+    assert set(calls[windows + 1 : -1]) == {("core", "window")}
+    assert calls[-1] == ("core", "release")  # each network gave its activations back after its turn
+
+
+def bright_is(label: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A pointwise network: ``label`` where the first channel is bright (the tumour of ``raw_images``)."""
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        logits = np.zeros((1, 4, *x.shape[2:]), np.float32)
+        logits[0, label] = (x[0, 0] - 1.5) * 10
+        return logits
+
+    return forward
+
+
+def test_the_core_network_runs_only_the_windows_over_the_tumour_and_none_without_one():
+    images = raw_images()
+    windows = []
+    core = bright_is(NCR)
+    counted = lambda x: windows.append(1) or core(x)  # noqa: E731
+    settings = {"window": 16, "normalization": "zscore-brain", "core": counted}
+    got = predict_volume(images, bright_is(ED), **settings).classes
+    assert 0 < len(windows) < 36 and (got == NCR).any()  # the tumour lies in a few of the box's 36 windows
+    np.testing.assert_array_equal(got, predict_volume(images, bright_is(ED), probabilities=True, **settings).classes)
+    windows.clear()
+    background = lambda x: np.eye(4, dtype=np.float32)[0][None, :, None, None, None] * np.ones_like(x[:, :1])  # noqa: E731
+    nothing = predict_volume(images, background, **settings).classes
+    assert not windows and not nothing.any()
+
+
+class Spy:
+    """An OpenVINO model that records its calls and releases in a shared list."""
+
+    def __init__(self, model, name: str, calls: list) -> None:
+        self.model, self.name, self.calls = model, name, calls
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append((self.name, "window"))
+        return self.model(x)
+
+    def release(self) -> None:
+        self.calls.append((self.name, "release"))
+        self.model.release()
+
+
+def fitted_windows_of(predictor: Predictor, images: np.ndarray) -> list[tuple[int, ...]]:
+    """The windows the predictor's tiling runs over the images' brain box."""
+    crop = brain_box(images, multiple=SIZE_MULTIPLE)
+    box = [stop - start for start, stop in zip(crop.start, crop.stop, strict=True)]
+    return list(itertools.product(*fitted_windows(box, predictor.window, predictor.overlap)[1]))
 
 
 def test_the_composition_is_gated_and_recorded(composed, networks):

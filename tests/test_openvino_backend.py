@@ -145,3 +145,13 @@ def test_static_shapes_compile_once_per_shape_and_match_the_dynamic_model(narrow
     assert dynamic.compiles == []
     with pytest.raises(OpenVINOError, match="static or dynamic"):
         OpenVINOModel(narrow_onnx, "fp32", shapes="bounded")
+
+
+@pytest.mark.parametrize("shapes", ["static", "dynamic"])
+def test_a_released_model_gives_the_same_logits_on_its_next_call(narrow_int8, shapes):
+    model = OpenVINOModel(narrow_int8, "int8", threads=1, shapes=shapes)
+    model.release()  # nothing compiled for a shape yet: nothing to free, no error
+    x = np.random.default_rng(5).standard_normal(NARROW_SHAPE).astype(np.float32)
+    before = model(x)
+    model.release()
+    np.testing.assert_array_equal(model(x), before)

@@ -156,6 +156,42 @@ def test_stitching_uses_every_window_and_weights_them():
     np.testing.assert_allclose(sliding_window_scores(x, forward, 16, 0.5)[0].sum(axis=0), 1, rtol=1e-6)
 
 
+def window_dependent(window_input: np.ndarray) -> np.ndarray:
+    """A forward whose logits also depend on the whole window (its mean), as a network's context does."""
+    return pointwise(window_input) + window_input.mean()
+
+
+def test_windows_over_no_needed_voxel_are_skipped_and_the_needed_voxels_are_exact():
+    x = ramps((48, 40, 32))
+    needed = np.zeros(x.shape[2:], bool)
+    needed[2:6, 3:8, 1:4] = True  # in the first window along every axis only
+    calls = []
+
+    def forward(window_input: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        return window_dependent(window_input)
+
+    everywhere = sliding_window_scores(x, forward, 16, 0.25, fitted=True)
+    run_everywhere = len(calls)
+    calls.clear()
+    skipping = sliding_window_scores(x, forward, 16, 0.25, fitted=True, needed=needed)
+    assert 0 < len(calls) < run_everywhere
+    np.testing.assert_array_equal(skipping[0][:, needed], everywhere[0][:, needed])
+    assert not skipping[0][:, -1, -1, -1].any()  # covered by no window that ran: 0 for every class
+    with pytest.raises(ValueError, match="a voxel set"):
+        sliding_window_scores(x, forward, 16, 0.25, fitted=True, needed=np.zeros_like(needed))
+
+
+def test_a_needed_map_is_padded_with_a_box_smaller_than_the_window():
+    x = ramps((10, 12, 9))
+    needed = np.zeros(x.shape[2:], bool)
+    needed[3, 4, 5] = True
+    np.testing.assert_array_equal(
+        sliding_window_scores(x, window_dependent, 16, 0.5, needed=needed),
+        sliding_window_scores(x, window_dependent, 16, 0.5),
+    )
+
+
 def brain(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     """(3, X, Y, Z) raw images: noise inside an off-centre box, zeros (skull-stripped) outside."""
     images = np.zeros((3, *shape), np.float32)

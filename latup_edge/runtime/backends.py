@@ -51,6 +51,9 @@ class Backend(Protocol):
 
     def resolved(self) -> dict[str, Any]: ...
 
+    def release(self) -> None:
+        """Free memory held between calls (activations), for a second network to use; the next call is exact."""
+
 
 class OpenVINOBackend:
     """A bundle's OpenVINO model at one precision."""
@@ -65,6 +68,9 @@ class OpenVINOBackend:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.model(x)
+
+    def release(self) -> None:
+        self.model.release()
 
     def resolved(self) -> dict[str, Any]:
         openvino = self.model.resolved()
@@ -100,6 +106,9 @@ class OnnxRuntimeBackend:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def release(self) -> None:
+        """ONNX Runtime keeps its arena; nothing to free between calls."""
 
     def resolved(self) -> dict[str, Any]:
         threads = self.session.get_session_options().intra_op_num_threads
@@ -144,6 +153,9 @@ class TorchBackend:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._forward(x)
+
+    def release(self) -> None:
+        """Torch frees activations after each call; nothing to free."""
 
     def resolved(self) -> dict[str, Any]:
         return {

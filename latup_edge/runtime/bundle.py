@@ -180,6 +180,7 @@ class Bundle:
         """INT8 was approved on the build CPU; whether this CPU runs INT8 kernels for it too (a small probe)."""
         channels = len(self.manifest.get("modalities") or (0, 0, 0))
         model.int8_check = int8_kernel_report(model.compiled, (1, channels, *INT8_PROBE))
+        model.release()  # the probe's activations are not needed again
         return model.int8_check["int8_convolutions"] > 0
 
     def _runnable_default(self) -> str:

@@ -59,6 +59,7 @@ from scipy import ndimage
 from latup_edge.runtime.input_stats import brain_mask
 
 NCR, ED, ET = 1, 2, 3
+CLASS_COUNT = 4  # background, NCR, ED, ET
 
 
 @dataclass(frozen=True)

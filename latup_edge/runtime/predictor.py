@@ -41,6 +41,7 @@ from latup_edge.runtime.volume import (
     bucket_shape,
     mirror_axes,
     mirror_name,
+    network_scores,
     predict_volume,
 )
 
@@ -231,17 +232,13 @@ class Predictor:
         """The backend as the predictor feeds it a normalised brain box: its tiling, windows or bucket."""
         return box_forward(self.backend, self.tiling, self.window, self.overlap, self.bucket, self.mirror_axes)
 
-    @property
-    def core_forward(self) -> Forward | None:
-        """The core network as the predictor feeds it a brain box (as ``forward``), or None with one network."""
-        if self.core is None:
-            return None
-        return box_forward(self.core, self.tiling, self.window, self.overlap, self.bucket, self.mirror_axes)
-
     def box_scores(self, box: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Each network's scores for a normalised ``(1, C, D, H, W)`` brain box: the network's, and the core
-        network's (None with one network)."""
-        return self.forward(box), (self.core_forward(box) if self.core is not None else None)
+        """Each network's scores for a normalised ``(1, C, D, H, W)`` brain box, as ``predict`` runs them: the
+        network's, and the core network's (None with one network), exact inside the network's raw tumour only
+        (``volume.network_scores``)."""
+        return network_scores(
+            box, self.backend, self.core, self.tiling, self.window, self.overlap, self.bucket, self.mirror_axes
+        )
 
     def box_labels(self, box: np.ndarray) -> np.ndarray:
         """The labels ``predict`` writes for a normalised ``(1, C, D, H, W)`` brain box, on the box's grid."""

@@ -119,18 +119,26 @@ def max_softmax(logits: np.ndarray, chunk_voxels: int = CHUNK_VOXELS) -> np.ndar
     return out
 
 
-def low_confidence_fraction(probabilities: np.ndarray, classes: np.ndarray, logits: bool = False) -> float:
-    """Fraction of predicted-WT voxels whose top class probability is under 0.5; 0.0 when WT is empty.
+def unsure_voxels(probabilities: np.ndarray, logits: bool = False) -> np.ndarray:
+    """The voxels (X, Y, Z) whose top class probability is under 0.5: a boolean map, a sixteenth of the scores'
+    size, for callers that free the scores before the labels are final (``volume.predict_volume``).
 
     ``probabilities`` is the network's ``(K, X, Y, Z)`` softmax, or its logits with ``logits=True``
     (softmaxed slab by slab, see ``max_softmax``).
     """
+    top = max_softmax(probabilities) if logits else np.asarray(probabilities).max(axis=0)
+    return top < 0.5
+
+
+def low_confidence_fraction(probabilities: np.ndarray, classes: np.ndarray, logits: bool = False) -> float:
+    """Fraction of predicted-WT voxels whose top class probability is under 0.5; 0.0 when WT is empty.
+
+    ``probabilities``: the softmax, or logits with ``logits=True``; or already ``unsure_voxels``' boolean map.
+    """
+    unsure = probabilities if probabilities.dtype == bool else unsure_voxels(probabilities, logits)
     tumour = np.asarray(classes) > 0
     total = int(np.count_nonzero(tumour))
-    if total == 0:
-        return 0.0
-    top = max_softmax(probabilities) if logits else np.asarray(probabilities).max(axis=0)
-    return float(np.count_nonzero(top[tumour] < 0.5)) / total
+    return float(np.count_nonzero(unsure[tumour])) / total if total else 0.0
 
 
 def case_qa(

@@ -121,7 +121,13 @@ def softmax(scores: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 def sliding_window_scores(
-    x: np.ndarray, forward: Forward, window: int | Sequence[int], overlap: float, *, fitted: bool = False
+    x: np.ndarray,
+    forward: Forward,
+    window: int | Sequence[int],
+    overlap: float,
+    *,
+    fitted: bool = False,
+    needed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Class probabilities (1, K, D, H, W) for an input (1, C, D, H, W), stitched from windows.
 
@@ -129,10 +135,16 @@ def sliding_window_scores(
     input by ``fitted_windows`` (``window`` then bounds their voxels). An axis shorter than the window
     is zero-padded (centred) to the window and cropped back; each window's logits go through a
     softmax and are averaged with Gaussian weights (``gaussian_importance``).
+
+    ``needed`` (a (D, H, W) boolean map): run only the windows that hold a needed voxel. Every window
+    over a needed voxel runs, so its probabilities are exactly those of all windows; a voxel no run
+    window covers gets 0 for every class.
     """
     if x.ndim != 5 or x.shape[0] != 1:
         raise ValueError(f"expected an input of shape (1, C, D, H, W), got {x.shape}")
     spatial = x.shape[2:]
+    if needed is not None and (needed.shape != spatial or not needed.any()):
+        raise ValueError(f"needed must be a (D, H, W) map of {spatial} with a voxel set, got {needed.shape}")
     if fitted:
         if not isinstance(window, int):
             raise ValueError(f"a fitted tiling takes one window side (a voxel budget), got {window}")
@@ -143,6 +155,8 @@ def sliding_window_scores(
     after = [max(w - s, 0) - b for s, w, b in zip(spatial, windows, before, strict=True)]
     padded = np.pad(x, [(0, 0), (0, 0), *zip(before, after, strict=True)]) if any(before + after) else x
     padded_shape = padded.shape[2:]
+    if needed is not None and padded_shape != spatial:
+        needed = np.pad(needed, list(zip(before, after, strict=True)))
 
     importance = gaussian_importance(windows)
     total = None
@@ -156,11 +170,13 @@ def sliding_window_scores(
         for h in starts[1]:
             for w in starts[2]:
                 region = (slice(d, d + windows[0]), slice(h, h + windows[1]), slice(w, w + windows[2]))
+                if needed is not None and not needed[region].any():
+                    continue
                 probabilities = softmax(forward(padded[(slice(None), slice(None), *region)]))[0]
                 if total is None:  # the class count is known only after the first window
                     total = np.zeros((probabilities.shape[0], *padded_shape), dtype=np.float32)
                 total[(slice(None), *region)] += probabilities * importance
                 weight_sum[region] += importance
-    total /= weight_sum
+    np.divide(total, weight_sum, out=total, where=weight_sum > 0)  # uncovered (skipped) voxels stay 0
     inside = tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
     return np.ascontiguousarray(total[(slice(None), *inside)])[None]

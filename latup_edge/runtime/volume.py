@@ -47,7 +47,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 
@@ -61,13 +61,14 @@ from latup_edge.data.preprocess import (
 )
 from latup_edge.errors import LatupError
 from latup_edge.runtime.postprocess import (
+    CLASS_COUNT,
     DEFAULT_POSTPROCESSING,
     Postprocessing,
     compose_probabilities,
     delivered_classes,
     largest_removed_and_kept,
 )
-from latup_edge.runtime.qa import low_confidence_fraction
+from latup_edge.runtime.qa import low_confidence_fraction, unsure_voxels
 from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
 
 Tiling = Literal["whole", "sliding"]
@@ -92,14 +93,24 @@ __all__ = [
     "Prediction",
     "ShapePolicy",
     "bucket_shape",
+    "BoxForward",
     "box_forward",
     "bucketed",
+    "network_scores",
     "pad_to_shape",
     "predict_classes",
     "predict_probabilities",
     "predict_volume",
     "torch_forward",
 ]
+
+
+class BoxForward(Protocol):
+    """How a normalised brain box goes through a network (``box_forward``): scores (1, K, D, H, W) for a box
+    (1, C, D, H, W). ``needed`` (a (D, H, W) boolean map) lets sliding windows skip the windows over no needed
+    voxel: scores are then exact on the needed voxels only (``tiling.sliding_window_scores``)."""
+
+    def __call__(self, box: np.ndarray, needed: np.ndarray | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -183,10 +194,11 @@ def box_forward(
     overlap: float = DEFAULT_OVERLAP,
     bucket: int | None = None,
     mirror: Sequence[int] = (),
-) -> Forward:
+) -> BoxForward:
     """How a normalised brain box (1, C, D, H, W) goes through ``forward``: one pass (padded to ``bucket``,
     logits back) or fitted sliding windows (blended probabilities back). Either way argmax gives the classes.
     ``mirror`` (spatial axes, ``mirror_axes``) averages each pass over its mirror images (``mirrored``).
+    Only sliding windows use ``needed`` (``BoxForward``); one pass computes every voxel anyway.
     """
     forward = mirrored(forward, mirror)
     if tiling not in TILINGS:
@@ -198,8 +210,61 @@ def box_forward(
     if bucket is not None and (bucket < SIZE_MULTIPLE or bucket % SIZE_MULTIPLE):
         raise LatupError(f"the bucket must be a positive multiple of {SIZE_MULTIPLE}, got {bucket}: 32 is usual")
     if tiling == "whole":
-        return bucketed(forward, bucket) if bucket else forward
-    return lambda box: sliding_window_scores(box, forward, window, overlap, fitted=True)
+        whole = bucketed(forward, bucket) if bucket else forward
+        return lambda box, needed=None: whole(box)
+    return lambda box, needed=None: sliding_window_scores(box, forward, window, overlap, fitted=True, needed=needed)
+
+
+def network_scores(
+    box: np.ndarray,
+    forward: Forward,
+    core: Forward | None,
+    tiling: Tiling = DEFAULT_TILING,
+    window: int = DEFAULT_WINDOW,
+    overlap: float = DEFAULT_OVERLAP,
+    bucket: int | None = None,
+    mirror: Sequence[int] = (),
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The scores of ``forward`` and of the ``core`` network (None without one) for a normalised brain box, as
+    ``predict_volume`` runs them: the core network over ``forward``'s raw tumour only (``core_scores``)."""
+    settings = (tiling, window, overlap, bucket, mirror)
+    scores = box_forward(forward, *settings)(box)
+    if core is None:
+        return scores, None
+    _release(forward)
+    return scores, core_scores(box, np.argmax(scores[0], axis=0) > 0, core, *settings)
+
+
+def core_scores(
+    box: np.ndarray,
+    tumour: np.ndarray | None,
+    core: Forward,
+    tiling: Tiling = DEFAULT_TILING,
+    window: int = DEFAULT_WINDOW,
+    overlap: float = DEFAULT_OVERLAP,
+    bucket: int | None = None,
+    mirror: Sequence[int] = (),
+) -> np.ndarray:
+    """The core network's scores for a normalised brain box, after the first network ran on it.
+
+    They are read only inside the first network's raw ``tumour`` (``compose_regions``; the label rules only remove
+    tumour), so the core network runs only the windows over it, and not at all without one: exact there, 0
+    elsewhere. ``tumour`` None runs it on every voxel (composed probabilities need that). It frees its activations
+    afterwards (``Backend.release``), as callers free the first network's before it runs: the two never hold
+    theirs at once.
+    """
+    if tumour is not None and not tumour.any():
+        return np.zeros((1, CLASS_COUNT, *box.shape[2:]), np.float32)
+    scores = box_forward(core, tiling, window, overlap, bucket, mirror)(box, tumour)
+    _release(core)
+    return scores
+
+
+def _release(forward: Forward) -> None:
+    """Free a backend's activations between its turns (``Backend.release``); a plain function has none."""
+    release = getattr(forward, "release", None)
+    if release is not None:
+        release()
 
 
 def predict_volume(
@@ -227,10 +292,10 @@ def predict_volume(
     go through ``postprocessing`` (``latup_edge.runtime.postprocess``); probabilities do not.
     ``mirror`` (spatial axes) averages the network over mirror images of the box (module docstring).
     ``core``: a second network, run on the same box in the same way, that labels the parts of ``forward``'s
-    whole tumour (``postprocess.compose_regions``); the probabilities are then composed too.
+    whole tumour (``postprocess.compose_regions``); the probabilities are then composed too. Without
+    ``probabilities`` it runs only over ``forward``'s tumour (``core_scores``): the same labels.
     """
-    run_box = box_forward(forward, tiling, window, overlap, bucket, mirror)
-    run_core = box_forward(core, tiling, window, overlap, bucket, mirror) if core is not None else None
+    box_forward(forward, tiling, window, overlap, bucket, mirror)  # refuse bad settings before any work
     clock = _Clock()
     if normalization in BRAIN_ONLY_NORMALIZATIONS:  # the box holds the whole brain: normalise the box only
         crop = brain_box(images, multiple=SIZE_MULTIPLE)
@@ -241,25 +306,33 @@ def predict_volume(
         box = apply_crop(normalized, crop)[None]
         del normalized  # a full-size copy of the images: drop it before the network's activations
     clock.lap("pre")
-    scores = run_box(box)[0]
-    core_scores = run_core(box)[0] if run_core is not None else None
-    clock.lap("network")
+    settings = (tiling, window, overlap, bucket, mirror)
+    scores = box_forward(forward, *settings)(box)[0]
+    if core is not None:
+        _release(forward)  # before anything else is allocated: the core network's activations come next
     # Softmax is monotone: the argmax of logits (whole) and of probabilities (sliding) agree.
     raw_classes = np.argmax(scores, axis=0).astype(np.uint8)
-    core_classes = np.argmax(core_scores, axis=0).astype(np.uint8) if core_scores is not None else None
+    # QA: where the top class is under 0.5, from the box's scores (no full-size copy).
+    unsure = unsure_voxels(scores, logits=tiling == "whole")
+    core_classes = core_box_scores = None
+    if core is not None:
+        if not probabilities:
+            del scores  # only the labels are left to make: free the scores before the core network's activations
+        core_box_scores = core_scores(box, None if probabilities else raw_classes > 0, core, *settings)[0]
+        core_classes = np.argmax(core_box_scores, axis=0).astype(np.uint8)
+    clock.lap("network")
     box_classes = delivered_classes(raw_classes, postprocessing, box[0], core_classes)
     removed_and_kept = largest_removed_and_kept(raw_classes, box_classes, box[0])
     del box, raw_classes
-    # QA: the share of the tumour whose top class is under 0.5, from the box's scores (no full-size copy).
-    confidence = round(low_confidence_fraction(scores, box_classes, logits=tiling == "whole"), 4)
+    confidence = round(low_confidence_fraction(unsure, box_classes), 4)
     classes = undo_crop(box_classes, crop)
     del box_classes
     if not probabilities:
         clock.lap("post")
         return Prediction(classes, None, clock.seconds, confidence, removed_and_kept)
     box_probabilities = softmax(scores, axis=0) if tiling == "whole" else scores
-    if core_scores is not None:
-        core_probabilities = softmax(core_scores, axis=0) if tiling == "whole" else core_scores
+    if core_box_scores is not None:
+        core_probabilities = softmax(core_box_scores, axis=0) if tiling == "whole" else core_box_scores
         box_probabilities = compose_probabilities(box_probabilities, core_probabilities)
     full = undo_crop(box_probabilities, crop)
     full[0] = undo_crop(box_probabilities[0], crop, fill=1)  # outside the brain box is background
