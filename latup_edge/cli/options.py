@@ -9,8 +9,8 @@ import typer
 TilingOption = Annotated[
     Literal["whole", "sliding"],
     typer.Option(
-        help="Sliding windows shaped to the brain box (the default: under 1.5 GB on a 240x240x155 case with one "
-        "network, 1.9 GB with the shipped bundle's two, about as "
+        help="Sliding windows shaped to the brain box (the default: under 1.5 GB on a 240x240x155 case, with the "
+        "shipped bundle's two networks too; about as "
         "fast, the better mean Dice on all six independent test sets, though 3 of their 120 cases scored WT under "
         "0.7 against 1 on whole boxes), or one pass over the whole box (3.3-3.6 GB; what the shipped bundle's INT8 "
         "gate measured). docs/RUNTIME.md."

@@ -262,7 +262,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
         )  # fmt: skip
     backend = predictor.backend
     # Each brain box through the network as the predictor runs it: its windows, or one pass padded to its bucket.
-    run_box = predictor.box_scores  # with a core network, both networks on each box
+    run_box = predictor.box_scores  # with a core network, both networks as predict runs them
     tiles = [prepare_case(case, normalization=predictor.normalization).inputs for case in cases]
     first_ms = _timed_ms(lambda: run_box(tiles[0]))
     for _ in range(spec.warmup):

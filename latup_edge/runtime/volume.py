@@ -26,6 +26,11 @@ Tiling over the brain box (padded to a multiple of 8), ``box_forward``:
 The normalisation is always the one the model was trained with, so it has no default: a model's
 config names it (``model.config.normalization``; ``Bundle.normalization`` for a bundle).
 
+Two networks (a bundle with a core network, ``core``): the first labels the whole tumour, then the core network
+runs only the windows over that tumour (``core_scores``; its labels are read nowhere else, so they are exact),
+and each frees its OpenVINO activations after its pass (``Backend.release``), so a two-network case peaks about
+where a one-network case does.
+
 Test-time mirroring (``mirror``, after nnU-Net's): the network also runs on the box mirrored along
 some spatial axes (``"x"``: left-right, 2 passes; ``"xyz"``: all 8 mirror images), each output is
 mirrored back, and the logits are averaged (``mirrored``). Training flipped every axis, so each
