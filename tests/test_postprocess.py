@@ -208,3 +208,19 @@ def test_drift_scores_the_labels_with_the_outside_cleared():
     placed = case.placed(classes, delivered_labels(DEFAULT_POSTPROCESSING))
     assert not placed[0:3].any() and (placed[12:18, 12:18, 12:18] == 3).all()
     assert (case.placed(classes)[0:3] == 2).all()  # the argmax as it is
+
+
+def test_et_dim_on_t1ce_becomes_necrosis_and_bright_et_stays():
+    classes = _case()
+    classes[30:38, 30:38, 30:38] = 3  # a second ET component, where T1ce is no brighter than the brain
+    inputs = np.zeros((3, 40, 40, 40), np.float32)
+    inputs[:, 2:39, 2:39, 2:39] = np.random.default_rng(0).normal(100, 10, (3, 37, 37, 37))  # the brain
+    inputs[1, 12:18, 12:18, 12:18] += 60  # the lesion's ET enhances: bright on T1ce (channel 1)
+    rules = Postprocessing(min_component_fraction=0, min_et_voxels=0, drop_coreless=False, min_et_t1ce_z=1.0)
+    out = postprocess(classes, rules, inputs)
+    assert (out[12:18, 12:18, 12:18] == 3).all() and (out[30:38, 30:38, 30:38] == 1).all()
+    assert ((out > 0) == (classes > 0)).all() and np.isin(out[classes == 1], 1).all()  # WT and TC unchanged
+    rescaled = np.where(inputs != 0, inputs * 3 - 50, 0)  # another affine normalisation of the brain
+    np.testing.assert_array_equal(postprocess(classes, rules, rescaled), out)
+    np.testing.assert_array_equal(postprocess(classes, replace(rules, min_et_t1ce_z=0), inputs), classes)  # off
+    np.testing.assert_array_equal(postprocess(classes, rules), classes)  # without the inputs, skipped

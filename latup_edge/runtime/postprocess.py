@@ -56,9 +56,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from latup_edge.data.naming import MODEL_MODALITIES
 from latup_edge.runtime.input_stats import brain_mask
 
 NCR, ED, ET = 1, 2, 3
+T1CE_CHANNEL = MODEL_MODALITIES.index("t1ce")  # the inputs come in the model's modality order
 CLASS_COUNT = 4  # background, NCR, ED, ET
 
 
@@ -76,6 +78,8 @@ class Postprocessing:
     min_core_density: float = 0.0
     # With a core network: the rules run on the composed labels, so the coreless rule sees its core (stage 16).
     rules_see_core: bool = True
+    # An ET component must be bright on T1ce: its mean this many brain SDs above the brain's mean (module docstring).
+    min_et_t1ce_z: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("min_core_fraction", "max_core_share", "min_core_density"):
@@ -140,11 +144,29 @@ def postprocess(
             keep[0] = True
             if not keep.all():
                 classes = np.where(keep[components], classes, np.uint8(0))
+    if rules.min_et_t1ce_z > 0 and inputs is not None:
+        classes = dim_et_to_necrosis(classes, inputs, rules.min_et_t1ce_z)
     if rules.min_et_voxels > 0:
         et = classes == ET
         if 0 < np.count_nonzero(et) < rules.min_et_voxels:
             classes = np.where(et, np.uint8(NCR), classes)
     return classes
+
+
+def dim_et_to_necrosis(classes: np.ndarray, inputs: np.ndarray, min_z: float) -> np.ndarray:
+    """``classes`` with each ET component (6-connected) whose mean T1ce lies under ``min_z`` brain SDs above the
+    brain's mean relabelled NCR. Enhancement is what ET means: tissue bright on T1ce. The z-score is taken over the
+    brain of ``inputs`` (the ``(C, X, Y, Z)`` box in the model's modality order), so any affine normalisation of
+    the box gives the same answer. WT and TC do not change."""
+    et = classes == ET
+    if not et.any():
+        return classes
+    components, count = ndimage.label(et)
+    t1ce = inputs[T1CE_CHANNEL]
+    brain = t1ce[brain_mask(inputs)]
+    means = np.asarray(ndimage.mean(t1ce, components, np.arange(1, count + 1)))
+    dim = np.concatenate([[False], (means - brain.mean()) / max(float(brain.std()), 1e-6) < min_z])
+    return np.where(dim[components], np.uint8(NCR), classes) if dim.any() else classes
 
 
 def compose_regions(whole: np.ndarray, core: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from latup_edge.runtime.volume import (
     DEFAULT_TILING,
     DEFAULT_WINDOW,
     SHAPE_POLICIES,
-    Forward,
+    BoxForward,
     Prediction,
     ShapePolicy,
     Tiling,
@@ -228,7 +228,7 @@ class Predictor:
         return BUCKETS[self.shape_policy] if self.tiling == "whole" else None
 
     @property
-    def forward(self) -> Forward:
+    def forward(self) -> BoxForward:
         """The backend as the predictor feeds it a normalised brain box: its tiling, windows or bucket."""
         return box_forward(self.backend, self.tiling, self.window, self.overlap, self.bucket, self.mirror_axes)
 

@@ -133,9 +133,13 @@ def unsure_voxels(probabilities: np.ndarray, logits: bool = False) -> np.ndarray
 def low_confidence_fraction(probabilities: np.ndarray, classes: np.ndarray, logits: bool = False) -> float:
     """Fraction of predicted-WT voxels whose top class probability is under 0.5; 0.0 when WT is empty.
 
-    ``probabilities``: the softmax, or logits with ``logits=True``; or already ``unsure_voxels``' boolean map.
+    ``probabilities``: the softmax, or logits with ``logits=True`` (``unsure_voxels``).
     """
-    unsure = probabilities if probabilities.dtype == bool else unsure_voxels(probabilities, logits)
+    return unsure_fraction(unsure_voxels(probabilities, logits), classes)
+
+
+def unsure_fraction(unsure: np.ndarray, classes: np.ndarray) -> float:
+    """The share of predicted-WT voxels in the ``unsure_voxels`` map; 0.0 when WT is empty."""
     tumour = np.asarray(classes) > 0
     total = int(np.count_nonzero(tumour))
     return float(np.count_nonzero(unsure[tumour])) / total if total else 0.0

@@ -73,7 +73,7 @@ from latup_edge.runtime.postprocess import (
     delivered_classes,
     largest_removed_and_kept,
 )
-from latup_edge.runtime.qa import low_confidence_fraction, unsure_voxels
+from latup_edge.runtime.qa import unsure_fraction, unsure_voxels
 from latup_edge.runtime.tiling import Forward, sliding_window_scores, softmax
 
 Tiling = Literal["whole", "sliding"]
@@ -329,7 +329,7 @@ def predict_volume(
     box_classes = delivered_classes(raw_classes, postprocessing, box[0], core_classes)
     removed_and_kept = largest_removed_and_kept(raw_classes, box_classes, box[0])
     del box, raw_classes
-    confidence = round(low_confidence_fraction(unsure, box_classes), 4)
+    confidence = round(unsure_fraction(unsure, box_classes), 4)
     classes = undo_crop(box_classes, crop)
     del box_classes
     if not probabilities:
