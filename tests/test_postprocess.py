@@ -224,3 +224,5 @@ def test_et_dim_on_t1ce_becomes_necrosis_and_bright_et_stays():
     np.testing.assert_array_equal(postprocess(classes, rules, rescaled), out)
     np.testing.assert_array_equal(postprocess(classes, replace(rules, min_et_t1ce_z=0), inputs), classes)  # off
     np.testing.assert_array_equal(postprocess(classes, rules), classes)  # without the inputs, skipped
+    with pytest.raises(ValueError, match="min_et_t1ce_z"):
+        Postprocessing(min_et_t1ce_z=-1)

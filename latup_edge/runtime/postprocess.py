@@ -85,8 +85,9 @@ class Postprocessing:
         for name in ("min_core_fraction", "max_core_share", "min_core_density"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.min_credible_core < 0:
-            raise ValueError(f"min_credible_core must be >= 0, got {self.min_credible_core}")
+        for name in ("min_credible_core", "min_et_t1ce_z"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def none(cls) -> Postprocessing:
