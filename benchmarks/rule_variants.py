@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
+from latup_edge.data.preprocess import normalize
 from latup_edge.evaluate.metrics import region_metrics, summarise
 from latup_edge.fileio import atomic_write_json
 from latup_edge.runtime.postprocess import Postprocessing, delivered_classes
@@ -26,17 +27,22 @@ from latup_edge.runtime.postprocess import Postprocessing, delivered_classes
 REGIONS = ("WT", "TC", "ET")
 
 
-def score_variants(folders: list[Path], cache: Path, variants: dict[str, Postprocessing]) -> dict:
+def score_variants(
+    folders: list[Path], cache: Path, variants: dict[str, Postprocessing], normalization: str = "zscore-brain"
+) -> dict:
+    """Each variant's Dice per case and set. The rules see the images normalised as the networks saw them
+    (``normalization``, the bundle's): rules that read intensities must be screened on what ``segment`` gives them."""
     sets: dict[str, dict] = {}
     for folder in folders:
         per_variant: dict[str, dict] = {name: {} for name in variants}
         for case in discover_cases(folder):
             maps = np.load(cache / folder.name / f"{case.case_id}.npz")
             images, reference = load_case_images(case)
+            inputs = normalize(images, normalization)  # zeros stay outside the brain, as in the box segment uses
             truth, _ = load_case_labels(case, reference)
             spacing = reference.header.get_zooms()[:3]
             for name, rules in variants.items():
-                labels = delivered_classes(maps["A_raw"], rules, images, maps["B_raw"])
+                labels = delivered_classes(maps["A_raw"], rules, inputs, maps["B_raw"])
                 per_variant[name][case.case_id] = region_metrics(labels, truth, spacing=spacing)
             cells = [
                 f"{n} " + "/".join(f"{per_variant[n][case.case_id][r]['dice']:.3f}" for r in REGIONS) for n in variants
@@ -62,11 +68,12 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, required=True, help="one networks pair's folder of the cache")
     parser.add_argument("--variant", action="append", required=True, help="NAME:FIELD=VALUE,... as judge_bundles")
     parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("--normalization", default="zscore-brain", help="the cached networks' (the shipped bundle's)")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from judge_bundles import parse_variant
 
-    result = score_variants(args.folders, args.cache, dict(map(parse_variant, args.variant)))
+    result = score_variants(args.folders, args.cache, dict(map(parse_variant, args.variant)), args.normalization)
     print(f"{'variant':<22} " + "  ".join(f"{Path(name).name:>26}" for name in result["sets"]) + "   score")
     for name in result["variants"]:
         cells = [" / ".join(f"{one[name]['mean_dice'][r]:.4f}" for r in REGIONS) for one in result["sets"].values()]

@@ -216,13 +216,16 @@ def test_et_dim_on_t1ce_becomes_necrosis_and_bright_et_stays():
     inputs = np.zeros((3, 40, 40, 40), np.float32)
     inputs[:, 2:39, 2:39, 2:39] = np.random.default_rng(0).normal(100, 10, (3, 37, 37, 37))  # the brain
     inputs[1, 12:18, 12:18, 12:18] += 60  # the lesion's ET enhances: bright on T1ce (channel 1)
-    rules = Postprocessing(min_component_fraction=0, min_et_voxels=0, drop_coreless=False, min_et_t1ce_z=1.0)
+    rules = Postprocessing(min_component_fraction=0, min_et_voxels=0, drop_coreless=False, min_et_t1ce_percentile=95)
     out = postprocess(classes, rules, inputs)
     assert (out[12:18, 12:18, 12:18] == 3).all() and (out[30:38, 30:38, 30:38] == 1).all()
     assert ((out > 0) == (classes > 0)).all() and np.isin(out[classes == 1], 1).all()  # WT and TC unchanged
-    rescaled = np.where(inputs != 0, inputs * 3 - 50, 0)  # another affine normalisation of the brain
-    np.testing.assert_array_equal(postprocess(classes, rules, rescaled), out)
-    np.testing.assert_array_equal(postprocess(classes, replace(rules, min_et_t1ce_z=0), inputs), classes)  # off
+    brain = inputs[1][inputs[1] != 0]
+    clipped = inputs.copy()  # the normalisation clips the brain at its 99.5th percentile: ranks below it survive
+    clipped[1] = np.where(inputs[1] != 0, np.clip(inputs[1], None, np.percentile(brain, 99.5)), 0)
+    np.testing.assert_array_equal(postprocess(classes, rules, clipped), out)
+    np.testing.assert_array_equal(postprocess(classes, replace(rules, min_et_t1ce_percentile=0), inputs), classes)
     np.testing.assert_array_equal(postprocess(classes, rules), classes)  # without the inputs, skipped
-    with pytest.raises(ValueError, match="min_et_t1ce_z"):
-        Postprocessing(min_et_t1ce_z=-1)
+    for wrong in (-1, 99.5):
+        with pytest.raises(ValueError, match="min_et_t1ce_percentile"):
+            Postprocessing(min_et_t1ce_percentile=wrong)

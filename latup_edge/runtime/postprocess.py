@@ -78,16 +78,17 @@ class Postprocessing:
     min_core_density: float = 0.0
     # With a core network: the rules run on the composed labels, so the coreless rule sees its core (stage 16).
     rules_see_core: bool = True
-    # An ET component must be bright on T1ce: its mean this many brain SDs above the brain's mean (module docstring).
-    min_et_t1ce_z: float = 0.0
+    # An ET component must be bright on T1ce: its median at least this percentile of the brain's T1ce (docstring).
+    min_et_t1ce_percentile: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("min_core_fraction", "max_core_share", "min_core_density"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("min_credible_core", "min_et_t1ce_z"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_credible_core < 0:
+            raise ValueError(f"min_credible_core must be >= 0, got {self.min_credible_core}")
+        if not 0 <= self.min_et_t1ce_percentile < 99.5:  # the normalisation clips the brain above its 99.5th
+            raise ValueError(f"min_et_t1ce_percentile must be in [0, 99.5), got {self.min_et_t1ce_percentile}")
 
     @classmethod
     def none(cls) -> Postprocessing:
@@ -145,8 +146,8 @@ def postprocess(
             keep[0] = True
             if not keep.all():
                 classes = np.where(keep[components], classes, np.uint8(0))
-    if rules.min_et_t1ce_z > 0 and inputs is not None:
-        classes = dim_et_to_necrosis(classes, inputs, rules.min_et_t1ce_z)
+    if rules.min_et_t1ce_percentile > 0 and inputs is not None:
+        classes = dim_et_to_necrosis(classes, inputs, rules.min_et_t1ce_percentile)
     if rules.min_et_voxels > 0:
         et = classes == ET
         if 0 < np.count_nonzero(et) < rules.min_et_voxels:
@@ -154,19 +155,20 @@ def postprocess(
     return classes
 
 
-def dim_et_to_necrosis(classes: np.ndarray, inputs: np.ndarray, min_z: float) -> np.ndarray:
-    """``classes`` with each ET component (6-connected) whose mean T1ce lies under ``min_z`` brain SDs above the
-    brain's mean relabelled NCR. Enhancement is what ET means: tissue bright on T1ce. The z-score is taken over the
-    brain of ``inputs`` (the ``(C, X, Y, Z)`` box in the model's modality order), so any affine normalisation of
-    the box gives the same answer. WT and TC do not change."""
+def dim_et_to_necrosis(classes: np.ndarray, inputs: np.ndarray, percentile: float) -> np.ndarray:
+    """``classes`` with each ET component (6-connected) whose median T1ce lies under the brain's ``percentile``-th
+    percentile of T1ce relabelled NCR. Enhancement is what ET means: tissue bright on T1ce. Ranks, not z-scores:
+    the normalisation clips the brain at its 99.5th percentile, which on some scans is only ~1.5 SDs above the mean
+    (docs/PREREGISTERED.md, "Stage 18"), and ranks below it survive any monotone normalisation. ``inputs``: the
+    ``(C, X, Y, Z)`` box in the model's modality order. WT and TC do not change."""
     et = classes == ET
     if not et.any():
         return classes
     components, count = ndimage.label(et)
     t1ce = inputs[T1CE_CHANNEL]
-    brain = t1ce[brain_mask(inputs)]
-    means = np.asarray(ndimage.mean(t1ce, components, np.arange(1, count + 1)))
-    dim = np.concatenate([[False], (means - brain.mean()) / max(float(brain.std()), 1e-6) < min_z])
+    floor = np.percentile(t1ce[brain_mask(inputs)], percentile)
+    medians = np.asarray(ndimage.median(t1ce, components, np.arange(1, count + 1)))
+    dim = np.concatenate([[False], medians < floor])
     return np.where(dim[components], np.uint8(NCR), classes) if dim.any() else classes
 
 
