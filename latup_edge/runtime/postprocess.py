@@ -1,6 +1,6 @@
 """Label post-processing after the network: what BraTS methods do, chosen on held-out phantoms.
 
-Four rules, applied to the class map of the brain box (``predict_volume``), in this order:
+Four rules on by default and one judged and off, applied to the class map of the brain box (``predict_volume``), in this order:
 
 - **Nothing outside the brain** (``clear_outside_brain``, default on): voxels zero in every channel of
   the box the network saw (skull-stripped background; cavities enclosed by the brain count as
@@ -31,6 +31,11 @@ Four rules, applied to the class map of the brain box (``predict_volume``), in t
   fraction of the largest one are set to background. A true satellite lesion smaller than that
   fraction of the main lesion is removed too: pass ``Postprocessing.none()`` (``--no-postprocess``)
   to keep every component.
+- **ET must be bright on T1ce** (``min_et_t1ce_percentile``, judged, off until its CI run): an ET component
+  (6-connected) whose median T1ce lies under that percentile of the brain's T1ce becomes NCR
+  (``dim_et_to_necrosis``); WT and TC never change. At 95 it raised ET on two fresh sets (0.674 -> 0.924, 0.742 ->
+  0.792) with no case lower; a z-score version was dropped, its threshold at the normalisation's clipping ceiling
+  (docs/PREREGISTERED.md, "Stage 18" and "Stage 18b").
 - **Too little ET is none** (``min_et_voxels``, default 200): when fewer voxels than this are
   predicted ET in the whole case, they become necrosis (NCR), as BraTS entries since nnU-Net's have
   done: a non-enhancing tumour with a few false ET voxels scores ET Dice 0, an empty ET scores 1.
@@ -78,7 +83,7 @@ class Postprocessing:
     min_core_density: float = 0.0
     # With a core network: the rules run on the composed labels, so the coreless rule sees its core (stage 16).
     rules_see_core: bool = True
-    # An ET component must be bright on T1ce: its median at least this percentile of the brain's T1ce (docstring).
+    # An ET component must be bright on T1ce: its median at least this percentile of the brain's (module docstring).
     min_et_t1ce_percentile: float = 0.0
 
     def __post_init__(self) -> None:
