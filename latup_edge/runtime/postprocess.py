@@ -1,6 +1,7 @@
 """Label post-processing after the network: what BraTS methods do, chosen on held-out phantoms.
 
-Four rules on by default and one judged and off, applied to the class map of the brain box (``predict_volume``), in this order:
+Four rules on by default and one judged and off, applied to the class map of the brain box
+(``predict_volume``), in this order:
 
 - **Nothing outside the brain** (``clear_outside_brain``, default on): voxels zero in every channel of
   the box the network saw (skull-stripped background; cavities enclosed by the brain count as
