@@ -300,7 +300,8 @@ def predict_volume(
     whole tumour (``postprocess.compose_regions``); the probabilities are then composed too. Without
     ``probabilities`` it runs only over ``forward``'s tumour (``core_scores``): the same labels.
     """
-    box_forward(forward, tiling, window, overlap, bucket, mirror)  # refuse bad settings before any work
+    settings = (tiling, window, overlap, bucket, mirror)
+    run_box = box_forward(forward, *settings)  # refuses bad settings before any work
     clock = _Clock()
     if normalization in BRAIN_ONLY_NORMALIZATIONS:  # the box holds the whole brain: normalise the box only
         crop = brain_box(images, multiple=SIZE_MULTIPLE)
@@ -311,8 +312,7 @@ def predict_volume(
         box = apply_crop(normalized, crop)[None]
         del normalized  # a full-size copy of the images: drop it before the network's activations
     clock.lap("pre")
-    settings = (tiling, window, overlap, bucket, mirror)
-    scores = box_forward(forward, *settings)(box)[0]
+    scores = run_box(box)[0]
     if core is not None:
         _release(forward)  # before anything else is allocated: the core network's activations come next
     # Softmax is monotone: the argmax of logits (whole) and of probabilities (sliding) agree.
