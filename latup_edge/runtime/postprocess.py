@@ -1,6 +1,6 @@
 """Label post-processing after the network: what BraTS methods do, chosen on held-out phantoms.
 
-Four rules on by default and one judged and off, applied to the class map of the brain box
+Five rules on by default, applied to the class map of the brain box
 (``predict_volume``), in this order:
 
 - **Nothing outside the brain** (``clear_outside_brain``, default on): voxels zero in every channel of
@@ -32,7 +32,7 @@ Four rules on by default and one judged and off, applied to the class map of the
   fraction of the largest one are set to background. A true satellite lesion smaller than that
   fraction of the main lesion is removed too: pass ``Postprocessing.none()`` (``--no-postprocess``)
   to keep every component.
-- **ET must be bright on T1ce** (``min_et_t1ce_percentile``, judged, off until its CI run): an ET component
+- **ET must be bright on T1ce** (``min_et_t1ce_percentile``, default 95, stage 18b): an ET component
   (6-connected) whose median T1ce lies under that percentile of the brain's T1ce becomes NCR
   (``dim_et_to_necrosis``); WT and TC never change. At 95 it raised ET on two fresh sets (0.674 -> 0.924, 0.742 ->
   0.792) with no case lower; a z-score version was dropped, its threshold at the normalisation's clipping ceiling
@@ -85,7 +85,7 @@ class Postprocessing:
     # With a core network: the rules run on the composed labels, so the coreless rule sees its core (stage 16).
     rules_see_core: bool = True
     # An ET component must be bright on T1ce: its median at least this percentile of the brain's (module docstring).
-    min_et_t1ce_percentile: float = 0.0
+    min_et_t1ce_percentile: float = 95.0
 
     def __post_init__(self) -> None:
         for name in ("min_core_fraction", "max_core_share", "min_core_density"):
@@ -105,6 +105,7 @@ class Postprocessing:
             drop_coreless=False,
             min_core_fraction=0.0,
             clear_outside_brain=False,
+            min_et_t1ce_percentile=0.0,
         )
 
     def to_dict(self) -> dict[str, Any]:
