@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -37,7 +38,7 @@ from latup_edge.runtime.postprocess import (
 )
 from latup_edge.runtime.predictor import Predictor
 from latup_edge.runtime.tiling import fitted_windows
-from latup_edge.runtime.volume import predict_volume
+from latup_edge.runtime.volume import core_scores, normalized_box, predict_volume, tumour_region
 
 runner = CliRunner()
 
@@ -160,6 +161,42 @@ def test_the_core_network_runs_only_the_windows_over_the_tumour_and_none_without
     background = lambda x: np.eye(4, dtype=np.float32)[0][None, :, None, None, None] * np.ones_like(x[:, :1])  # noqa: E731
     nothing = predict_volume(images, background, **settings).classes
     assert not windows and not nothing.any()
+
+
+def test_with_a_margin_the_core_network_runs_only_on_the_tumours_region():
+    images = raw_images()
+    box, _ = normalized_box(images, "zscore-brain")
+    tumour = bright_is(ED)(box)[0, ED] > 0
+    region = tumour_region(tumour, 16, 4)
+    assert tumour[region].sum() == tumour.sum()  # the whole tumour, in windows smaller than the box
+    assert all(0 < r.stop - r.start <= size for r, size in zip(region, tumour.shape, strict=True))
+    assert math.prod(r.stop - r.start for r in region) < tumour.size
+    shapes = []
+    seen = lambda x: shapes.append(x.shape[2:]) or bright_is(NCR)(x)  # noqa: E731
+    in_region = core_scores(box, tumour, seen, window=16, margin=4)
+    whole_box = core_scores(box, tumour, bright_is(NCR), window=16)
+    # a pointwise core network gives the same labels on the tumour, and nothing is computed outside the region
+    np.testing.assert_array_equal(np.argmax(in_region[0], 0)[tumour], np.argmax(whole_box[0], 0)[tumour])
+    outside = np.ones(tumour.shape, bool)
+    outside[region] = False
+    assert not in_region[0][:, outside].any()
+    assert sum(math.prod(s) for s in shapes) < sum(math.prod(s) for s in fitted_windows_of_box(tumour.shape, 16))
+
+
+def test_the_tumours_region_is_its_bounding_box_grown_and_at_least_one_window():
+    tumour = np.zeros((160, 192, 160), bool)
+    tumour[10:130, 100:110, 150:152] = True
+    region = tumour_region(tumour, 96, 16)
+    assert region[0] == slice(0, 152)  # 120 + 2 x 16 voxels, shifted to start inside the box
+    assert region[1] == slice(57, 153)  # one window's side, centred on the tumour
+    assert region[2] == slice(64, 160)  # pushed back inside the box
+    assert all((r.stop - r.start) % SIZE_MULTIPLE == 0 for r in region)
+    assert tumour_region(tumour, 96, 200) == (slice(0, 160), slice(0, 192), slice(0, 160))
+
+
+def fitted_windows_of_box(shape: tuple[int, ...], window: int) -> list[tuple[int, ...]]:
+    sides, starts = fitted_windows(shape, window, 0.25)
+    return [sides] * math.prod(len(axis) for axis in starts)
 
 
 class Spy:

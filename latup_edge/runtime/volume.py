@@ -59,6 +59,7 @@ import numpy as np
 from latup_edge.data.preprocess import (
     BRAIN_ONLY_NORMALIZATIONS,
     SIZE_MULTIPLE,
+    Crop,
     apply_crop,
     brain_box,
     normalize,
@@ -87,6 +88,9 @@ ShapePolicy = Literal["exact", "bucket32"]
 SHAPE_POLICIES: tuple[str, ...] = get_args(ShapePolicy)
 BUCKETS: dict[str, int | None] = {"exact": None, "bucket32": 32}
 
+# The core network's context around the first network's tumour (``tumour_region``); None: the whole box's windows.
+DEFAULT_CORE_MARGIN: int | None = None
+
 # Test-time mirroring: axis letters of the (X, Y, Z) box; "" runs the network once.
 MIRROR_AXES: dict[str, int] = {"x": 0, "y": 1, "z": 2}
 
@@ -101,12 +105,15 @@ __all__ = [
     "BoxForward",
     "box_forward",
     "bucketed",
+    "core_scores",
     "network_scores",
+    "normalized_box",
     "pad_to_shape",
     "predict_classes",
     "predict_probabilities",
     "predict_volume",
     "torch_forward",
+    "tumour_region",
 ]
 
 
@@ -229,6 +236,7 @@ def network_scores(
     overlap: float = DEFAULT_OVERLAP,
     bucket: int | None = None,
     mirror: Sequence[int] = (),
+    core_margin: int | None = DEFAULT_CORE_MARGIN,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The scores of ``forward`` and of the ``core`` network (None without one) for a normalised brain box, as
     ``predict_volume`` runs them: the core network over ``forward``'s raw tumour only (``core_scores``)."""
@@ -237,7 +245,25 @@ def network_scores(
     if core is None:
         return scores, None
     _release(forward)
-    return scores, core_scores(box, np.argmax(scores[0], axis=0) > 0, core, *settings)
+    return scores, core_scores(box, np.argmax(scores[0], axis=0) > 0, core, *settings, margin=core_margin)
+
+
+def tumour_region(tumour: np.ndarray, window: int, margin: int) -> tuple[slice, ...]:
+    """The part of a brain box the core network needs: ``tumour``'s bounding box grown by ``margin`` voxels, each
+    side at least ``window`` (the context of one window) or the whole box, on multiples of ``SIZE_MULTIPLE``.
+
+    >>> tumour = np.zeros((160, 192, 160), bool); tumour[60:100, 70:90, 10:30] = True
+    >>> tumour_region(tumour, 96, 16)
+    (slice(32, 128, None), slice(32, 128, None), slice(0, 96, None))
+    """
+    region = []
+    for axis, size in enumerate(tumour.shape):
+        present = np.flatnonzero(tumour.any(axis=tuple(other for other in range(3) if other != axis)))
+        low, high = int(present[0]) - margin, int(present[-1]) + 1 + margin
+        length = min(size, max(window, -(-(high - low) // SIZE_MULTIPLE) * SIZE_MULTIPLE))
+        start = min(max((low + high - length) // 2, 0), size - length)
+        region.append(slice(start, start + length))
+    return tuple(region)
 
 
 def core_scores(
@@ -249,18 +275,26 @@ def core_scores(
     overlap: float = DEFAULT_OVERLAP,
     bucket: int | None = None,
     mirror: Sequence[int] = (),
+    margin: int | None = DEFAULT_CORE_MARGIN,
 ) -> np.ndarray:
     """The core network's scores for a normalised brain box, after the first network ran on it.
 
     They are read only inside the first network's raw ``tumour`` (``compose_regions``; the label rules only remove
     tumour), so the core network runs only the windows over it, and not at all without one: exact there, 0
-    elsewhere. ``tumour`` None runs it on every voxel (composed probabilities need that). It frees its activations
-    afterwards (``Backend.release``), as callers free the first network's before it runs: the two never hold
-    theirs at once.
+    elsewhere. ``margin`` (an int) runs it instead on ``tumour_region``, windows fitted to the tumour and that many
+    voxels around it: less work, other windows, so other labels. ``tumour`` None runs it on every voxel (composed
+    probabilities need that). It frees its activations afterwards (``Backend.release``), as callers free the first
+    network's before it runs: the two never hold theirs at once.
     """
     if tumour is not None and not tumour.any():
         return np.zeros((1, CLASS_COUNT, *box.shape[2:]), np.float32)
-    scores = box_forward(core, tiling, window, overlap, bucket, mirror)(box, tumour)
+    run_box = box_forward(core, tiling, window, overlap, bucket, mirror)
+    if tumour is None or margin is None:
+        scores = run_box(box, tumour)
+    else:
+        region = tumour_region(tumour, window, margin)
+        scores = np.zeros((1, CLASS_COUNT, *box.shape[2:]), np.float32)
+        scores[(slice(None), slice(None), *region)] = run_box(np.ascontiguousarray(box[(..., *region)]), tumour[region])
     _release(core)
     return scores
 
@@ -285,6 +319,7 @@ def predict_volume(
     postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
     mirror: Sequence[int] = (),
     core: Forward | None = None,
+    core_margin: int | None = DEFAULT_CORE_MARGIN,
 ) -> Prediction:
     """Predict raw (C, X, Y, Z) modality images: classes and, with ``probabilities``, the softmax.
 
@@ -298,19 +333,12 @@ def predict_volume(
     ``mirror`` (spatial axes) averages the network over mirror images of the box (module docstring).
     ``core``: a second network, run on the same box in the same way, that labels the parts of ``forward``'s
     whole tumour (``postprocess.compose_regions``); the probabilities are then composed too. Without
-    ``probabilities`` it runs only over ``forward``'s tumour (``core_scores``): the same labels.
+    ``probabilities`` it runs only over ``forward``'s tumour (``core_scores``; ``core_margin`` as its ``margin``).
     """
     settings = (tiling, window, overlap, bucket, mirror)
     run_box = box_forward(forward, *settings)  # refuses bad settings before any work
     clock = _Clock()
-    if normalization in BRAIN_ONLY_NORMALIZATIONS:  # the box holds the whole brain: normalise the box only
-        crop = brain_box(images, multiple=SIZE_MULTIPLE)
-        box = normalize(apply_crop(images, crop), normalization)[None]
-    else:
-        normalized = normalize(images, normalization)
-        crop = brain_box(normalized, multiple=SIZE_MULTIPLE)
-        box = apply_crop(normalized, crop)[None]
-        del normalized  # a full-size copy of the images: drop it before the network's activations
+    box, crop = normalized_box(images, normalization)
     clock.lap("pre")
     scores = run_box(box)[0]
     if core is not None:
@@ -323,7 +351,8 @@ def predict_volume(
     if core is not None:
         if not probabilities:
             del scores  # only the labels are left to make: free the scores before the core network's activations
-        core_box_scores = core_scores(box, None if probabilities else raw_classes > 0, core, *settings)[0]
+        tumour = None if probabilities else raw_classes > 0
+        core_box_scores = core_scores(box, tumour, core, *settings, margin=core_margin)[0]
         core_classes = np.argmax(core_box_scores, axis=0).astype(np.uint8)
     clock.lap("network")
     box_classes = delivered_classes(raw_classes, postprocessing, box[0], core_classes)
@@ -343,6 +372,16 @@ def predict_volume(
     full[0] = undo_crop(box_probabilities[0], crop, fill=1)  # outside the brain box is background
     clock.lap("post")
     return Prediction(classes, full, clock.seconds, confidence, removed_and_kept)
+
+
+def normalized_box(images: np.ndarray, normalization: str) -> tuple[np.ndarray, Crop]:
+    """Raw (C, X, Y, Z) images -> the normalised brain box the networks see, (1, C, D, H, W), and its crop."""
+    if normalization in BRAIN_ONLY_NORMALIZATIONS:  # the box holds the whole brain: normalise the box only
+        crop = brain_box(images, multiple=SIZE_MULTIPLE)
+        return normalize(apply_crop(images, crop), normalization)[None], crop
+    normalized = normalize(images, normalization)
+    crop = brain_box(normalized, multiple=SIZE_MULTIPLE)
+    return apply_crop(normalized, crop)[None], crop  # the full-size normalised copy goes with this frame
 
 
 class _Clock:
