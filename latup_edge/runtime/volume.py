@@ -88,9 +88,6 @@ ShapePolicy = Literal["exact", "bucket32"]
 SHAPE_POLICIES: tuple[str, ...] = get_args(ShapePolicy)
 BUCKETS: dict[str, int | None] = {"exact": None, "bucket32": 32}
 
-# The core network's context around the first network's tumour (``tumour_region``); None: the whole box's windows.
-DEFAULT_CORE_MARGIN: int | None = None
-
 # Test-time mirroring: axis letters of the (X, Y, Z) box; "" runs the network once.
 MIRROR_AXES: dict[str, int] = {"x": 0, "y": 1, "z": 2}
 
@@ -236,7 +233,6 @@ def network_scores(
     overlap: float = DEFAULT_OVERLAP,
     bucket: int | None = None,
     mirror: Sequence[int] = (),
-    core_margin: int | None = DEFAULT_CORE_MARGIN,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The scores of ``forward`` and of the ``core`` network (None without one) for a normalised brain box, as
     ``predict_volume`` runs them: the core network over ``forward``'s raw tumour only (``core_scores``)."""
@@ -245,7 +241,7 @@ def network_scores(
     if core is None:
         return scores, None
     _release(forward)
-    return scores, core_scores(box, np.argmax(scores[0], axis=0) > 0, core, *settings, margin=core_margin)
+    return scores, core_scores(box, np.argmax(scores[0], axis=0) > 0, core, *settings)
 
 
 def tumour_region(tumour: np.ndarray, window: int, margin: int) -> tuple[slice, ...]:
@@ -275,16 +271,16 @@ def core_scores(
     overlap: float = DEFAULT_OVERLAP,
     bucket: int | None = None,
     mirror: Sequence[int] = (),
-    margin: int | None = DEFAULT_CORE_MARGIN,
+    margin: int | None = None,
 ) -> np.ndarray:
     """The core network's scores for a normalised brain box, after the first network ran on it.
 
     They are read only inside the first network's raw ``tumour`` (``compose_regions``; the label rules only remove
     tumour), so the core network runs only the windows over it, and not at all without one: exact there, 0
     elsewhere. ``margin`` (an int) runs it instead on ``tumour_region``, windows fitted to the tumour and that many
-    voxels around it: less work, other windows, so other labels. ``tumour`` None runs it on every voxel (composed
-    probabilities need that). It frees its activations afterwards (``Backend.release``), as callers free the first
-    network's before it runs: the two never hold theirs at once.
+    voxels around it: less work, other windows, so other labels (screened, not adopted: docs/RUNTIME.md).
+    ``tumour`` None runs it on every voxel (composed probabilities need that). It frees its activations afterwards
+    (``Backend.release``), as callers free the first network's before it runs: the two never hold theirs at once.
     """
     if tumour is not None and not tumour.any():
         return np.zeros((1, CLASS_COUNT, *box.shape[2:]), np.float32)
@@ -319,7 +315,6 @@ def predict_volume(
     postprocessing: Postprocessing = DEFAULT_POSTPROCESSING,
     mirror: Sequence[int] = (),
     core: Forward | None = None,
-    core_margin: int | None = DEFAULT_CORE_MARGIN,
 ) -> Prediction:
     """Predict raw (C, X, Y, Z) modality images: classes and, with ``probabilities``, the softmax.
 
@@ -333,7 +328,7 @@ def predict_volume(
     ``mirror`` (spatial axes) averages the network over mirror images of the box (module docstring).
     ``core``: a second network, run on the same box in the same way, that labels the parts of ``forward``'s
     whole tumour (``postprocess.compose_regions``); the probabilities are then composed too. Without
-    ``probabilities`` it runs only over ``forward``'s tumour (``core_scores``; ``core_margin`` as its ``margin``).
+    ``probabilities`` it runs only over ``forward``'s tumour (``core_scores``): the same labels.
     """
     settings = (tiling, window, overlap, bucket, mirror)
     run_box = box_forward(forward, *settings)  # refuses bad settings before any work
@@ -351,8 +346,7 @@ def predict_volume(
     if core is not None:
         if not probabilities:
             del scores  # only the labels are left to make: free the scores before the core network's activations
-        tumour = None if probabilities else raw_classes > 0
-        core_box_scores = core_scores(box, tumour, core, *settings, margin=core_margin)[0]
+        core_box_scores = core_scores(box, None if probabilities else raw_classes > 0, core, *settings)[0]
         core_classes = np.argmax(core_box_scores, axis=0).astype(np.uint8)
     clock.lap("network")
     box_classes = delivered_classes(raw_classes, postprocessing, box[0], core_classes)
