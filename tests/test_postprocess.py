@@ -229,3 +229,22 @@ def test_et_dim_on_t1ce_becomes_necrosis_and_bright_et_stays():
     for wrong in (-1, 99.5):
         with pytest.raises(ValueError, match="min_et_t1ce_percentile"):
             Postprocessing(min_et_t1ce_percentile=wrong)
+
+
+def test_et_voxels_dim_on_t1ce_become_necrosis_after_the_component_rule():
+    classes = _case()
+    inputs = np.zeros((3, 40, 40, 40), np.float32)
+    inputs[:, 2:39, 2:39, 2:39] = np.random.default_rng(0).normal(100, 10, (3, 37, 37, 37))  # the brain
+    inputs[1, 12:18, 12:18, 12:18] += 60  # the ET enhances on T1ce (channel 1) ...
+    inputs[1, 12:18, 12:18, 12] -= 60  # ... but for its dim edge
+    rules = Postprocessing(
+        min_component_fraction=0, min_et_voxels=0, drop_coreless=False, min_et_voxel_t1ce_percentile=75
+    )
+    out = postprocess(classes, rules, inputs)
+    assert (out[12:18, 12:18, 13:18] == 3).all()
+    assert (out[12:18, 12:18, 12] == 1).mean() > 0.5  # most of the dim edge is necrosis now
+    assert ((out > 0) == (classes > 0)).all() and np.isin(out[classes == 1], 1).all()  # WT and TC unchanged
+    np.testing.assert_array_equal(postprocess(classes, rules), classes)  # without the inputs, skipped
+    for wrong in (-1, 99.5):
+        with pytest.raises(ValueError, match="min_et_voxel_t1ce_percentile"):
+            Postprocessing(min_et_voxel_t1ce_percentile=wrong)

@@ -128,6 +128,7 @@ def test_label_maps_sit_on_the_input_grid_in_each_cases_convention(bundle, tmp_p
         "min_core_density": 0.0,
         "rules_see_core": True,
         "min_et_t1ce_percentile": 0.0,
+        "min_et_voxel_t1ce_percentile": 0.0,
     }
     assert log["backend"]["name"] == "openvino" and log["backend"]["precision"] == "fp32"
     assert {"threads", "streams", "precision"} <= log["backend"]["resolved"].keys()

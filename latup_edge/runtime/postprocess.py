@@ -86,6 +86,8 @@ class Postprocessing:
     rules_see_core: bool = True
     # An ET component must be bright on T1ce: its median at least this percentile of the brain's (module docstring).
     min_et_t1ce_percentile: float = 95.0
+    # Then each ET voxel must be: at least this percentile of the brain's T1ce (stage 20, judged; module docstring).
+    min_et_voxel_t1ce_percentile: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("min_core_fraction", "max_core_share", "min_core_density"):
@@ -93,8 +95,9 @@ class Postprocessing:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.min_credible_core < 0:
             raise ValueError(f"min_credible_core must be >= 0, got {self.min_credible_core}")
-        if not 0 <= self.min_et_t1ce_percentile < 99.5:  # the normalisation clips the brain above its 99.5th
-            raise ValueError(f"min_et_t1ce_percentile must be in [0, 99.5), got {self.min_et_t1ce_percentile}")
+        for name in ("min_et_t1ce_percentile", "min_et_voxel_t1ce_percentile"):
+            if not 0 <= getattr(self, name) < 99.5:  # the normalisation clips the brain above its 99.5th
+                raise ValueError(f"{name} must be in [0, 99.5), got {getattr(self, name)}")
 
     @classmethod
     def none(cls) -> Postprocessing:
@@ -106,6 +109,7 @@ class Postprocessing:
             min_core_fraction=0.0,
             clear_outside_brain=False,
             min_et_t1ce_percentile=0.0,
+            min_et_voxel_t1ce_percentile=0.0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +159,8 @@ def postprocess(
                 classes = np.where(keep[components], classes, np.uint8(0))
     if rules.min_et_t1ce_percentile > 0 and inputs is not None:
         classes = dim_et_to_necrosis(classes, inputs, rules.min_et_t1ce_percentile)
+    if rules.min_et_voxel_t1ce_percentile > 0 and inputs is not None:
+        classes = dim_et_voxels(classes, inputs, rules.min_et_voxel_t1ce_percentile)
     if rules.min_et_voxels > 0:
         et = classes == ET
         if 0 < np.count_nonzero(et) < rules.min_et_voxels:
@@ -177,6 +183,17 @@ def dim_et_to_necrosis(classes: np.ndarray, inputs: np.ndarray, percentile: floa
     medians = np.asarray(ndimage.median(t1ce, components, np.arange(1, count + 1)))
     dim = np.concatenate([[False], medians < floor])
     return np.where(dim[components], np.uint8(NCR), classes) if dim.any() else classes
+
+
+def dim_et_voxels(classes: np.ndarray, inputs: np.ndarray, percentile: float) -> np.ndarray:
+    """``classes`` with each ET voxel whose T1ce lies under the brain's ``percentile``-th percentile of T1ce relabelled
+    NCR: ``dim_et_to_necrosis`` voxel by voxel, for the dim edge of an enhancing rim. WT and TC do not change."""
+    et = classes == ET
+    if not et.any():
+        return classes
+    t1ce = inputs[T1CE_CHANNEL]
+    dim = et & (t1ce < np.percentile(t1ce[brain_mask(inputs)], percentile))
+    return np.where(dim, np.uint8(NCR), classes) if dim.any() else classes
 
 
 def compose_regions(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
