@@ -107,8 +107,8 @@ def test_composed_probabilities_keep_background_and_et_and_split_the_rest_by_the
 
 def test_the_predictor_composes_the_two_networks_labels(networks, composed):
     images = raw_images()
-    # Without the T1ce rule, whose NCR the core network would relabel: here the rules commute with the composition.
-    rules = replace(DEFAULT_POSTPROCESSING, min_et_t1ce_percentile=0.0)
+    # Without the T1ce rules, whose NCR the core network would relabel: here the rules commute with the composition.
+    rules = replace(DEFAULT_POSTPROCESSING, min_et_t1ce_percentile=0.0, min_et_voxel_t1ce_percentile=0.0)
     got = Predictor.from_bundle(composed, threads=1, postprocessing=rules).predict(images, probabilities=True)
     whole = Predictor.from_bundle(networks["whole"], threads=1, postprocessing=rules).predict(images).classes
     core = Predictor.from_bundle(networks["core"], threads=1, postprocessing=Postprocessing.none()).predict(images)

@@ -216,7 +216,13 @@ def test_et_dim_on_t1ce_becomes_necrosis_and_bright_et_stays():
     inputs = np.zeros((3, 40, 40, 40), np.float32)
     inputs[:, 2:39, 2:39, 2:39] = np.random.default_rng(0).normal(100, 10, (3, 37, 37, 37))  # the brain
     inputs[1, 12:18, 12:18, 12:18] += 60  # the lesion's ET enhances: bright on T1ce (channel 1)
-    rules = Postprocessing(min_component_fraction=0, min_et_voxels=0, drop_coreless=False, min_et_t1ce_percentile=95)
+    rules = Postprocessing(
+        min_component_fraction=0,
+        min_et_voxels=0,
+        drop_coreless=False,
+        min_et_t1ce_percentile=95,
+        min_et_voxel_t1ce_percentile=0,  # the component rule alone
+    )
     out = postprocess(classes, rules, inputs)
     assert (out[12:18, 12:18, 12:18] == 3).all() and (out[30:38, 30:38, 30:38] == 1).all()
     assert ((out > 0) == (classes > 0)).all() and np.isin(out[classes == 1], 1).all()  # WT and TC unchanged

@@ -87,7 +87,8 @@ def segment(
         typer.Option(
             help="Clear labels outside the skull-stripped brain, remove tumour components without a core (or "
             "with under 2 % of the largest one), then those under 0.1 of the largest, relabel ET not bright on "
-            "T1ce (median under the brain's 95th percentile) and then under 200 ET voxels as necrosis "
+            "T1ce (a component's median under the brain's 95th percentile, then a voxel under its 75th) and then "
+            "under 200 ET voxels as necrosis "
             "(latup_edge/runtime/postprocess.py); --no-postprocess writes the "
             "network's argmax as it is."
         ),
