@@ -39,8 +39,9 @@ Six rules on by default, applied to the class map of the brain box
   (docs/PREREGISTERED.md, "Stage 18" and "Stage 18b").
 - **Each ET voxel must be bright on T1ce** (``min_et_voxel_t1ce_percentile``, default 75, stage 20): then each ET
   voxel under that percentile of the brain's T1ce becomes NCR (``dim_et_voxels``), the dim edge of a rim. ET rose on
-  two fresh sets (0.738 -> 0.743, 0.863 -> 0.876) and on the training generator's (0.939 -> 0.956), no case lower;
-  75 is the largest percentile under which no development case lost more than 0.01 of ET (docs/PREREGISTERED.md).
+  two fresh sets (0.738 -> 0.743, 0.863 -> 0.876) and on the training generator's (0.939 -> 0.956), no judged case
+  lower; 75 is the largest percentile under which no development case lost more than 0.01 of ET (docs/PREREGISTERED.md,
+  "Stage 20"). A true enhancing tumour dimmer than most of the brain loses its dim voxels to NCR.
 - **Too little ET is none** (``min_et_voxels``, default 200): when fewer voxels than this are
   predicted ET in the whole case, they become necrosis (NCR), as BraTS entries since nnU-Net's have
   done: a non-enhancing tumour with a few false ET voxels scores ET Dice 0, an empty ET scores 1.
