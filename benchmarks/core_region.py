@@ -50,6 +50,7 @@ def judge_margins(folders: list[Path], bundle: Path, margins: list[int | None]) 
         for case in discover_cases(folder):
             images, reference = load_case_images(case, predictor.modalities or MODEL_MODALITIES)
             truth, _ = load_case_labels(case, reference)
+            spacing = reference.header.get_zooms()[:3]
             box, crop = normalized_box(images, predictor.normalization)
             raw = np.argmax(predictor.forward(box)[0], axis=0).astype(np.uint8)
             predictor.backend.release()
@@ -60,7 +61,6 @@ def judge_margins(folders: list[Path], bundle: Path, margins: list[int | None]) 
                 seconds[name].append(time.perf_counter() - started)
                 classes = delivered_classes(raw, DEFAULT_POSTPROCESSING, box[0], core.astype(np.uint8))
                 labels[name] = undo_crop(classes, crop)
-                spacing = reference.header.get_zooms()[:3]
                 dice[name][case.case_id] = region_metrics(labels[name], truth, spacing=spacing)
                 agreed[name][case.case_id] = agreement(labels[name], labels[BOX])
             cells = "  ".join(

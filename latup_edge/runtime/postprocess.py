@@ -37,11 +37,11 @@ Six rules on by default, applied to the class map of the brain box
   (``dim_et_to_necrosis``); WT and TC never change. At 95 it raised ET on two fresh sets (0.674 -> 0.924, 0.742 ->
   0.792) with no case lower; a z-score version was dropped, its threshold at the normalisation's clipping ceiling
   (docs/PREREGISTERED.md, "Stage 18" and "Stage 18b").
-- **Each ET voxel must be bright on T1ce** (``min_et_voxel_t1ce_percentile``, default 75, stage 20): then each ET
-  voxel under that percentile of the brain's T1ce becomes NCR (``dim_et_voxels``), the dim edge of a rim. ET rose on
-  two fresh sets (0.738 -> 0.743, 0.863 -> 0.876) and on the training generator's (0.939 -> 0.956), no judged case
-  lower; 75 is the largest percentile under which no development case lost more than 0.01 of ET (docs/PREREGISTERED.md,
-  "Stage 20"). A true enhancing tumour dimmer than most of the brain loses its dim voxels to NCR.
+- **Each ET voxel must be bright on T1ce** (``min_et_voxel_t1ce_percentile``, default 75, stage 20): then each
+  ET voxel under that percentile of the brain's T1ce becomes NCR (``dim_et_to_necrosis`` too), the dim edge of a
+  rim. ET rose on two fresh sets (0.738 -> 0.743, 0.863 -> 0.876) and on the training generator's (0.939 -> 0.956),
+  no judged case lower; 75 is the largest percentile under which no development case lost more than 0.01 of ET
+  (docs/PREREGISTERED.md, "Stage 20"). A true enhancing tumour dimmer than most of the brain loses its dim voxels.
 - **Too little ET is none** (``min_et_voxels``, default 200): when fewer voxels than this are
   predicted ET in the whole case, they become necrosis (NCR), as BraTS entries since nnU-Net's have
   done: a non-enhancing tumour with a few false ET voxels scores ET Dice 0, an empty ET scores 1.
@@ -162,10 +162,8 @@ def postprocess(
             keep[0] = True
             if not keep.all():
                 classes = np.where(keep[components], classes, np.uint8(0))
-    if rules.min_et_t1ce_percentile > 0 and inputs is not None:
-        classes = dim_et_to_necrosis(classes, inputs, rules.min_et_t1ce_percentile)
-    if rules.min_et_voxel_t1ce_percentile > 0 and inputs is not None:
-        classes = dim_et_voxels(classes, inputs, rules.min_et_voxel_t1ce_percentile)
+    if (rules.min_et_t1ce_percentile > 0 or rules.min_et_voxel_t1ce_percentile > 0) and inputs is not None:
+        classes = dim_et_to_necrosis(classes, inputs, rules.min_et_t1ce_percentile, rules.min_et_voxel_t1ce_percentile)
     if rules.min_et_voxels > 0:
         et = classes == ET
         if 0 < np.count_nonzero(et) < rules.min_et_voxels:
@@ -173,31 +171,27 @@ def postprocess(
     return classes
 
 
-def dim_et_to_necrosis(classes: np.ndarray, inputs: np.ndarray, percentile: float) -> np.ndarray:
-    """``classes`` with each ET component (6-connected) whose median T1ce lies under the brain's ``percentile``-th
-    percentile of T1ce relabelled NCR. Enhancement is what ET means: tissue bright on T1ce. Ranks, not z-scores:
-    the normalisation clips the brain at its 99.5th percentile, which on some scans is only ~1.5 SDs above the mean
-    (docs/PREREGISTERED.md, "Stage 18"), and ranks below it survive any monotone normalisation. ``inputs``: the
-    ``(C, X, Y, Z)`` box in the model's modality order. WT and TC do not change."""
-    et = classes == ET
-    if not et.any():
-        return classes
-    components, count = ndimage.label(et)
-    t1ce = inputs[T1CE_CHANNEL]
-    floor = np.percentile(t1ce[brain_mask(inputs)], percentile)
-    medians = np.asarray(ndimage.median(t1ce, components, np.arange(1, count + 1)))
-    dim = np.concatenate([[False], medians < floor])
-    return np.where(dim[components], np.uint8(NCR), classes) if dim.any() else classes
-
-
-def dim_et_voxels(classes: np.ndarray, inputs: np.ndarray, percentile: float) -> np.ndarray:
-    """``classes`` with each ET voxel whose T1ce lies under the brain's ``percentile``-th percentile of T1ce relabelled
-    NCR: ``dim_et_to_necrosis`` voxel by voxel, for the dim edge of an enhancing rim. WT and TC do not change."""
+def dim_et_to_necrosis(
+    classes: np.ndarray, inputs: np.ndarray, component_percentile: float, voxel_percentile: float = 0.0
+) -> np.ndarray:
+    """``classes`` with ET not bright on T1ce relabelled NCR: each ET component (6-connected) whose median T1ce
+    lies under the brain's ``component_percentile``-th percentile of T1ce, and each ET voxel under its
+    ``voxel_percentile``-th (the dim edge of an enhancing rim); 0 skips either. Enhancement is what ET means: tissue
+    bright on T1ce. Ranks, not z-scores: the normalisation clips the brain at its 99.5th percentile, which on some
+    scans is only ~1.5 SDs above the mean (docs/PREREGISTERED.md, "Stage 18"), and ranks below it survive any
+    monotone normalisation. ``inputs``: the ``(C, X, Y, Z)`` box in the model's modality order. WT and TC do not
+    change."""
     et = classes == ET
     if not et.any():
         return classes
     t1ce = inputs[T1CE_CHANNEL]
-    dim = et & (t1ce < np.percentile(t1ce[brain_mask(inputs)], percentile))
+    # One pass over the brain for both floors.
+    component_floor, voxel_floor = np.percentile(t1ce[brain_mask(inputs)], [component_percentile, voxel_percentile])
+    dim = et & (t1ce < voxel_floor) if voxel_percentile > 0 else np.zeros_like(et)
+    if component_percentile > 0:
+        components, count = ndimage.label(et)
+        medians = np.asarray(ndimage.median(t1ce, components, np.arange(1, count + 1)))
+        dim |= np.concatenate([[False], medians < component_floor])[components]
     return np.where(dim, np.uint8(NCR), classes) if dim.any() else classes
 
 
