@@ -1,8 +1,9 @@
 """Bundles side by side on labelled folders, each at its default precision, scored on the labels `segment` writes.
 
-For each bundle and folder: mean Dice per region (WT, TC, ET), their mean, the cases with WT under 0.7, and the
-seconds a case took to predict (network and post-processing; on a shared CPU, a rough figure). A bundle with a core
-network runs both networks, as `segment` does.
+For each bundle and folder: mean Dice per region (WT, TC, ET), their mean, the cases with WT under 0.7, the cases
+`segment` refuses (its checks, ``load_scan``; scored as the empty labels a user gets), and the seconds a case took to
+predict (network and post-processing; on a shared CPU, a rough figure). A bundle with a core network runs both
+networks, as `segment` does. The folders must be BraTS-ready (scored on their own grid).
 
 Each network's raw argmax is computed once and the labels are made from it by ``delivered_classes``, the function
 `segment` uses: so ``--variant NAME:FIELD=VALUE,...`` judges one bundle under several label rules
@@ -25,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from latup_edge.data.cases import discover_cases, load_case_images, load_case_labels
+from latup_edge.data.cases import discover_cases, load_case_labels
 from latup_edge.data.naming import MODEL_MODALITIES
+from latup_edge.errors import LatupError, first_line
 from latup_edge.evaluate.metrics import region_metrics, summarise
 from latup_edge.fileio import atomic_write_json
 from latup_edge.runtime.postprocess import DEFAULT_POSTPROCESSING, Postprocessing, delivered_classes
 from latup_edge.runtime.predictor import Predictor
+from latup_edge.scans.study import load_scan
 
 REGIONS = ("WT", "TC", "ET")
 POOR_WT = 0.7
@@ -48,9 +51,20 @@ def judge(folders: list[Path], bundles: list[Path], variants: dict[str, Postproc
         scored: dict[str, dict] = {name: {} for name in named}
         for folder in folders:
             cases: dict[str, dict] = {name: {} for name in named}
-            seconds = []
+            seconds, refused = [], {}
             for case in discover_cases(folder):
-                images, reference = load_case_images(case, whole.modalities or MODEL_MODALITIES)
+                try:
+                    loaded = load_scan(case, whole.modalities or MODEL_MODALITIES)
+                except LatupError as error:  # segment refuses it: the user gets no labels
+                    refused[case.case_id] = first_line(error)
+                    print(f"{bundle} {folder.name} {case.case_id}: refused: {refused[case.case_id]}", file=sys.stderr)
+                    truth, _ = load_case_labels(case)
+                    for name in named:
+                        cases[name][case.case_id] = region_metrics(np.zeros_like(truth), truth)
+                    continue
+                if loaded.native is not None:
+                    raise SystemExit(f"{case.case_id} is not BraTS-ready: judge scores labels on the case's own grid")
+                images, reference = loaded.images, loaded.reference
                 started = time.perf_counter()
                 raw = whole.predict(images).classes
                 core_raw = core.predict(images).classes if core is not None else None
@@ -63,7 +77,7 @@ def judge(folders: list[Path], bundles: list[Path], variants: dict[str, Postproc
                     dice = "/".join(f"{metrics[r]['dice']:.3f}" for r in REGIONS)
                     print(f"{bundle}{name} {folder.name} {case.case_id}: {dice}", file=sys.stderr)
             for name in named:
-                scored[name][str(folder)] = _summary(cases[name], seconds)
+                scored[name][str(folder)] = _summary(cases[name], seconds, refused)
         for name in named:
             described = whole.describe() + (f"; core network {core.describe()}" if core is not None else "")
             result["bundles"][f"{bundle}{name}"] = {"described": described, "sets": scored[name]}
@@ -84,7 +98,7 @@ def parse_variant(text: str) -> tuple[str, Postprocessing]:
     return name, replace(DEFAULT_POSTPROCESSING, **changed)
 
 
-def _summary(cases: dict, seconds: list[float]) -> dict:
+def _summary(cases: dict, seconds: list[float], refused: dict[str, str]) -> dict:
     summary = summarise(cases)
     means = [summary[r]["dice"]["mean"] for r in REGIONS]
     return {
@@ -93,7 +107,8 @@ def _summary(cases: dict, seconds: list[float]) -> dict:
         "mean_dice": dict(zip(REGIONS, means, strict=True)),
         "mean_over_regions": float(np.mean(means)),
         "cases_wt_below_0.7": sorted(c for c, m in cases.items() if m["WT"]["dice"] < POOR_WT),
-        "seconds_per_case_mean": float(np.mean(seconds)),
+        "refused": refused,
+        "seconds_per_case_mean": float(np.mean(seconds)) if seconds else None,
     }
 
 
@@ -105,13 +120,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args()
     result = judge(args.folders, args.bundles, dict(map(parse_variant, args.variant)))
-    print(f"{'bundle':<36} {'set':<14} {'WT / TC / ET':>26} {'mean':>7} {'WT<0.7':>7} {'s/case':>7}")
+    print(f"{'bundle':<36} {'set':<14} {'WT / TC / ET':>26} {'mean':>7} {'WT<0.7':>7} {'refused':>7} {'s/case':>7}")
     for bundle, entry in result["bundles"].items():
         for folder, one in entry["sets"].items():
             dice = " / ".join(f"{one['mean_dice'][r]:.4f}" for r in REGIONS)
             print(
                 f"{bundle:<36} {Path(folder).name:<14} {dice:>26} {one['mean_over_regions']:>7.4f} "
-                f"{len(one['cases_wt_below_0.7']):>7} {one['seconds_per_case_mean']:>7.1f}"
+                f"{len(one['cases_wt_below_0.7']):>7} {len(one['refused']):>7} "
+                f"{one['seconds_per_case_mean'] or 0:>7.1f}"
             )
     if args.json:
         atomic_write_json(args.json, result)

@@ -64,6 +64,22 @@ def test_head_with_skull_is_refused_naming_the_remedy():
     assert " 0 % of its background" in message
 
 
+def test_a_large_skull_stripped_brain_passes():
+    """A generator's MNI brain scaled by +10 % is 2.6 L; it was refused as a head while the bound was 2.5 L."""
+    radius = _ellipsoid(SHAPE, (73.0, 104.0, 85.0))
+    brain = np.where(radius < 0.8, 700.0, 500.0) * (radius < 1)  # 4/3 pi 73 104 85 mm^3 = 2.70 L
+    figures = check_skull_stripped(_image(brain), "FLAIR")
+    assert 2500 < figures["foreground_ml"] < 3000
+
+
+def test_a_head_whose_air_was_zeroed_is_refused_by_its_volume():
+    head = _head()
+    head[head < 100] = 0  # a scanner or converter that zeroes the air: only the volume tells a head
+    with pytest.raises(ScanError, match=r"T1 is not skull-stripped: its foreground is 3\.\d L, more than any") as e:
+        check_skull_stripped(_image(head), "T1")
+    assert ". " not in str(e.value)  # one sentence
+
+
 def test_head_figures(monkeypatch):
     monkeypatch.setattr("latup_edge.scans.checks.MAX_BRAIN_ML", 1e9)
     monkeypatch.setattr("latup_edge.scans.checks.MIN_ZERO_FRACTION", 0.0)
