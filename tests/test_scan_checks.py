@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from latup_edge.scans.checks import ScanError, check_coverage, check_distinct, check_skull_stripped
+from latup_edge.scans.checks import (
+    ScanError,
+    check_coverage,
+    check_distinct,
+    check_skull_stripped,
+    zero_constant_background,
+)
 
 SPACING = 2.0
 
@@ -100,6 +106,20 @@ def test_a_constant_offset_outside_the_brain_is_named_as_such():
     with pytest.raises(ScanError, match=r"FLAIR has the constant 10 instead of 0 outside the brain.*scl_inter") as e:
         check_skull_stripped(_image(_brain() + 10.0), "FLAIR")
     assert ". " not in str(e.value)  # one sentence
+
+
+def test_a_constant_background_is_set_to_zero_and_the_brain_kept():
+    brain = _brain()
+    values = brain + 10.0  # an offset: 10 outside the brain
+    values[50, 60, 50] = 10.0  # a brain voxel that equals the offset, enclosed: it is not background
+    figures = zero_constant_background(values)
+    assert figures == {"offset": 10.0, "zeroed": int((brain == 0).sum())}
+    expected = np.where(brain == 0, 0.0, brain + 10.0)
+    expected[50, 60, 50] = 10.0
+    np.testing.assert_array_equal(values, expected)
+    assert check_skull_stripped(_image(values), "FLAIR")["zero_fraction"] > 0.99
+    assert zero_constant_background(_brain()) is None  # zeros outside: nothing to do
+    assert zero_constant_background(_head()) is None  # a noise floor is no constant
 
 
 def test_a_z_scored_skull_stripped_brain_passes():

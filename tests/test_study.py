@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from synthetic_head import MODALITIES, OBLIQUE, clinic_images, head_image, motion, write_nifti_case
+from synthetic_head import AXIAL, MODALITIES, OBLIQUE, clinic_images, head_image, motion, write_nifti_case
 
 from latup_edge.data.cases import CaseError, discover_cases, load_case_images
 from latup_edge.data.naming import case_filename
@@ -149,6 +149,22 @@ def test_a_brats_ready_case_with_its_skull_is_refused_though_nothing_is_resample
     write_nifti_case(tmp_path / "stripped", "BraTS2021_00005", images)
     (step,) = load_scan(discover_scans(tmp_path / "stripped")[0], MODALITIES).steps
     assert step["step"] == "none" and step["checks"]["t2"]["zero_fraction"] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("spacing", "direction"), [((1.0, 1.0, 1.0), AXIAL), ((1.2, 1.0, 1.5), OBLIQUE)], ids=["brats-ready", "resampled"]
+)
+def test_an_intensity_offset_outside_the_brain_is_set_to_zero_on_either_path(tmp_path, spacing, direction):
+    images = {key: head_image(spacing, direction, seed=i) for i, key in enumerate(MODALITIES)}
+    write_nifti_case(tmp_path / "clean", "BraTS2021_00007", images)
+    write_nifti_case(tmp_path / "offset", "BraTS2021_00007", {key: image + 10.0 for key, image in images.items()})
+    clean = load_scan(discover_scans(tmp_path / "clean")[0], MODALITIES)
+    offset = load_scan(discover_scans(tmp_path / "offset")[0], MODALITIES)
+    assert [step["offset"] for step in offset.steps if step["step"] == "background"] == [10.0] * len(MODALITIES)
+    brain = clean.images != 0
+    np.testing.assert_array_equal(offset.images != 0, brain)  # the same brain: zeros outside, as before the offset
+    if direction is AXIAL:  # nothing resampled: the brain's voxels are the file's, offset included
+        np.testing.assert_allclose(offset.images[brain], clean.images[brain] + 10.0, rtol=1e-6)
 
 
 def test_a_t1_for_the_swap_check_is_registered_on_the_coarse_level_and_resampled(tmp_path):

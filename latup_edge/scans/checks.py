@@ -1,5 +1,5 @@
 """Refusals of series the model cannot segment: a head that is not skull-stripped, a slab too short,
-two modalities that hold one image.
+two modalities that hold one image; and a constant background (an intensity offset) set back to 0.
 
 Each check returns its figures for the run log, or raises ``ScanError``, one sentence naming the
 series and what to do.
@@ -96,6 +96,27 @@ def check_skull_stripped(image: sitk.Image, label: str) -> dict:
             f"(at most {MAX_BRAIN_ML / 1000:.1f} L), so it holds a head; {remedy}"
         )
     return figures
+
+
+def zero_constant_background(values: np.ndarray) -> dict | None:
+    """In place: a background that holds one nonzero constant (an offset: a NIfTI ``scl_inter``, a DICOM rescale
+    intercept, a whole-volume z-score) becomes 0; its figures for the log, or None when there was none.
+
+    The constant is the value most voxels on the grid's faces hold, when over half of them do; the voxels that
+    hold it and connect to a face become 0, so a brain voxel that happens to equal it stays. Exact for the
+    network: its input is z-scored over the brain (the nonzero voxels), which an offset does not change.
+    """
+    faces = np.concatenate([np.ravel(face) for axis in range(values.ndim) for face in (
+        np.take(values, 0, axis=axis), np.take(values, -1, axis=axis))])  # fmt: skip
+    constant = _constant_background(faces)
+    if constant is None:
+        return None
+    components, _ = ndi.label(values == constant)
+    on_faces = np.unique(np.concatenate([np.ravel(face) for axis in range(values.ndim) for face in (
+        np.take(components, 0, axis=axis), np.take(components, -1, axis=axis))]))  # fmt: skip
+    outside = np.isin(components, on_faces[on_faces > 0])
+    values[outside] = 0
+    return {"offset": constant, "zeroed": int(outside.sum())}
 
 
 def _constant_background(background: np.ndarray) -> float | None:

@@ -8,6 +8,7 @@ BraTS registers to it); a reference already at 0.88-1 mm on an axis-aligned grid
 own voxels, only reoriented (``model_grid_for``), so its labels come back without resampling.
 A BraTS-ready case (all modalities on one 1 mm LPS grid) takes exactly the path of
 ``load_case_images``: nothing is resampled, so its labels are byte-identical to it.
+On either path a background that holds one nonzero constant (an intensity offset) is first set to 0.
 Anything else is reoriented, resampled and, when its modalities do not share the reference's grid,
 rigidly registered to it, each step recorded with its parameters and quality figure; a brain that
 is not skull-stripped, a series too short to hold a brain or a registration that failed its own
@@ -45,7 +46,7 @@ from latup_edge.data.cases import (
     read_case_volume,
 )
 from latup_edge.errors import LatupError, first_line
-from latup_edge.scans.checks import check_coverage, check_distinct, check_skull_stripped
+from latup_edge.scans.checks import check_coverage, check_distinct, check_skull_stripped, zero_constant_background
 from latup_edge.scans.dicom import (
     MODALITY_NAMES,
     DicomError,
@@ -188,12 +189,15 @@ def load_scan(scan: Scan, modalities: Sequence[str], rules: ModalityRules | Path
             images, reference = load_case_images(scan, modalities)
             # Nothing is resampled (the labels of load_case_images), but a head with its skull is still refused.
             names = [scan.files[key].name for key in modalities]
+            offsets = {key: found for key, volume in zip(modalities, images, strict=True)
+                       if (found := zero_constant_background(volume)) is not None}  # fmt: skip
             checks = {
                 key: _skull_check_of_array(volume, name)
                 for key, volume, name in zip(modalities, images, names, strict=True)
             }
             distinct = check_distinct(images, names)
             steps = [{"step": "none", "why": "BraTS-ready: one 1 mm LPS grid", "checks": checks, "distinct": distinct}]
+            steps += [{"step": "background", "modality": key, **found} for key, found in offsets.items()]
             spacing = tuple(sorted(float(z) for z in reference.header.get_zooms()[:3]))
             return LoadedScan(images, reference, None, steps, spacing)
         volumes, labels, header = {}, {}, None
@@ -252,7 +256,14 @@ def _onto_model_grid(
     series: DicomSeries | None,
 ) -> LoadedScan:
     """Check, register to the reference, resample onto the model grid; every step in ``steps``."""
-    steps = _check_all(volumes, labels)
+    offsets = []
+    for key, volume in volumes.items():
+        values = sitk.GetArrayFromImage(volume)
+        if (found := zero_constant_background(values)) is not None:
+            volumes[key] = sitk.GetImageFromArray(values)
+            volumes[key].CopyInformation(volume)
+            offsets.append({"step": "background", "modality": key, **found})
+    steps = offsets + _check_all(volumes, labels)
     reference = volumes[REFERENCE_MODALITY] if REFERENCE_MODALITY in volumes else next(iter(volumes.values()))
     grid = model_grid_for(reference)
     images = np.empty((len(volumes), *grid.GetSize()), np.float32)
