@@ -122,6 +122,21 @@ def test_discovers_a_flat_folder_and_a_single_case_folder(tmp_path: Path) -> Non
     assert [case.case_id for case in discover_cases(tmp_path / "one")] == ["BraTS2021_00007"]
 
 
+def test_a_case_folder_of_bare_names_is_the_case_its_folder_names(tmp_path: Path) -> None:
+    for name in ("FLAIR.nii.gz", "t1.nii.gz", "t1ce.nii.gz", "t2.nii.gz", "seg.nii.gz"):
+        write_nifti(tmp_path / "patient_7" / name, np.ones(SHAPE, np.float32))
+    for name in ("t2f.nii.gz", "t1c.nii.gz", "t2w.nii.gz", "t1n.nii.gz"):  # BraTS 2023's suffixes, bare
+        write_nifti(tmp_path / "patient_8" / name, np.ones(SHAPE, np.float32))
+    write_nifti(tmp_path / "patient_9" / "flair.nii", np.ones(SHAPE, np.float32))
+    seven, eight, nine = discover_cases(tmp_path)
+    assert (seven.case_id, seven.naming, seven.missing(), seven.seg.name) == ("patient_7", "2021", [], "seg.nii.gz")
+    assert seven.files["flair"].name == "FLAIR.nii.gz"
+    assert (eight.case_id, eight.naming, eight.missing()) == ("patient_8", "2023", [])
+    assert eight.files["t1ce"].name == "t1c.nii.gz" and eight.default_labels() == "2023"
+    assert nine.missing() == ["t1ce", "t2"] and nine.expected_path("t2") == tmp_path / "patient_9" / "t2.nii"
+    assert eight.expected_path("seg") == tmp_path / "patient_8" / "seg.nii.gz"
+
+
 def test_overlapping_roots_find_each_case_once(tmp_path: Path) -> None:
     write_case(tmp_path / "a", "BraTS2021_00001", "2021")
     assert len(discover_cases(tmp_path, tmp_path / "a")) == 1

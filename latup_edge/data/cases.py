@@ -84,7 +84,8 @@ class BratsCase:
         """Where the file of ``key`` (a modality or ``seg``) would be under this case's naming."""
         compressed = not any(path.name.endswith(".nii") for path in self.files.values())
         channels = self.description.channels if self.description else CHANNELS_NNUNET
-        return self.folder / case_filename(self.case_id, key, self.naming, compressed, channels)
+        bare = all(parse_filename(path.name, channels)[0] == "" for path in self.files.values())  # type: ignore[index]
+        return self.folder / case_filename(self.case_id, key, self.naming, compressed, channels, bare)
 
     def default_labels(self) -> LabelConvention:
         """The label convention of this case's files where its label values alone cannot tell: the dataset.json's,
@@ -96,7 +97,7 @@ class BratsCase:
 
 def _expected_names() -> str:
     examples = [case_filename(case_id_for(1, naming), "flair", naming) for naming in NAMINGS]
-    return ", ".join(examples[:-1]) + f" or {examples[-1]} (.nii or .nii.gz)"
+    return ", ".join(examples) + " (.nii or .nii.gz), or a case folder of flair.nii.gz, t1ce.nii.gz, t2.nii.gz ..."
 
 
 def _nifti_files(root: Path) -> list[Path]:
@@ -163,7 +164,8 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
     """
     if not roots:
         raise CaseError("no folder given: pass one or more BraTS folders")
-    groups: dict[tuple[Path, str, Naming], dict[str, Path]] = {}
+    groups: dict[tuple[Path, str, str], dict[str, Path]] = {}
+    bare_2023: set[Path] = set()  # folders of bare names where one is BraTS 2023's alone (t2f ...)
     seen: set[tuple[Path, str]] = set()
     descriptions: dict[Path, DatasetDescription | None] = {}
     for root in map(Path, roots):
@@ -177,6 +179,11 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
             if parsed is None:
                 continue
             case_id, key, naming = parsed
+            if not case_id:  # bare names: the folder is the case; its naming is decided by all its files
+                case_id = path.parent.name
+                if naming == "2023":
+                    bare_2023.add(path.parent)
+                naming = "bare"  # type: ignore[assignment]
             if naming == "nnunet":  # channel numbers mean what the folder's dataset.json says
                 description = _description(path.parent, descriptions)
                 if description is not None:
@@ -213,7 +220,9 @@ def discover_cases(*roots: Path | str) -> list[BratsCase]:
         if naming == "nnunet":
             seg = _nnunet_seg(folder, case_id)
             description = descriptions.get(folder)
-        cases.append(BratsCase(case_id, naming, folder, files, seg, description))
+        if naming == "bare":
+            naming = "2023" if folder in bare_2023 else "2021"
+        cases.append(BratsCase(case_id, naming, folder, files, seg, description))  # type: ignore[arg-type]
     if not cases:
         raise NoCaseFound(
             f"no BraTS case with images found under {', '.join(map(str, roots))}: "

@@ -30,7 +30,11 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("2023", re.compile(rf"^(?P<case>.+)-(?P<key>t1n|t1c|t2w|t2f|seg){NIFTI_SUFFIX}$", re.IGNORECASE)),
     ("brats", re.compile(rf"^(?P<case>.+)_(?P<key>t1ce|t1gd|t1c|t1|t2|flair|seg){NIFTI_SUFFIX}$", re.IGNORECASE)),
     ("nnunet", re.compile(rf"^(?P<case>.+)_(?P<key>\d{{4}}){NIFTI_SUFFIX}$")),
+    # A case folder of bare names (flair.nii.gz, t1ce.nii.gz ...): the case is the folder, ``case`` empty.
+    ("bare", re.compile(rf"^(?P<case>)(?P<key>t1ce|t1gd|t1c|t1n|t1|t2w|t2f|t2|flair|seg){NIFTI_SUFFIX}$", re.I)),
 )
+# Bare names that only BraTS 2023 uses: such a case follows 2023's naming and labels.
+_BARE_2023 = ("t1n", "t2w", "t2f")
 
 
 def parse_filename(name: str, channels: Mapping[str, str] = CHANNELS_NNUNET) -> tuple[str, str, Naming] | None:
@@ -38,11 +42,14 @@ def parse_filename(name: str, channels: Mapping[str, str] = CHANNELS_NNUNET) -> 
 
     ``key`` is a canonical modality key, ``seg``, or for nnU-Net an unknown channel number as-is; nnU-Net's
     channel numbers are read through ``channels`` (the folder's dataset.json, or Dataset137's order).
+    A bare name (``flair.nii.gz``) gives an empty ``case_id``: its case is its folder's.
 
     >>> parse_filename("BraTS-GLI-00001-000-t2f.nii.gz")
     ('BraTS-GLI-00001-000', 'flair', '2023')
     >>> parse_filename("UCSF-PDGM-0004_T1c.nii.gz")
     ('UCSF-PDGM-0004', 't1ce', '2021')
+    >>> parse_filename("FLAIR.nii.gz")
+    ('', 'flair', '2021')
     """
     for scheme, pattern in _PATTERNS:
         match = pattern.match(name)
@@ -53,18 +60,28 @@ def parse_filename(name: str, channels: Mapping[str, str] = CHANNELS_NNUNET) -> 
             return case_id, SUFFIXES_2023[key], "2023"
         if scheme == "nnunet":
             return case_id, channels.get(key, key), "nnunet"
+        if scheme == "bare" and key in _BARE_2023:
+            return "", SUFFIXES_2023[key], "2023"
         return case_id, "t1ce" if key in T1CE_ALIASES else key, "2020" if case_id.startswith("BraTS20_") else "2021"
     return None
 
 
 def case_filename(
-    case_id: str, key: str, naming: Naming, compressed: bool = True, channels: Mapping[str, str] = CHANNELS_NNUNET
+    case_id: str,
+    key: str,
+    naming: Naming,
+    compressed: bool = True,
+    channels: Mapping[str, str] = CHANNELS_NNUNET,
+    bare: bool = False,
 ) -> str:
-    """The file name of one modality (or ``seg``) of a case under a naming convention."""
+    """The file name of one modality (or ``seg``) of a case under a naming convention (``bare``: without the
+    case id, as in a folder of ``flair.nii.gz``, ``t1ce.nii.gz`` ...)."""
     ext = ".nii.gz" if compressed else ".nii"
     if naming == "2023":
         suffix = {v: k for k, v in SUFFIXES_2023.items()}[key]
-        return f"{case_id}-{suffix}{ext}"
+        return f"{suffix}{ext}" if bare else f"{case_id}-{suffix}{ext}"
+    if bare:
+        return f"{key}{ext}"
     if naming == "nnunet":
         if key == "seg":
             return f"{case_id}{ext}"
