@@ -2,7 +2,8 @@
 
 From one BraTS-named case (four modalities and its label file) the script writes variants a user's
 folder may hold: z-scored float64, uint8, RAS voxel order, a NIfTI ``scl_slope``/``scl_inter`` that
-puts 10 outside the brain, 4-D with a trailing 1, a missing modality, a NaN, a truncated file, 1.2 mm
+puts 10 outside the brain, a whole-volume z-score (a negative constant outside), a noise floor outside
+the brain, 4-D with a trailing 1, a missing modality, a NaN, a truncated file, 1.2 mm
 voxels, an all-zero T1, FLAIR's file given as T2 too, and four swaps (T1/T1ce, FLAIR/T1ce, T1/T2,
 FLAIR/T1). It
 segments the folder once with the shipped bundle (or ``--bundle``), checks that no input byte changed,
@@ -82,6 +83,8 @@ VARIANTS: dict[str, Variant] = {
     "T2 file is a copy of FLAIR": lambda key, image: image,  # copied after writing
     "T1 and T2 swapped": lambda key, image: image,  # renamed after writing
     "FLAIR and T1 swapped": lambda key, image: image,  # renamed after writing
+    "z-scored over the whole volume (background < 0)": lambda key, image: _whole_z(image),
+    "a noise floor outside the brain": lambda key, image: _noise_floor(image),
 }
 SWAPPED = {
     "T1 and T1ce swapped": ("t1", "t1ce"),
@@ -95,6 +98,20 @@ def _with_nan(image: nib.Nifti1Image) -> nib.Nifti1Image:
     data = image.get_fdata(dtype=np.float32)
     data[tuple(s // 2 for s in data.shape)] = np.nan
     return nib.Nifti1Image(data, image.affine)
+
+
+def _whole_z(image: nib.Nifti1Image) -> nib.Nifti1Image:
+    data = image.get_fdata(dtype=np.float32)
+    return nib.Nifti1Image((data - data.mean()) / data.std(), image.affine)
+
+
+def _noise_floor(image: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A skull-stripped brain whose background holds Rician noise at 3 % of the brain's median, not zeros."""
+    data = image.get_fdata(dtype=np.float32)
+    sigma = 0.03 * float(np.median(data[data != 0]))
+    rng = np.random.default_rng(0)
+    floor = np.hypot(rng.normal(0, sigma, data.shape), rng.normal(0, sigma, data.shape)).astype(np.float32)
+    return nib.Nifti1Image(np.where(data != 0, data, floor), image.affine)
 
 
 def write_variants(source: Path, root: Path) -> dict[str, str]:
