@@ -240,6 +240,17 @@ def test_accepts_a_volume_with_a_trailing_axis_of_one(tmp_path: Path) -> None:
     assert images.shape == (3, *SHAPE) and (images[2] == 1).all()
 
 
+def test_a_constant_background_is_set_to_zero_on_every_read(tmp_path: Path) -> None:
+    brain = np.zeros(SHAPE, np.float32)
+    brain[3:13, 3:15, 3:9] = np.random.default_rng(0).uniform(1, 100, (10, 12, 6))
+    case, _ = one_case(tmp_path, t2=brain - 0.5)  # a whole-volume z-score leaves a negative constant outside
+    offsets: dict[str, dict] = {}
+    images, _ = load_case_images(case, offsets=offsets)
+    np.testing.assert_array_equal(images[2], np.where(brain == 0, 0, brain - 0.5))
+    assert offsets == {"t2": {"offset": -0.5, "zeroed": int((brain == 0).sum())}}
+    np.testing.assert_array_equal(load_case_images(case)[0], images)  # evaluate, drift, build and train read it so
+
+
 # --- one test per validation rule --------------------------------------------------------------
 
 

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from latup_edge.scans.checks import (
-    ScanError,
-    check_coverage,
-    check_distinct,
-    check_skull_stripped,
-    zero_constant_background,
-)
+from latup_edge.data.cases import zero_constant_background
+from latup_edge.scans.checks import ScanError, check_coverage, check_distinct, check_skull_stripped
 
 SPACING = 2.0
 

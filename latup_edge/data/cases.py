@@ -22,6 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from scipy import ndimage
 
 from latup_edge.data.dataset_json import (
     DatasetDescription,
@@ -354,7 +355,7 @@ def _check_same_grid(
 
 
 def load_case_images(
-    case: BratsCase, modalities: Sequence[str] = MODEL_MODALITIES
+    case: BratsCase, modalities: Sequence[str] = MODEL_MODALITIES, offsets: dict[str, dict] | None = None
 ) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Load and validate a case's images as float32 ``(C, X, Y, Z)`` in the order of ``modalities``.
 
@@ -362,6 +363,8 @@ def load_case_images(
     the output geometry; its data is not held in memory). Raises CaseError for a missing
     modality, an unreadable or truncated file, a volume that is not 3-D (X x Y x Z x 1 is
     accepted), shapes or affines that disagree, NaN/inf values, or an all-zero volume.
+    A constant background is set to 0 (``zero_constant_background``); ``offsets``, when given, receives
+    each such modality's figures.
     """
     unknown = [key for key in modalities if key not in MODALITIES]
     if unknown or not modalities:
@@ -379,32 +382,74 @@ def load_case_images(
 
     # Filled one modality at a time so that only one extra volume is ever held.
     stacked = np.empty((len(paths), *shape), dtype=np.float32)
-    for channel, (path, image) in enumerate(zip(paths, images, strict=True)):
-        stacked[channel] = _checked_volume(case, path, image)
+    for channel, (key, path, image) in enumerate(zip(modalities, paths, images, strict=True)):
+        stacked[channel] = _checked_volume(case, key, path, image, offsets)
     return stacked, images[0]
 
 
-def read_case_volume(case: BratsCase, key: str) -> tuple[np.ndarray, nib.Nifti1Image]:
+def read_case_volume(
+    case: BratsCase, key: str, offsets: dict[str, dict] | None = None
+) -> tuple[np.ndarray, nib.Nifti1Image]:
     """One modality of a case on its own grid: float32 (X, Y, Z) and its image (header and affine).
 
-    The checks of ``load_case_images`` for one file (readable, 3-D, finite, not all zeros), without
-    the shared-grid check: for scans whose modalities are resampled onto one grid afterwards.
+    The checks of ``load_case_images`` for one file (readable, 3-D, finite, not all zeros) and its
+    constant background set to 0, without the shared-grid check: for scans whose modalities are
+    resampled onto one grid afterwards.
     """
     if key not in case.files:
         raise _missing_modalities(case, [key])
     path = case.files[key]
     image = _open(case, path)
-    return _checked_volume(case, path, image), image
+    return _checked_volume(case, key, path, image, offsets), image
 
 
-def _checked_volume(case: BratsCase, path: Path, image: nib.Nifti1Image) -> np.ndarray:
+def _checked_volume(
+    case: BratsCase, key: str, path: Path, image: nib.Nifti1Image, offsets: dict[str, dict] | None
+) -> np.ndarray:
     volume = _read(case, path, image, np.float32)
     non_finite = volume.size - int(np.count_nonzero(np.isfinite(volume)))
     if non_finite:
         raise _fail(case, path, f"holds {non_finite} NaN or infinite voxels: fix or re-export it")
     if not volume.any():
         raise _fail(case, path, "is all zeros: re-export it (the image data is missing)")
+    if (found := zero_constant_background(volume)) is not None and offsets is not None:
+        offsets[key] = found
     return volume
+
+
+def zero_constant_background(values: np.ndarray) -> dict | None:
+    """In place: a background that holds one nonzero constant (an offset: a NIfTI ``scl_inter``, a DICOM rescale
+    intercept, a whole-volume z-score) becomes 0; its figures for the log, or None when there was none.
+
+    The constant is the value most voxels on the grid's faces hold, when over half of them do; the voxels that
+    hold it and connect to a face become 0, so a brain voxel that happens to equal it stays. BraTS data are 0
+    outside the brain and the network's brain is the nonzero voxels; its input is z-scored over them, which an
+    offset does not change, so this is exact for it.
+    """
+    constant = constant_background(_faces(values))
+    if constant is None:
+        return None
+    components, _ = ndimage.label(values == constant)
+    on_faces = np.unique(_faces(components))
+    outside = np.isin(components, on_faces[on_faces > 0])
+    if outside.all():  # one value everywhere: no brain to tell the background from
+        return None
+    values[outside] = 0
+    return {"offset": constant, "zeroed": int(outside.sum())}
+
+
+def _faces(values: np.ndarray) -> np.ndarray:
+    """The voxels on the grid's faces, flattened."""
+    return np.concatenate([np.ravel(np.take(values, end, axis=axis)) for axis in range(values.ndim) for end in (0, -1)])
+
+
+def constant_background(background: np.ndarray) -> float | None:
+    """The value most of ``background`` holds when that is one nonzero constant (an offset), else None."""
+    if not background.size:
+        return None
+    values, counts = np.unique(background, return_counts=True)
+    top = int(np.argmax(counts))
+    return float(values[top]) if values[top] != 0 and counts[top] > background.size // 2 else None
 
 
 def load_case_labels(case: BratsCase, reference: nib.Nifti1Image | None = None) -> tuple[np.ndarray, LabelConvention]:

@@ -1,5 +1,5 @@
 """Refusals of series the model cannot segment: a head that is not skull-stripped, a slab too short,
-two modalities that hold one image; and a constant background (an intensity offset) set back to 0.
+two modalities that hold one image.
 
 Each check returns its figures for the run log, or raises ``ScanError``, one sentence naming the
 series and what to do.
@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from latup_edge.data.cases import constant_background
 from latup_edge.errors import LatupError
 from latup_edge.scans.geometry import binned, physical_extent_mm, voxel_volume_ml
 
@@ -78,7 +79,7 @@ def check_skull_stripped(image: sitk.Image, label: str) -> dict:
         "foreground_ml": round(foreground_ml, 1),
         "shell_ratio": round(shell_ratio, 3),
     }
-    if zero_fraction < MIN_ZERO_FRACTION and (offset := _constant_background(background)) is not None:
+    if zero_fraction < MIN_ZERO_FRACTION and (offset := constant_background(background)) is not None:
         raise ScanError(
             f"{label} has the constant {offset:g} instead of 0 outside the brain (an intensity offset, such as a "
             f"NIfTI scl_inter or a DICOM rescale intercept): export it again with 0 outside the brain."
@@ -96,36 +97,6 @@ def check_skull_stripped(image: sitk.Image, label: str) -> dict:
             f"(at most {MAX_BRAIN_ML / 1000:.1f} L), so it holds a head; {remedy}"
         )
     return figures
-
-
-def zero_constant_background(values: np.ndarray) -> dict | None:
-    """In place: a background that holds one nonzero constant (an offset: a NIfTI ``scl_inter``, a DICOM rescale
-    intercept, a whole-volume z-score) becomes 0; its figures for the log, or None when there was none.
-
-    The constant is the value most voxels on the grid's faces hold, when over half of them do; the voxels that
-    hold it and connect to a face become 0, so a brain voxel that happens to equal it stays. Exact for the
-    network: its input is z-scored over the brain (the nonzero voxels), which an offset does not change.
-    """
-    faces = np.concatenate([np.ravel(face) for axis in range(values.ndim) for face in (
-        np.take(values, 0, axis=axis), np.take(values, -1, axis=axis))])  # fmt: skip
-    constant = _constant_background(faces)
-    if constant is None:
-        return None
-    components, _ = ndi.label(values == constant)
-    on_faces = np.unique(np.concatenate([np.ravel(face) for axis in range(values.ndim) for face in (
-        np.take(components, 0, axis=axis), np.take(components, -1, axis=axis))]))  # fmt: skip
-    outside = np.isin(components, on_faces[on_faces > 0])
-    values[outside] = 0
-    return {"offset": constant, "zeroed": int(outside.sum())}
-
-
-def _constant_background(background: np.ndarray) -> float | None:
-    """The value most of ``background`` holds when that is one nonzero constant (an offset), else None."""
-    if not background.size:
-        return None
-    values, counts = np.unique(background, return_counts=True)
-    top = int(np.argmax(counts))
-    return float(values[top]) if values[top] != 0 and counts[top] > background.size // 2 else None
 
 
 def check_coverage(image: sitk.Image, label: str) -> dict:

@@ -44,9 +44,10 @@ from latup_edge.data.cases import (
     discover_cases,
     load_case_images,
     read_case_volume,
+    zero_constant_background,
 )
 from latup_edge.errors import LatupError, first_line
-from latup_edge.scans.checks import check_coverage, check_distinct, check_skull_stripped, zero_constant_background
+from latup_edge.scans.checks import check_coverage, check_distinct, check_skull_stripped
 from latup_edge.scans.dicom import (
     MODALITY_NAMES,
     DicomError,
@@ -186,40 +187,51 @@ def load_scan(scan: Scan, modalities: Sequence[str], rules: ModalityRules | Path
     if isinstance(scan, BratsCase):
         headers = _nifti_headers(scan, modalities)
         if is_brats_ready(headers):
-            images, reference = load_case_images(scan, modalities)
+            offsets: dict[str, dict] = {}
+            images, reference = load_case_images(scan, modalities, offsets)
             # Nothing is resampled (the labels of load_case_images), but a head with its skull is still refused.
             names = [scan.files[key].name for key in modalities]
-            offsets = {key: found for key, volume in zip(modalities, images, strict=True)
-                       if (found := zero_constant_background(volume)) is not None}  # fmt: skip
             checks = {
                 key: _skull_check_of_array(volume, name)
                 for key, volume, name in zip(modalities, images, names, strict=True)
             }
             distinct = check_distinct(images, names)
             steps = [{"step": "none", "why": "BraTS-ready: one 1 mm LPS grid", "checks": checks, "distinct": distinct}]
-            steps += [{"step": "background", "modality": key, **found} for key, found in offsets.items()]
+            steps += _background_steps(offsets)
             spacing = tuple(sorted(float(z) for z in reference.header.get_zooms()[:3]))
             return LoadedScan(images, reference, None, steps, spacing)
-        volumes, labels, header = {}, {}, None
+        volumes, labels, header, offsets = {}, {}, None, {}
         for key in modalities:
-            volume, image = read_case_volume(scan, key)
+            volume, image = read_case_volume(scan, key, offsets)
             volumes[key] = nifti_to_sitk(nib.Nifti1Image(volume, image.affine, image.header))
             labels[key] = scan.files[key].name
             if key == REFERENCE_MODALITY:
                 header = image
-        return _onto_model_grid(volumes, labels, header, None)
+        return _onto_model_grid(volumes, labels, header, None, _background_steps(offsets))
 
     rules = rules if isinstance(rules, ModalityRules) else load_rules(rules)
     chosen = assign_modalities(list(scan.series), rules, modalities)
     volumes = {key: read_series(series) for key, series in chosen.items()}
+    offsets = {}
+    for key, volume in volumes.items():  # a DICOM rescale intercept can leave a constant outside the brain
+        values = sitk.GetArrayFromImage(volume)
+        if (found := zero_constant_background(values)) is not None:
+            volumes[key] = sitk.GetImageFromArray(values)
+            volumes[key].CopyInformation(volume)
+            offsets[key] = found
     labels = {key: series.label for key, series in chosen.items()}
     assign: dict[str, Any] = {"step": "assign", "series": labels}
     if "t1ce" in chosen and told_by_contrast_agent(chosen["t1ce"], rules):
         assign["t1ce_by"] = f"its ContrastBolusAgent {chosen['t1ce'].contrast_agent!r}: its name matches T1"
     steps = [{"step": "skip", **skipped} for skipped in scan.skipped]
-    loaded = _onto_model_grid(volumes, labels, None, chosen.get(REFERENCE_MODALITY))
+    loaded = _onto_model_grid(volumes, labels, None, chosen.get(REFERENCE_MODALITY), _background_steps(offsets))
     loaded.steps[:0] = [*steps, assign]
     return loaded
+
+
+def _background_steps(offsets: dict[str, dict]) -> list[dict[str, Any]]:
+    """The log's record of each modality whose constant background was set to 0 (``zero_constant_background``)."""
+    return [{"step": "background", "modality": key, **found} for key, found in offsets.items()]
 
 
 def _nifti_headers(case: BratsCase, modalities: Sequence[str]) -> list[nib.Nifti1Image]:
@@ -254,16 +266,10 @@ def _onto_model_grid(
     labels: dict[str, str],
     header: nib.Nifti1Image | None,
     series: DicomSeries | None,
+    steps: list[dict[str, Any]],
 ) -> LoadedScan:
-    """Check, register to the reference, resample onto the model grid; every step in ``steps``."""
-    offsets = []
-    for key, volume in volumes.items():
-        values = sitk.GetArrayFromImage(volume)
-        if (found := zero_constant_background(values)) is not None:
-            volumes[key] = sitk.GetImageFromArray(values)
-            volumes[key].CopyInformation(volume)
-            offsets.append({"step": "background", "modality": key, **found})
-    steps = offsets + _check_all(volumes, labels)
+    """Check, register to the reference, resample onto the model grid; every step appended to ``steps``."""
+    steps = steps + _check_all(volumes, labels)
     reference = volumes[REFERENCE_MODALITY] if REFERENCE_MODALITY in volumes else next(iter(volumes.values()))
     grid = model_grid_for(reference)
     images = np.empty((len(volumes), *grid.GetSize()), np.float32)
