@@ -153,6 +153,18 @@ def test_the_largest_removed_and_kept_components_are_counted_so_qa_can_flag_a_lo
     assert largest_removed_and_kept(classes, out, brain) == (0, 1000)
 
 
+def test_the_most_et_a_removed_component_held_is_counted_so_qa_can_flag_a_removed_tumour():
+    classes = np.zeros((60, 60, 60), np.uint8)
+    classes[5:15, 5:15, 5:15] = 3  # the tumour: 1000 voxels, all enhancing
+    classes[20:60, 20:60, 20:60] = 2  # a false blob of oedema, 64 times as large ...
+    classes[30:33, 30:33, 30:33] = 1  # ... with a speck of core (27 voxels), so the coreless rule keeps it
+    classes[40, 40, 40] = 3  # and one ET voxel
+    out = postprocess(classes, Postprocessing(min_et_voxels=0))
+    assert not out[5:15, 5:15, 5:15].any()  # the size rule removed the tumour
+    assert largest_removed_and_kept(classes, out, counted=classes == 3) == (1000, 1)
+    assert largest_removed_and_kept(classes, classes, counted=classes == 3) == (0, 1000)
+
+
 def test_labels_outside_the_brain_become_background_and_enclosed_cavities_stay():
     classes = _case()
     classes[0:3, :, :] = 2  # painted on the zero background beside the brain

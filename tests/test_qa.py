@@ -85,6 +85,11 @@ def test_flags_name_each_outlier_and_none_for_an_ordinary_case():
     assert any(flag.startswith("post-processing removed a 70.0 mL") for flag in qa_flags(lost))
     smaller = case_qa(classes, (1, 1, 1)) | {"removed_component_ml": 30.0, "largest_kept_ml": 64.0}
     assert qa_flags(smaller) == []
+    enhancing_removed = case_qa(classes, (1, 1, 1)) | {"removed_et_ml": 1.7, "kept_et_ml": 0.03}
+    assert any(flag.startswith("post-processing removed a component holding 1.7 mL of ET") for flag in
+               qa_flags(enhancing_removed))  # fmt: skip
+    assert qa_flags(case_qa(classes, (1, 1, 1)) | {"removed_et_ml": 1.7, "kept_et_ml": 2.0}) == []  # less than kept
+    assert qa_flags(case_qa(classes, (1, 1, 1)) | {"removed_et_ml": 0.1, "kept_et_ml": 0.0}) == []  # a speck
 
 
 def test_a_tumour_with_almost_no_core_is_flagged_unless_the_limit_is_off():

@@ -237,7 +237,7 @@ def test_an_unwritable_output_folder_fails_before_any_work(bundle, tmp_path, whe
     out = blocker if where == "file" else blocker / "out"
     result = segment(data, "-o", out, "--bundle", bundle)
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert squeeze(f"output folder {out}") in squeeze(result.stderr) and "choose a folder" in result.stderr
+    assert squeeze(f"output folder {out}") in squeeze(result.stderr) and "chooseafolder" in squeeze(result.stderr)
     assert blocker.read_text() == "not a folder"
 
 
@@ -253,13 +253,13 @@ def test_an_install_without_a_shipped_bundle_says_how_to_make_one(tmp_path, monk
     monkeypatch.setattr(bundle_module, "shipped_bundle", lambda: None)
     write_case(tmp_path / "data", "BraTS2021_00001")
     result = segment(tmp_path / "data", "-o", tmp_path / "out")
-    assert result.exit_code == 1 and "--bundle" in result.stderr and "latup-edge build" in result.stderr
+    assert result.exit_code == 1 and "--bundle" in result.stderr and "latup-edgebuild" in squeeze(result.stderr)
 
 
 def test_a_precision_that_failed_its_gate_runs_only_when_allowed(bundle, tmp_path):
     write_case(tmp_path / "data", "BraTS2021_00001")
     refused = segment(tmp_path / "data", "-o", tmp_path / "a", "--bundle", bundle, "--precision", "int8")
-    assert refused.exit_code == 1 and "not approved" in refused.stderr
+    assert refused.exit_code == 1 and "notapproved" in squeeze(refused.stderr)
     assert not list((tmp_path / "a").glob("*.nii.gz"))
     allowed = segment(
         tmp_path / "data", "-o", tmp_path / "b", "--bundle", bundle, "--precision", "int8", "--allow-failed-precision"
@@ -397,7 +397,7 @@ def test_sliding_windows_run_through_segment(bundle, tmp_path):
 def test_bad_settings_fail_in_one_sentence(tmp_path, option, value, message):
     write_case(tmp_path / "data", "BraTS2021_00001")
     result = segment(tmp_path / "data", "-o", tmp_path / "out", option, value)
-    assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 1 and squeeze(message) in squeeze(result.stderr) and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -234,26 +234,33 @@ def compose_probabilities(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
     return composed
 
 
-def largest_removed_and_kept(raw: np.ndarray, kept: np.ndarray, inputs: np.ndarray | None = None) -> tuple[int, int]:
+def largest_removed_and_kept(
+    raw: np.ndarray, kept: np.ndarray, inputs: np.ndarray | None = None, counted: np.ndarray | None = None
+) -> tuple[int, int]:
     """Voxels of the largest whole-tumour component of ``raw`` that post-processing removed entirely, and of the
     largest component it kept (6-connected, as the rules label them). The coreless rule can remove a component
     larger than any it keeps: a tumour without core (no enhancement, its core read as oedema) beside a false
     cored spot elsewhere. QA flags that case (``qa.QALimits``) instead of letting it pass silently.
 
     ``inputs``: the box the network saw; when given, labels outside the brain (which ``clear_outside_brain``
-    removes, a different failure) do not count as a removed tumour.
+    removes, a different failure) do not count as a removed tumour. ``counted``: count only these voxels of
+    each component (``raw == ET``: the most ET a removed component held, against the most a kept one holds).
     """
     components, count = ndimage.label(raw > 0)
     if not count:
         return 0, 0
-    sizes = np.bincount(components.ravel(), minlength=count + 1)
     kept_sizes = np.bincount(components[kept > 0], minlength=count + 1)  # the rules keep or drop whole components
-    sizes[0] = kept_sizes[0] = 0
-    largest_kept = int(kept_sizes.max())
-    removed = sizes[kept_sizes == 0]
-    largest_removed = int(removed.max()) if removed.size else 0
+    kept_sizes[0] = 0
+    if counted is None:
+        sizes = np.bincount(components.ravel(), minlength=count + 1)
+        largest_kept = int(kept_sizes.max())
+    else:
+        sizes = np.bincount(components[counted], minlength=count + 1)
+        largest_kept = int(sizes[kept_sizes > 0].max(initial=0))
+    sizes[0] = 0
+    largest_removed = int(sizes[kept_sizes == 0].max(initial=0))
     if largest_removed > largest_kept and inputs is not None:  # rare: count again inside the brain only
-        return largest_removed_and_kept(np.where(brain_of(inputs), raw, np.uint8(0)), kept)
+        return largest_removed_and_kept(np.where(brain_of(inputs), raw, np.uint8(0)), kept, counted=counted)
     return largest_removed, largest_kept
 
 

@@ -55,6 +55,13 @@ class QALimits:
       for, and a sign the network was unsure of the scan), but on the blind generator's data once a whole
       non-enhancing tumour the network had found (its core read as oedema) beside a false cored spot
       (docs/GENERALISATION.md, section 21).
+    - ``max_removed_et_to_kept`` 1 with ``min_removed_et_ml`` 0.2: post-processing removed a component that held
+      more ET (at least 0.2 mL, the ``min_et_voxels`` floor at 1 mm) than any component it kept. Enhancement
+      marks the tumour; the size rule keeps components at 0.1 of the largest, so a false blob ten times the
+      tumour's size removes the tumour. Seen on the blind generator (blind seed 10, case 00018: the network
+      found the 14 mL tumour and a 140 mL false blob with almost no ET, and WT Dice fell to 0); on the four
+      development sets (80 cases) it fires once, on a case whose TC and ET are already wrong (blind seed 5,
+      00004: Dice TC 0.17, ET 0). Reported, not judged on fresh data.
     - ``min_core_share`` 0.02 (pre-registered and judged, docs/PREREGISTERED.md): a whole tumour of at least
       ``min_wt_ml`` whose TC is under this share of it. BraTS gliomas have a core (TC is typically a fifth
       to a half of WT); on the blind generator's tumours without enhancement the network read the core as
@@ -67,6 +74,8 @@ class QALimits:
     max_wt_components: int = 3
     max_isolated_et: int = 0
     max_removed_to_kept: float = 1.0
+    max_removed_et_to_kept: float = 1.0
+    min_removed_et_ml: float = 0.2
     min_core_share: float = 0.02
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,5 +197,11 @@ def qa_flags(qa: dict[str, Any], limits: QALimits = DEFAULT_QA_LIMITS) -> list[s
         flags.append(
             f"post-processing removed a {removed:.1f} mL component without core, larger than the {kept:.1f} mL it "
             "kept: false oedema, or a tumour without enhancement now missing, look with --no-postprocess"
+        )
+    removed_et, kept_et = qa.get("removed_et_ml", 0.0), qa.get("kept_et_ml", 0.0)
+    if removed_et >= limits.min_removed_et_ml and removed_et > limits.max_removed_et_to_kept * kept_et:
+        flags.append(
+            f"post-processing removed a component holding {removed_et:.1f} mL of ET, more than the {kept_et:.1f} mL "
+            "of any component it kept: the tumour may be the one removed, look with --no-postprocess"
         )
     return flags

@@ -478,13 +478,15 @@ class CaseJob:
         if self.prediction is None:
             return
         classes, spacing = self.prediction.classes, loaded.reference.header.get_zooms()[:3]  # the network's grid
-        removed, kept = (
-            round(voxels * float(np.prod(spacing)) / 1000, 2) for voxels in self.prediction.removed_and_kept_voxels
-        )
+        voxel_ml = float(np.prod(spacing)) / 1000
+        removed, kept = (round(voxels * voxel_ml, 2) for voxels in self.prediction.removed_and_kept_voxels)
+        removed_et, kept_et = (round(voxels * voxel_ml, 2) for voxels in self.prediction.removed_and_kept_et_voxels)
         self.qa = case_qa(classes, spacing) | {
             "low_confidence_fraction": self.prediction.low_confidence_fraction,
             "removed_component_ml": removed,
             "largest_kept_ml": kept,
+            "removed_et_ml": removed_et,
+            "kept_et_ml": kept_et,
         }
         self.entry["ood"] = input_check(loaded.images, modalities, spacing, trust.input_reference,
                                         loaded.acquired_spacing)  # fmt: skip

@@ -69,6 +69,7 @@ from latup_edge.errors import LatupError
 from latup_edge.runtime.postprocess import (
     CLASS_COUNT,
     DEFAULT_POSTPROCESSING,
+    ET,
     Postprocessing,
     compose_probabilities,
     delivered_classes,
@@ -132,6 +133,8 @@ class Prediction:
     low_confidence_fraction: float | None = None  # of the predicted tumour, max softmax < 0.5
     # voxels of the largest tumour component post-processing removed, and of the largest it kept
     removed_and_kept_voxels: tuple[int, int] = (0, 0)
+    # the most ET voxels a removed component held, and a kept one holds
+    removed_and_kept_et_voxels: tuple[int, int] = (0, 0)
 
 
 def bucket_shape(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
@@ -351,13 +354,14 @@ def predict_volume(
     clock.lap("network")
     box_classes = delivered_classes(raw_classes, postprocessing, box[0], core_classes)
     removed_and_kept = largest_removed_and_kept(raw_classes, box_classes, box[0])
+    removed_and_kept_et = largest_removed_and_kept(raw_classes, box_classes, box[0], counted=raw_classes == ET)
     del box, raw_classes
     confidence = round(unsure_fraction(unsure, box_classes), 4)
     classes = undo_crop(box_classes, crop)
     del box_classes
     if not probabilities:
         clock.lap("post")
-        return Prediction(classes, None, clock.seconds, confidence, removed_and_kept)
+        return Prediction(classes, None, clock.seconds, confidence, removed_and_kept, removed_and_kept_et)
     box_probabilities = softmax(scores, axis=0) if tiling == "whole" else scores
     if core_box_scores is not None:
         core_probabilities = softmax(core_box_scores, axis=0) if tiling == "whole" else core_box_scores
@@ -365,7 +369,7 @@ def predict_volume(
     full = undo_crop(box_probabilities, crop)
     full[0] = undo_crop(box_probabilities[0], crop, fill=1)  # outside the brain box is background
     clock.lap("post")
-    return Prediction(classes, full, clock.seconds, confidence, removed_and_kept)
+    return Prediction(classes, full, clock.seconds, confidence, removed_and_kept, removed_and_kept_et)
 
 
 def normalized_box(images: np.ndarray, normalization: str) -> tuple[np.ndarray, Crop]:
