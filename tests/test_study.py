@@ -216,6 +216,23 @@ def test_a_dicom_study_without_a_t1_series_says_so_in_a_few_words(tmp_path):
     assert (volume, steps, why) == (None, [], "no series matches T1 by the shipped modality_rules.json")
 
 
+def test_a_dicom_study_with_a_constant_background_has_it_set_to_zero(tmp_path):
+    from latup_edge.scans.dicom_write import StudyInfo, write_series
+
+    descriptions = {"t1ce": "AX T1 +C", "flair": "AX T2 FLAIR", "t2": "AX T2 TSE"}
+    for name, offset in (("clean", 0.0), ("offset", 10.0)):  # 10 outside the brain, as a rescale intercept leaves
+        study_info = StudyInfo.new(patient_id=f"P-{name}", seed=9)
+        for number, (key, image) in enumerate(clinic_images().items(), start=2):
+            write_series(image + offset, tmp_path / name / key, description=descriptions[key], series_number=number,
+                         study=study_info)  # fmt: skip
+    clean, offset = (load_scan(discover_scans(tmp_path / name)[0], MODALITIES) for name in ("clean", "offset"))
+    zeroed = {step["modality"]: step["offset"] for step in offset.steps if step["step"] == "background"}
+    assert set(zeroed) == set(MODALITIES) and all(abs(value - 10.0) < 0.01 for value in zeroed.values())
+    assert not [step for step in clean.steps if step["step"] == "background"]
+    brain, found = clean.images != 0, offset.images != 0
+    assert abs(int(found.sum()) - int(brain.sum())) < 0.005 * brain.sum()  # the same brain, not the whole grid
+
+
 def test_a_file_given_for_two_modalities_is_refused_on_either_path(tmp_path):
     images = {key: head_image((1.0, 1.0, 1.0), seed=i) for i, key in enumerate(MODALITIES)}
     write_nifti_case(tmp_path / "ready", "BraTS2021_00007", images | {"t2": images["flair"]})
