@@ -211,14 +211,9 @@ def load_scan(scan: Scan, modalities: Sequence[str], rules: ModalityRules | Path
 
     rules = rules if isinstance(rules, ModalityRules) else load_rules(rules)
     chosen = assign_modalities(list(scan.series), rules, modalities)
-    volumes = {key: read_series(series) for key, series in chosen.items()}
-    offsets = {}
-    for key, volume in volumes.items():  # a DICOM rescale intercept can leave a constant outside the brain
-        values = sitk.GetArrayFromImage(volume)
-        if (found := zero_constant_background(values)) is not None:
-            volumes[key] = sitk.GetImageFromArray(values)
-            volumes[key].CopyInformation(volume)
-            offsets[key] = found
+    volumes, offsets = {}, {}
+    for key, series in chosen.items():
+        volumes[key] = _read_series(series, key, offsets)
     labels = {key: series.label for key, series in chosen.items()}
     assign: dict[str, Any] = {"step": "assign", "series": labels}
     if "t1ce" in chosen and told_by_contrast_agent(chosen["t1ce"], rules):
@@ -227,6 +222,19 @@ def load_scan(scan: Scan, modalities: Sequence[str], rules: ModalityRules | Path
     loaded = _onto_model_grid(volumes, labels, None, chosen.get(REFERENCE_MODALITY), _background_steps(offsets))
     loaded.steps[:0] = [*steps, assign]
     return loaded
+
+
+def _read_series(series: DicomSeries, key: str, offsets: dict[str, dict]) -> sitk.Image:
+    """``read_series`` with a constant background set to 0, as the NIfTI readers set it (a rescale intercept can
+    leave one outside the brain); ``offsets[key]`` receives its figures."""
+    image = read_series(series)
+    values = sitk.GetArrayFromImage(image)
+    if (found := zero_constant_background(values)) is None:
+        return image
+    offsets[key] = found
+    zeroed = sitk.GetImageFromArray(values)
+    zeroed.CopyInformation(image)
+    return zeroed
 
 
 def _background_steps(offsets: dict[str, dict]) -> list[dict[str, Any]]:
@@ -370,7 +378,7 @@ def load_companion(
             except DicomError:  # its sentence lists the whole study: the log needs only the count
                 count = sum(not s.skip_reason and rules.modality_of(s) == key for s in scan.series)
                 return None, steps, f"{count or 'no'} series match{'es' if count < 2 else ''} {name} by {rules.source}"
-            volume, label = read_series(series), series.label
+            volume, label = _read_series(series, key, {}), series.label
         assert loaded.native is not None  # a DICOM study is never BraTS-ready
         # Only the checks read it: the coarse level alone aligns it well enough for rank statistics.
         aligned = _aligned(volume, key, label, loaded.native.native, loaded.native.grid, steps, CHECKS_PYRAMID)
